@@ -1,0 +1,1 @@
+"""One module per ``teleinfo`` subcommand; see :mod:`appliance.cli`."""

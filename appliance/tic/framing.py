@@ -1,0 +1,110 @@
+"""Cutting a raw TIC byte stream into frames (STX ... ETX), whatever size the chunks come in.
+
+TIC.md §1.2: a frame is STX (0x02), the groups, ETX (0x03).  EOT (0x04) means the meter interrupted the
+frame (remote reading, CBETM long/short switch) and will start over with STX; such a frame is dropped.  A new
+STX before ETX also means the previous frame was cut.  Everything before the first STX is skipped: every real
+capture starts mid-frame (G5).  Bytes are masked to 7 bits first, so a 7E1 line read as 8N1 (parity in bit 7,
+TIC.md G6) decodes the same.
+
+Memory is bounded: a frame longer than ``max_frame`` bytes is dropped as an overflow and the assembler waits
+for the next STX, so an endless stream with no ETX (or a flood of LF) holds at most ``max_frame`` bytes.  The
+largest real frame (standard, three-phase, producer, with PJOURF+1, PPOINTE and MSG1) is about 1.7 kB; the
+default of 4 kB leaves room without letting garbage pile up.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+__all__ = ["MASK_7BIT", "FrameAssembler", "FramingStats"]
+
+MASK_7BIT = bytes(i & 0x7F for i in range(256))
+_CONTROL = re.compile(rb"[\x02\x03\x04]")
+DEFAULT_MAX_FRAME = 4096
+
+
+@dataclass(slots=True)
+class FramingStats:
+    """What the assembler threw away, by reason."""
+
+    interrupted: int = 0  # EOT, or STX before ETX
+    overflow: int = 0  # frame longer than max_frame
+    skipped_bytes: int = 0  # bytes outside any frame (before the first STX, between ETX and STX)
+    frames: int = 0
+
+
+class FrameAssembler:
+    """Feed it chunks, get complete frame bodies (the bytes between STX and ETX) back.
+
+    >>> fa = FrameAssembler()
+    >>> fa.feed(b"garbage\\x02\\nA") + fa.feed(b"B\\r\\x03")
+    [b'\\nAB\\r']
+    """
+
+    __slots__ = ("_buf", "_in_frame", "max_frame", "stats")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        if max_frame < 16:
+            raise ValueError("max_frame must be at least 16 bytes")
+        self.max_frame = max_frame
+        self.stats = FramingStats()
+        self._buf = bytearray()
+        self._in_frame = False
+
+    @property
+    def pending(self) -> int:
+        """Bytes held for the frame in progress (never more than ``max_frame``)."""
+        return len(self._buf)
+
+    def reset(self) -> None:
+        """Forget the frame in progress (after a reconnect, the next bytes are not its continuation)."""
+        if self._in_frame:
+            self.stats.interrupted += 1
+        self._buf.clear()
+        self._in_frame = False
+
+    def feed(self, data: bytes) -> list[bytes]:
+        """Consume ``data``; return the bodies of the frames it completed, in order."""
+        data = data.translate(MASK_7BIT)
+        out: list[bytes] = []
+        buf = self._buf
+        stats = self.stats
+        pos, end = 0, len(data)
+        while pos < end:
+            if not self._in_frame:
+                i = data.find(b"\x02", pos)
+                if i < 0:
+                    stats.skipped_bytes += end - pos
+                    break
+                stats.skipped_bytes += i - pos
+                self._in_frame = True
+                buf.clear()
+                pos = i + 1
+                continue
+            m = _CONTROL.search(data, pos)
+            stop = end if m is None else m.start()
+            if len(buf) + stop - pos > self.max_frame:
+                stats.overflow += 1
+                buf.clear()
+                self._in_frame = False
+                pos = stop  # resynchronise on the next control byte (or the next chunk)
+                continue
+            buf += data[pos:stop]
+            if m is None:
+                break
+            c = data[stop]
+            pos = stop + 1
+            if c == 0x03:
+                out.append(bytes(buf))
+                stats.frames += 1
+                buf.clear()
+                self._in_frame = False
+            elif c == 0x02:
+                stats.interrupted += 1
+                buf.clear()
+            else:  # EOT
+                stats.interrupted += 1
+                buf.clear()
+                self._in_frame = False
+        return out
