@@ -40,7 +40,8 @@ MODES: Final = ("historique", "standard")
 REJECT_REASONS: Final = ("checksum", "malformed", "format", "interrupted", "overflow", "empty")
 Value = int | str
 
-_LABEL_OK = re.compile(rb"[A-Z0-9+\-]{1,10}")
+# Every label of both specs starts with a letter and is at most 9 characters (SMAXSN1-1).
+_LABEL_OK = re.compile(rb"[A-Z][A-Z0-9+\-]{0,9}")
 _PRINTABLE = re.compile(rb"[\x20-\x7e]*")
 _NO_VALUE: Final = object()  # DATE: a timestamp and no value
 _SKIP: Final = ("",)  # blank line between groups (line-end normalised captures): not a group at all
@@ -249,7 +250,13 @@ class Decoder:
         degraded = False
         rejects = self._rejects
         ok = 0
-        for line in body.split(b"\n"):
+        lines = body.split(b"\n")
+        # Every group starts with LF, so bytes between STX and the first LF are never a group: a corrupted
+        # byte that became STX mid-frame leaves the tail of a group there, which must not be parsed.
+        if lines[0] not in (b"", b"\r"):
+            rejects["malformed"] += 1
+            invalid.append(_label_text(lines[0].split(b"\t" if mode == "standard" else b" ", 1)[0]))
+        for line in lines[1:]:
             r = cache.get(line)
             if r is None:
                 r = _SKIP if line in (b"", b"\r") else parse(line)
