@@ -1,0 +1,436 @@
+"""The configuration: one TOML file loaded into frozen, typed dataclasses, validated all at once.
+
+The schema below is the single source of truth: the loader validates against it, and
+``teleinfo print-example-config`` renders the commented example from the same field docs, so the example can
+never drift from what the loader accepts (a test loads it back).
+
+Every problem is collected with its key path (``outputs.multicast.ttl: must be at most 255 (got 300)``) and
+reported together, so a user fixes a file in one pass; unknown keys are errors, which catches typos.
+
+Secrets (passwords, tokens) are never written in the main file if the user prefers not to: any field of type
+:class:`Secret` accepts a plain string, ``{ env = "NAME" }`` or ``{ file = "/path" }`` (systemd credentials live
+in ``$CREDENTIALS_DIRECTORY``).  A :class:`Secret` prints as ``***`` so it can never reach a log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "DEFAULT_PATH",
+    "Config",
+    "ConfigError",
+    "Secret",
+    "config_path",
+    "load_config",
+    "parse_config",
+    "render_example",
+]
+
+DEFAULT_PATH = Path("/etc/teleinfo/teleinfo.toml")
+ENV_PATH = "TELEINFO_CONFIG"
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; ``errors`` lists every problem with its key path."""
+
+    def __init__(self, errors: list[str], source: str = "configuration") -> None:
+        self.errors = errors
+        self.source = source
+        super().__init__(f"{source}: {len(errors)} error(s):\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+class Secret:
+    """A secret value that never shows itself in ``repr``/``str`` (and so never in a log)."""
+
+    __slots__ = ("_value", "origin")
+
+    def __init__(self, value: str, origin: str = "inline") -> None:
+        self._value = value
+        self.origin = origin
+
+    def get(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret(*** from {self.origin})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+Check = Callable[[Any], str | None]
+
+
+def opt(
+    default: Any,
+    doc: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    check: Check | None = None,
+    example: str | None = None,
+) -> Any:
+    """A schema field: default, documentation, range and an optional check returning an error message."""
+    meta = {"doc": doc, "lo": lo, "hi": hi, "check": check, "example": example}
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        return field(default_factory=lambda: default, metadata=meta)  # type: ignore[misc]
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type, doc: str | None = None) -> Any:
+    return field(default_factory=cls, metadata={"doc": doc or (cls.__doc__ or "").strip()})
+
+
+# --- checks ------------------------------------------------------------------------------------------------
+def _multicast_group(value: str) -> str | None:
+    try:
+        addr = ipaddress.IPv4Address(value)
+    except ValueError:
+        return f"not an IPv4 address: {value!r}"
+    if not addr.is_multicast:
+        return f"{value} is not a multicast address (224.0.0.0/4)"
+    if addr in ipaddress.IPv4Network("224.0.0.0/24"):
+        return f"{value} is in 224.0.0.0/24, reserved for link-local control traffic"
+    return None
+
+
+def _interface(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        ipaddress.IPv4Address(value)
+        return None
+    except ValueError:
+        pass
+    if len(value) > 15 or not value.replace("-", "").replace("_", "").replace(".", "").isalnum():
+        return f"neither an IPv4 address nor an interface name: {value!r}"
+    return None
+
+
+def _measurement(value: str) -> str | None:
+    if not value or value.startswith("_") or any(c in value for c in ' ,=\\"\n'):
+        return f"invalid measurement name {value!r} (no spaces, commas, quotes, '=' or leading '_')"
+    return None
+
+
+# --- schema ------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """The built-in meter simulator (used when source.kind = "simulator" or with --simulate)."""
+
+    mode: Literal["historique", "standard"] = opt("historique", "TIC mode the simulated meter speaks.")
+    phases: Literal[1, 3] = opt(1, "1 (single-phase) or 3 (three-phase).")
+    contract: Literal["BASE", "HCHP", "TEMPO", "EJP"] = opt("BASE", "Tariff contract: BASE, HCHP, TEMPO or EJP.")
+    producer: bool = opt(False, "Also inject energy into the grid (standard mode only).")
+    errors: float = opt(0.0, "Fraction of frames corrupted on purpose (bit flips, EOT, truncation).", lo=0, hi=1)
+    seed: int = opt(1, "Seed of the simulated load curve, so runs are reproducible.")
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """Where the meter's bytes come from."""
+
+    kind: Literal["serial", "simulator"] = opt(
+        "serial", "serial: a TIC adapter on a serial port or USB; simulator: the built-in meter simulator."
+    )
+    device: str = opt(
+        "/dev/ttyAMA0",
+        "Serial device: /dev/ttyAMA0 is the GPIO header's PL011 once firmware/ is applied (all Pi models; on a "
+        "Pi 5 /dev/serial0 is the debug header); USB dongles: /dev/ttyUSB0 or a /dev/serial/by-id/... link.",
+    )
+    mode: Literal["auto", "historique", "standard"] = opt(
+        "auto", "TIC mode: auto tries standard (9600 Bd) and historique (1200 Bd) and keeps the one that verifies."
+    )
+    framing: Literal["7E1", "8N1"] = opt(
+        "7E1", "7E1 (the TIC's format), or 8N1 with bit 7 masked for UARTs without parity (Pi mini UART)."
+    )
+    no_data_timeout: float = opt(
+        30.0, "Seconds without a valid frame before the port is closed and reopened.", lo=3, hi=3600
+    )
+    reconnect_max_backoff: float = opt(30.0, "Longest wait between two attempts to reopen the port (s).", lo=1, hi=3600)
+    simulator: SimulatorConfig = section(SimulatorConfig)
+
+
+@dataclass(frozen=True)
+class MulticastConfig:
+    """UDP multicast: every frame, in real time, to every listener on the LAN (teleinfo listen, Telegraf...)."""
+
+    enabled: bool = opt(True, "Send frames to the multicast group.")
+    group: str = opt(
+        "239.255.42.1", "Multicast group (keep it in 239.255.0.0/16, the IPv4 local scope).", check=_multicast_group
+    )
+    port: int = opt(4242, "UDP port.", lo=1, hi=65535)
+    ttl: int = opt(1, "Multicast TTL: 1 keeps datagrams on the local network.", lo=0, hi=255)
+    interface: str = opt(
+        "",
+        'Outgoing interface, by IPv4 address or name ("" = the system\'s route). The simulator demo uses 127.0.0.1.',
+        check=_interface,
+    )
+    format: Literal["influx", "json"] = opt(
+        "influx", "influx: InfluxDB line protocol (Telegraf socket_listener, InfluxDB UDP); json: decoded frames."
+    )
+    precision: Literal["s", "ms", "us", "ns"] = opt(
+        "ns", "Timestamp precision of the line protocol (ns is what Telegraf and InfluxDB's UDP listener expect)."
+    )
+    measurement: str = opt("teleinfo", "Measurement name of the line protocol.", check=_measurement)
+    queue_size: int = opt(1000, "Frames queued for this output before the oldest are dropped.", lo=1, hi=1_000_000)
+
+
+@dataclass(frozen=True)
+class OutputsConfig:
+    """Where decoded frames go.  Each output has its own queue: a slow one never delays the others."""
+
+    multicast: MulticastConfig = section(MulticastConfig)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Logging (to the journal under systemd, to standard error otherwise)."""
+
+    level: Literal["debug", "info", "warning", "error"] = opt("info", "Minimum level logged.")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    source: SourceConfig = section(SourceConfig)
+    outputs: OutputsConfig = section(OutputsConfig)
+    logging: LoggingConfig = section(LoggingConfig)
+
+
+# --- loading -----------------------------------------------------------------------------------------------
+def config_path(explicit: str | None) -> tuple[Path, bool]:
+    """The file to load and whether the user named it (flag or $TELEINFO_CONFIG), which makes it mandatory."""
+    if explicit:
+        return Path(explicit), True
+    env = os.environ.get(ENV_PATH)
+    if env:
+        return Path(env), True
+    return DEFAULT_PATH, False
+
+
+def load_config(path: str | Path | None = None, *, required: bool = True) -> Config:
+    """Load and validate a file; raise :class:`ConfigError` listing every problem.
+
+    With ``required=False`` a missing file gives the defaults (the service then runs on its built-in defaults).
+    """
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if not required:
+            return Config()
+        raise ConfigError([f"file not found: {p}"], str(p)) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([f"cannot read {p}: {e}"], str(p)) from None
+    return parse_config(text, str(p))
+
+
+def parse_config(text: str, source: str = "configuration") -> Config:
+    """Validate TOML text against the schema."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"TOML syntax error: {e}"], source) from None
+    errors: list[str] = []
+    cfg = _build(Config, data, "", errors)
+    if errors:
+        raise ConfigError(errors, source)
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def _type_name(t: Any) -> str:
+    origin = typing.get_origin(t)
+    if origin is Literal:
+        return " or ".join(repr(a) for a in typing.get_args(t))
+    if t is Secret:
+        return 'a string, { env = "NAME" } or { file = "/path" }'
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(t, str(t))
+
+
+def _convert(t: Any, value: Any, key: str, errors: list[str]) -> Any:
+    """Check ``value`` against type ``t``; append an error and return None if it does not fit."""
+    origin = typing.get_origin(t)
+    if origin is Literal:
+        choices = typing.get_args(t)
+        if value in choices and type(value) is type(choices[0]):
+            return value
+        errors.append(f"{key}: must be {_type_name(t)} (got {value!r})")
+        return None
+    if origin in (types.UnionType, typing.Union):
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        return _convert(args[0], value, key, errors)
+    if origin is list:
+        (item,) = typing.get_args(t)
+        if not isinstance(value, list):
+            errors.append(f"{key}: must be a list (got {value!r})")
+            return None
+        items = [_convert(item, v, f"{key}[{i}]", errors) for i, v in enumerate(value)]
+        return items
+    if t is Secret:
+        return _secret(value, key, errors)
+    if t is bool:
+        ok = isinstance(value, bool)
+    elif t is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif t is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif t is str:
+        ok = isinstance(value, str)
+    else:
+        ok = False
+    if not ok:
+        errors.append(f"{key}: must be {_type_name(t)} (got {type(value).__name__} {value!r})")
+        return None
+    return value
+
+
+def _secret(value: Any, key: str, errors: list[str]) -> Secret | None:
+    if isinstance(value, str):
+        return Secret(value)
+    if isinstance(value, dict) and len(value) == 1 and ("env" in value or "file" in value):
+        if "env" in value:
+            name = value["env"]
+            if not isinstance(name, str) or name not in os.environ:
+                errors.append(f"{key}: environment variable {name!r} is not set")
+                return None
+            return Secret(os.environ[name], f"${name}")
+        path = value["file"]
+        if not isinstance(path, str):
+            errors.append(f"{key}: file must be a path string")
+            return None
+        p = Path(os.path.expandvars(path))
+        try:
+            return Secret(p.read_text(encoding="utf-8").rstrip("\r\n"), str(p))
+        except (OSError, UnicodeDecodeError) as e:
+            errors.append(f"{key}: cannot read secret file {p}: {getattr(e, 'strerror', None) or e}")
+            return None
+    errors.append(f"{key}: must be {_type_name(Secret)}")
+    return None
+
+
+def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
+    if not isinstance(data, dict):
+        errors.append(f"{prefix or 'top level'}: must be a table (got {data!r})")
+        return None
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            where = f"{prefix}.{key}" if prefix else key
+            errors.append(f"{where}: unknown key (expected one of: {', '.join(fields)})")
+    kwargs: dict[str, Any] = {}
+    for name, f in fields.items():
+        if name not in data:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        t = hints[name]
+        if dataclasses.is_dataclass(t):
+            value = _build(t, data[name], key, errors)  # type: ignore[arg-type]
+        else:
+            n_before = len(errors)
+            value = _convert(t, data[name], key, errors)
+            if len(errors) == n_before:
+                _check_range(f, value, key, errors)
+        if value is not None:
+            kwargs[name] = value
+    try:
+        obj = cls(**kwargs)
+    except TypeError as e:  # pragma: no cover - only on a schema bug
+        errors.append(f"{prefix}: {e}")
+        return None
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        errors.extend(f"{prefix}.{k}: {msg}" if prefix else f"{k}: {msg}" for k, msg in validate())
+    return obj
+
+
+def _check_range(f: dataclasses.Field[Any], value: Any, key: str, errors: list[str]) -> None:
+    meta = f.metadata
+    lo, hi, check = meta.get("lo"), meta.get("hi"), meta.get("check")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if lo is not None and value < lo:
+            errors.append(f"{key}: must be at least {lo:g} (got {value!r})")
+        if hi is not None and value > hi:
+            errors.append(f"{key}: must be at most {hi:g} (got {value!r})")
+    if check is not None:
+        msg = check(value)
+        if msg:
+            errors.append(f"{key}: {msg}")
+
+
+# --- example -----------------------------------------------------------------------------------------------
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, Secret):
+        return '{ env = "SECRET_VARIABLE" }'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def _wrap(text: str, indent: str = "# ") -> list[str]:
+    import textwrap
+
+    return [indent + line for line in textwrap.wrap(text, 116)] or [indent.rstrip()]
+
+
+def render_example() -> str:
+    """A complete, commented configuration holding every key at its default value."""
+    lines = [
+        "# teleinfo configuration (TOML). Every key is optional; the values below are the defaults.",
+        f"# Default location: {DEFAULT_PATH} (override with --config or ${ENV_PATH}).",
+        '# Secrets may be written inline, or as { env = "NAME" } or { file = "/path" }.',
+        "",
+    ]
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        subs = []
+        for f in dataclasses.fields(cls):
+            t = hints[f.name]
+            if dataclasses.is_dataclass(t):
+                subs.append((f, t))
+                continue
+            lines.extend(_wrap(f.metadata.get("doc", "")))
+            allowed = typing.get_args(t) if typing.get_origin(t) is Literal else None
+            if allowed and len(allowed) > 1:
+                lines.append("# one of: " + ", ".join(_toml_value(a) for a in allowed))
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            if default is None:
+                example = f.metadata.get("example")
+                lines.append(f"# {f.name} = {example}" if example else f"# {f.name} =")
+            else:
+                lines.append(f"{f.name} = {_toml_value(default)}")
+            lines.append("")
+        for f, t in subs:
+            name = f"{prefix}.{f.name}" if prefix else f.name
+            lines.extend(_wrap(f.metadata.get("doc", "")))
+            lines.append(f"[{name}]")
+            walk(t, name)
+
+    walk(Config, "")
+    return "\n".join(lines).rstrip() + "\n"

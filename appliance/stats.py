@@ -1,0 +1,178 @@
+"""The appliance's counters, in one place: the health socket, the status command, the LED, the journal summary
+and the metrics that go to InfluxDB all read them from here.
+
+Writers are the reader loop (frames, rejects, source state) and each output's worker (sent, failed, dropped,
+queue depth, state).  Every method takes one short lock, so readers get a consistent :meth:`Stats.snapshot`
+and no writer ever waits on I/O.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["OutputStats", "Stats"]
+
+
+@dataclass(slots=True)
+class OutputStats:
+    """Counters of one output.  ``state`` is ``starting``, ``up``, ``failing`` or ``stopped``."""
+
+    sent: int = 0
+    failed: int = 0
+    dropped: int = 0
+    queued: int = 0
+    spooled: int = 0
+    state: str = "starting"
+    last_error: str | None = None
+    last_sent_at: float | None = None
+    since: float = field(default_factory=time.time)
+
+
+@dataclass(slots=True)
+class _SourceStats:
+    state: str = "starting"  # starting | open | no_data | lost | closed
+    detail: str = ""
+    mode: str | None = None
+    reconnects: int = 0
+    bytes: int = 0
+    since: float = field(default_factory=time.time)
+
+
+class Stats:
+    """Thread-safe counters of the whole pipeline."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.started_at = time.time()
+        self._frames = 0
+        self._groups = 0
+        self._rejects: Counter[str] = Counter()
+        self._last_frame_wall: float | None = None
+        self._last_frame_mono: float | None = None
+        self._source = _SourceStats()
+        self._outputs: dict[str, OutputStats] = {}
+        self._extra: dict[str, Any] = {}
+
+    # --- writers -----------------------------------------------------------------------------------------
+    def frame(self, groups: int, rejected: Counter[str] | None = None, now: float | None = None) -> None:
+        """A frame was decoded (``groups`` valid groups); ``rejected`` are the rejections it added."""
+        with self._lock:
+            self._frames += 1
+            self._groups += groups
+            if rejected:
+                self._rejects.update(rejected)
+            self._last_frame_wall = time.time() if now is None else now
+            self._last_frame_mono = time.monotonic()
+
+    def rejected(self, delta: Counter[str]) -> None:
+        """Rejections seen outside a decoded frame (interrupted, overflow, empty...)."""
+        if delta:
+            with self._lock:
+                self._rejects.update(delta)
+
+    def source(
+        self,
+        state: str | None = None,
+        detail: str | None = None,
+        *,
+        mode: str | None = None,
+        reconnect: bool = False,
+        nbytes: int = 0,
+    ) -> None:
+        """Update the source's state; returns nothing, logs nothing (the caller logs state changes)."""
+        with self._lock:
+            s = self._source
+            if state is not None and state != s.state:
+                s.state, s.since = state, time.time()
+            if detail is not None:
+                s.detail = detail
+            if mode is not None:
+                s.mode = mode
+            if reconnect:
+                s.reconnects += 1
+            s.bytes += nbytes
+
+    def output(self, name: str) -> OutputStats:
+        """Register (or get) the counters of output ``name``; mutate them through :meth:`update_output`."""
+        with self._lock:
+            return self._outputs.setdefault(name, OutputStats())
+
+    def update_output(self, name: str, **changes: Any) -> None:
+        """Add to counters (``sent=1``) or set fields (``state="up"``) of output ``name``, atomically.
+
+        Integer counters (sent, failed, dropped) are incremented; everything else is assigned.
+        """
+        with self._lock:
+            o = self._outputs.setdefault(name, OutputStats())
+            for key, value in changes.items():
+                if key in ("sent", "failed", "dropped"):
+                    setattr(o, key, getattr(o, key) + value)
+                elif key == "state" and value != o.state:
+                    o.state, o.since = value, time.time()
+                else:
+                    setattr(o, key, value)
+
+    def remove_output(self, name: str) -> None:
+        with self._lock:
+            self._outputs.pop(name, None)
+
+    def set_extra(self, key: str, value: Any) -> None:
+        """Attach a further section to the snapshot (self-check results, GPIO state...)."""
+        with self._lock:
+            self._extra[key] = value
+
+    # --- readers -----------------------------------------------------------------------------------------
+    @property
+    def frames(self) -> int:
+        with self._lock:
+            return self._frames
+
+    def last_frame_age(self) -> float | None:
+        """Seconds since the last decoded frame (monotonic), or None if there has been none."""
+        with self._lock:
+            t = self._last_frame_mono
+        return None if t is None else time.monotonic() - t
+
+    def output_states(self) -> dict[str, str]:
+        with self._lock:
+            return {name: o.state for name, o in self._outputs.items()}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every counter, as plain JSON-ready data."""
+        age = self.last_frame_age()
+        with self._lock:
+            return {
+                "uptime_s": round(time.time() - self.started_at, 1),
+                "frames": self._frames,
+                "groups": self._groups,
+                "rejects": dict(self._rejects),
+                "last_frame_at": self._last_frame_wall,
+                "last_frame_age_s": None if age is None else round(age, 3),
+                "source": {
+                    "state": self._source.state,
+                    "detail": self._source.detail,
+                    "mode": self._source.mode,
+                    "reconnects": self._source.reconnects,
+                    "bytes": self._source.bytes,
+                    "since": self._source.since,
+                },
+                "outputs": {
+                    name: {
+                        "state": o.state,
+                        "sent": o.sent,
+                        "failed": o.failed,
+                        "dropped": o.dropped,
+                        "queued": o.queued,
+                        "spooled": o.spooled,
+                        "last_error": o.last_error,
+                        "last_sent_at": o.last_sent_at,
+                        "since": o.since,
+                    }
+                    for name, o in self._outputs.items()
+                },
+                **{k: v for k, v in self._extra.items()},
+            }

@@ -1,0 +1,146 @@
+"""Configuration: typed loading, every error at once with its key path, secrets, the example."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance.config import Config, ConfigError, Secret, load_config, parse_config, render_example
+
+
+def errors_of(text: str) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        parse_config(text)
+    return e.value.errors
+
+
+def test_example_is_valid_and_holds_the_defaults() -> None:
+    assert parse_config(render_example()) == Config()
+
+
+def test_example_documents_every_key() -> None:
+    text = render_example()
+    for key in ("kind", "device", "mode", "framing", "no_data_timeout", "group", "ttl", "interface", "precision"):
+        assert f"\n{key} = " in text
+    assert "[outputs.multicast]" in text and "[source.simulator]" in text
+
+
+def test_values_are_typed() -> None:
+    cfg = parse_config('[source]\nkind = "simulator"\nno_data_timeout = 12\n[outputs.multicast]\nttl = 4\n')
+    assert cfg.source.kind == "simulator"
+    assert cfg.source.no_data_timeout == 12.0 and isinstance(cfg.source.no_data_timeout, float)
+    assert cfg.outputs.multicast.ttl == 4
+
+
+def test_all_errors_reported_at_once_with_key_paths() -> None:
+    errs = errors_of(
+        """
+[source]
+kind = "usb"
+devise = "/dev/ttyUSB0"
+no_data_timeout = 1
+[outputs.multicast]
+ttl = 300
+group = "10.0.0.1"
+port = "4242"
+enabled = 1
+interface = "not an interface!"
+measurement = "tele info"
+[loging]
+level = "debug"
+"""
+    )
+    assert errs == [
+        "loging: unknown key (expected one of: source, outputs, logging)",
+        "source.devise: unknown key (expected one of: kind, device, mode, framing, no_data_timeout, "
+        "reconnect_max_backoff, simulator)",
+        "source.kind: must be 'serial' or 'simulator' (got 'usb')",
+        "source.no_data_timeout: must be at least 3 (got 1.0)",
+        "outputs.multicast.enabled: must be a boolean (got int 1)",
+        "outputs.multicast.group: 10.0.0.1 is not a multicast address (224.0.0.0/4)",
+        "outputs.multicast.port: must be an integer (got str '4242')",
+        "outputs.multicast.ttl: must be at most 255 (got 300)",
+        "outputs.multicast.interface: neither an IPv4 address nor an interface name: 'not an interface!'",
+        "outputs.multicast.measurement: invalid measurement name 'tele info' (no spaces, commas, quotes, '=' or "
+        "leading '_')",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[source\nkind = 1", "TOML syntax error"),
+        ("source = 3", "source: must be a table (got 3)"),
+        ('[outputs.multicast]\ngroup = "224.0.0.251"', "reserved for link-local control traffic"),
+        ("[source.simulator]\nphases = 2", "source.simulator.phases: must be 1 or 3 (got 2)"),
+        ("[source.simulator]\nerrors = 1.5", "source.simulator.errors: must be at most 1 (got 1.5)"),
+        ("[source]\nframing = true", "source.framing: must be '7E1' or '8N1' (got True)"),
+    ],
+)
+def test_individual_errors(text: str, message: str) -> None:
+    assert any(message in e for e in errors_of(text)), errors_of(text)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.toml")
+    assert load_config(tmp_path / "nope.toml", required=False) == Config()
+
+
+def test_secrets_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import dataclass
+
+    from appliance import config as c
+
+    @dataclass(frozen=True)
+    class WithSecret:
+        password: Secret | None = c.opt(None, "a password")
+
+    monkeypatch.setenv("TI_PW", "s3cret")
+    (tmp_path / "pw").write_text("from-file\n")
+    errors: list[str] = []
+    a = c._build(WithSecret, {"password": {"env": "TI_PW"}}, "x", errors)
+    b = c._build(WithSecret, {"password": {"file": str(tmp_path / "pw")}}, "x", errors)
+    assert errors == []
+    assert a.password.get() == "s3cret" and b.password.get() == "from-file"
+    assert "s3cret" not in repr(a) and "from-file" not in str(b.password)
+    c._build(WithSecret, {"password": {"env": "TI_MISSING"}}, "x", errors)
+    c._build(WithSecret, {"password": {"file": str(tmp_path / "none")}}, "x", errors)
+    c._build(WithSecret, {"password": 3}, "x", errors)
+    assert errors[0] == "x.password: environment variable 'TI_MISSING' is not set"
+    assert errors[1].startswith("x.password: cannot read secret file")
+    assert errors[2].startswith("x.password: must be a string,")
+
+
+def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_check_config_and_example_commands(tmp_path: Path) -> None:
+    example = run_cli("print-example-config")
+    assert example.returncode == 0
+    good = tmp_path / "good.toml"
+    good.write_text(example.stdout)
+    ok = run_cli("check-config", "--config", str(good))
+    assert ok.returncode == 0 and "valid" in ok.stdout
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[source]\nkind = "usb"\n[outputs.multicast]\nport = 0\n')
+    r = run_cli("check-config", "--config", str(bad))
+    assert r.returncode == 2
+    assert "source.kind: must be 'serial' or 'simulator' (got 'usb')" in r.stderr
+    assert "outputs.multicast.port: must be at least 1 (got 0)" in r.stderr
+
+
+def test_run_refuses_an_invalid_configuration(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[outputs.multicast]\nttl = -1\n")
+    r = run_cli("run", "--config", str(bad))
+    assert r.returncode == 2
+    assert "invalid configuration, not starting" in r.stderr and "outputs.multicast.ttl" in r.stderr
+    r = run_cli("run", "--config", str(tmp_path / "missing.toml"))
+    assert r.returncode == 2 and "file not found" in r.stderr

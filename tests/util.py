@@ -1,0 +1,25 @@
+"""Small helpers shared by the tests."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds (no fixed sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {getattr(predicate, '__name__', predicate)}")
+        time.sleep(interval)
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port that is free on 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
