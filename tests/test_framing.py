@@ -92,3 +92,23 @@ def test_reset_forgets_a_partial_frame() -> None:
     d.reset()
     assert d.feed(G2 + b"\x03" + FRAME)[0].values == {"PAPP": 750, "IINST": 3}
     assert d.rejects == {"interrupted": 1}
+
+
+def test_bytes_between_frames_count_as_an_interrupted_frame() -> None:
+    # A bit-6 flip turns the 'C' of CCASN into ETX: the frame ends cleanly after the previous group, and its
+    # tail lands between two frames, where a meter never sends anything.
+    good = encode_frame(
+        [encode_group("standard", "EAST", "000000001"), encode_group("standard", "CCASN-1", "00001", "H240115180000")]
+    )
+    bad = bytearray(good)
+    bad[bad.index(b"CCASN-1")] ^= 0x40
+    d = Decoder("standard")
+    frames = d.feed(bytes(bad) + good)
+    assert [f.values for f in frames] == [{"EAST": 1}, {"EAST": 1, "CCASN-1": 1}]
+    assert d.rejects == {"interrupted": 1}
+
+
+def test_garbage_before_the_first_frame_is_not_an_interruption() -> None:
+    d = Decoder()
+    d.feed(b"tail of a frame\r\x03" + FRAME + FRAME)
+    assert d.rejects == {} and d.assembler.stats.skipped_bytes == 17

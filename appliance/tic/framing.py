@@ -28,7 +28,7 @@ DEFAULT_MAX_FRAME = 4096
 class FramingStats:
     """What the assembler threw away, by reason."""
 
-    interrupted: int = 0  # EOT, or STX before ETX
+    interrupted: int = 0  # EOT, or STX before ETX, or stray bytes between two frames (see below)
     overflow: int = 0  # frame longer than max_frame
     skipped_bytes: int = 0  # bytes outside any frame (before the first STX, between ETX and STX)
     frames: int = 0
@@ -42,7 +42,7 @@ class FrameAssembler:
     [b'\\nAB\\r']
     """
 
-    __slots__ = ("_buf", "_in_frame", "max_frame", "stats")
+    __slots__ = ("_buf", "_gap_dirty", "_in_frame", "_synced", "max_frame", "stats")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         if max_frame < 16:
@@ -51,6 +51,12 @@ class FrameAssembler:
         self.stats = FramingStats()
         self._buf = bytearray()
         self._in_frame = False
+        # A meter sends nothing between ETX and the next STX.  Once synchronised, bytes there mean a frame was
+        # cut short: an EOT, or a corrupted byte that became ETX (a bit-6 flip turns the 'C' of CCASN into
+        # ETX, and the frame then ends cleanly after the previous group), whose tail lands in the gap.  Such a
+        # gap is counted as an interrupted frame, so no loss goes unaccounted.
+        self._synced = False
+        self._gap_dirty = False
 
     @property
     def pending(self) -> int:
@@ -63,6 +69,7 @@ class FrameAssembler:
             self.stats.interrupted += 1
         self._buf.clear()
         self._in_frame = False
+        self._synced = self._gap_dirty = False  # what comes next starts mid-stream, like a fresh start
 
     def feed(self, data: bytes) -> list[bytes]:
         """Consume ``data``; return the bodies of the frames it completed, in order."""
@@ -74,10 +81,19 @@ class FrameAssembler:
         while pos < end:
             if not self._in_frame:
                 i = data.find(b"\x02", pos)
+                stop = end if i < 0 else i
+                if stop > pos:
+                    stats.skipped_bytes += stop - pos
+                    # An EOT alone between two frames interrupts nothing (the CBETM sends one when it switches
+                    # from long to short frames, 02E Tableau 6).
+                    if self._synced and data[pos:stop].strip(b"\x04"):
+                        self._gap_dirty = True
                 if i < 0:
-                    stats.skipped_bytes += end - pos
                     break
-                stats.skipped_bytes += i - pos
+                if self._gap_dirty:
+                    stats.interrupted += 1
+                    self._gap_dirty = False
+                self._synced = True
                 self._in_frame = True
                 buf.clear()
                 pos = i + 1
