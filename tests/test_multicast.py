@@ -1,0 +1,721 @@
+"""UDP multicast: the output, the JSON parts, ``teleinfo listen``, and delivery to a real InfluxDB.
+
+Network safety: every datagram here leaves through 127.0.0.1 (``IP_MULTICAST_IF``) or inside network
+namespaces the test creates and deletes; receivers join on 127.0.0.1 or a namespace's address, never on a real
+interface.  Each test uses its own random group and port, so parallel runs and a running appliance never mix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+
+from appliance.config import MulticastConfig
+from appliance.lineproto import MAX_DATAGRAM, field_key, frame_time, frame_to_lines
+from appliance.outputs.base import OutputWorker
+from appliance.outputs.multicast import (
+    JsonReassembler,
+    MulticastOutput,
+    merge_json_parts,
+    open_receiver,
+    parse_line,
+    split_json,
+)
+from appliance.simulator.model import PARIS, MeterSimulator
+from appliance.stats import Stats
+from appliance.tic import HISTORIQUE, STANDARD, Decoder, Frame, Kind
+
+from .servers import InfluxD, MulticastRelay
+from .util import free_port, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+
+pytestmark = pytest.mark.timeout(60)
+
+
+# --- helpers -----------------------------------------------------------------------------------------------
+def unique_group() -> tuple[str, int]:
+    """A group and port of our own (239.255.0.0/16, the IPv4 local scope)."""
+    return f"239.255.{random.randint(100, 250)}.{random.randint(1, 254)}", free_port(socket.SOCK_DGRAM)
+
+
+def sim_frames(n: int = 3, **kw: Any) -> list[Frame]:
+    """Frames decoded from the simulator's bytes, stamped as the reader would (a second after DATE)."""
+    sim = MeterSimulator(start=datetime(2024, 1, 16, 20, 30, tzinfo=PARIS), **kw)
+    decoder = Decoder()
+    out: list[Frame] = []
+    for sf in sim.frames(step=2.0):
+        for f in decoder.feed(sf.data):
+            date = f.timestamps.get("DATE")
+            f.received_at = (datetime.fromisoformat(date).timestamp() if date else sf.at.timestamp()) + 1.25
+            out.append(f)
+        if len(out) >= n:
+            return out[:n]
+    raise AssertionError("unreachable")
+
+
+def big_frame() -> Frame:
+    """A three-phase standard producer frame on Tempo: the largest kind (about 3.5 kB of JSON)."""
+    return sim_frames(1, mode="standard", phases=3, contract="TEMPO", producer=True)[0]
+
+
+def mixed_frames() -> list[Frame]:
+    return [
+        big_frame(),
+        *sim_frames(2, mode="historique", phases=1, contract="HCHP", seed=3),
+        *sim_frames(1, mode="standard", phases=1, contract="BASE", seed=4),
+    ]
+
+
+def config(group: str, port: int, **kw: Any) -> MulticastConfig:
+    kw.setdefault("interface", LOOPBACK)  # tests never use the system's route in the host namespace
+    return MulticastConfig(group=group, port=port, **kw)
+
+
+def drain(sock: socket.socket, quiet: float = 0.3, limit: float = 5.0) -> list[bytes]:
+    """Every datagram until ``quiet`` seconds of silence (at most ``limit`` seconds in all)."""
+    got: list[bytes] = []
+    deadline = time.monotonic() + limit
+    sock.settimeout(quiet)
+    while time.monotonic() < deadline:
+        try:
+            got.append(sock.recv(65535))
+        except TimeoutError:
+            break
+    return got
+
+
+def compact(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def expected_fields(frame: Frame) -> dict[str, int | str]:
+    """The fields DATA_FORMAT.md §2 promises for a frame, typed."""
+    table = STANDARD if frame.mode == "standard" else HISTORIQUE
+    out: dict[str, int | str] = {}
+    for label, value in frame.values.items():
+        if label in ("ADCO", "ADSC", "PRM", "DATE"):
+            continue
+        spec = table.get(label)
+        out[field_key(label)] = value if spec is not None and spec.kind is Kind.INT else str(value)
+    return out
+
+
+# --- loopback, no root -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["influx", "json"])
+def test_two_receivers_get_every_datagram_exactly_once(fmt: str) -> None:
+    group, port = unique_group()
+    frames = mixed_frames()
+    out = MulticastOutput(config(group, port, format=fmt))
+    twin = MulticastOutput(config(group, port, format=fmt))  # same JSON part counter, so the same datagrams
+    expected = [p for f in frames for p in twin.payloads(f)]
+    r1, r2 = open_receiver(group, port, LOOPBACK), open_receiver(group, port, LOOPBACK)
+    with r1, r2:
+        out.open()
+        try:
+            for f in frames:
+                out.send(f)
+        finally:
+            out.close()
+        got1, got2 = drain(r1), drain(r2)
+    assert got1 == expected
+    assert got2 == expected
+    assert all(len(d) <= MAX_DATAGRAM for d in expected)
+    if fmt == "json":
+        assert len(expected) > len(frames)  # the big frame was split
+        r = JsonReassembler()
+        assert [obj for d in got1 for obj in r.feed(d)] == [f.to_json() for f in frames]
+
+
+def test_big_json_frame_splits_into_parts_that_merge_back_exactly() -> None:
+    frame = big_frame()
+    whole = frame.to_json()
+    assert len(compact(whole).encode()) > MAX_DATAGRAM
+    parts = split_json(whole, MAX_DATAGRAM, seq=7)
+    assert len(parts) >= 3
+    objs = [json.loads(p) for p in parts]
+    for i, (raw, obj) in enumerate(zip(parts, objs, strict=True), 1):
+        assert len(raw) <= MAX_DATAGRAM
+        assert list(obj)[:4] == ["mode", "meter", "part", "seq"]
+        assert (obj["mode"], obj["meter"], obj["part"], obj["seq"]) == ("standard", frame.meter, [i, len(parts)], 7)
+    assert len({k for o in objs for k in o.get("values", {})}) == len(whole["values"])
+    split = {k for k in whole if sum(k in o for o in objs) >= 2} - {"mode", "meter"}
+    assert split and all(isinstance(whole[k], dict) for k in split)  # objects are split by keys, nothing else
+    merged = merge_json_parts(list(reversed(objs)))
+    assert merged == whole
+    assert compact(merged) == compact(whole)  # key order too
+
+
+@pytest.mark.parametrize("max_bytes", [300, 400, 700, 1000, MAX_DATAGRAM])
+def test_json_parts_fit_and_merge_for_every_frame_kind(max_bytes: int) -> None:
+    frames = [
+        *mixed_frames(),
+        *sim_frames(2, mode="historique", phases=3, contract="TEMPO", seed=5),
+        *sim_frames(2, mode="standard", phases=3, contract="EJP", seed=6),
+    ]
+    for frame in frames:
+        whole = frame.to_json()
+        parts = split_json(whole, max_bytes)
+        for p in parts:
+            # Only a part holding one single value (a day profile is ~450 bytes) may exceed the limit.
+            obj = json.loads(p)
+            body = {k: v for k, v in obj.items() if k not in ("mode", "meter", "part", "seq")}
+            single = len(body) == 1 and (not isinstance(v := next(iter(body.values())), dict) or len(v) == 1)
+            assert len(p) <= max_bytes or single, (len(p), max_bytes, list(body))
+        if max_bytes >= 700:
+            assert all(len(p) <= max_bytes for p in parts)
+        if len(parts) == 1:
+            assert json.loads(parts[0]) == whole and "part" not in json.loads(parts[0])
+        assert compact(merge_json_parts([json.loads(p) for p in parts])) == compact(whole)
+
+
+def test_influx_lines_of_a_split_frame_share_tags_and_timestamp() -> None:
+    frame = big_frame()
+    full = frame_to_lines(frame, "teleinfo", "ns")
+    assert len(full) == 1  # fits one datagram at 1472 bytes
+    out = MulticastOutput(config(*unique_group(), precision="ns"), max_datagram=300)
+    datagrams = out.payloads(frame)
+    assert len(datagrams) >= 3 and all(len(d) <= 300 for d in datagrams)
+    points = [parse_line(line) for d in datagrams for line in d.decode().split("\n")]
+    assert len(points) >= 3
+    stamp = frame_time(frame) * 1_000_000_000
+    for p in points:
+        assert (p.measurement, p.tags, p.time) == ("teleinfo", {"meter": frame.meter, "mode": "standard"}, stamp)
+    merged: dict[str, Any] = {}
+    for p in points:
+        assert not merged.keys() & p.fields.keys()  # every field in exactly one line
+        merged.update(p.fields)
+    assert merged == parse_line(full[0]).fields == expected_fields(frame)
+
+
+def test_frame_without_reception_time_is_stamped_now() -> None:
+    frame = Frame("historique", {"ADCO": "012345678901", "PAPP": 750})
+    out = MulticastOutput(config(*unique_group(), precision="s"))
+    before = int(time.time())
+    (datagram,) = out.payloads(frame)
+    point = parse_line(datagram.decode())
+    assert before <= (point.time or 0) <= time.time() + 1
+    assert frame.received_at is None  # the shared frame is not modified
+
+
+def test_interface_by_name_uses_its_address() -> None:
+    group, port = unique_group()
+    frame = sim_frames(1, mode="historique")[0]
+    with open_receiver(group, port, "lo") as r:  # join by name too
+        out = MulticastOutput(config(group, port, interface="lo"))
+        out.open()
+        try:
+            out.send(frame)
+        finally:
+            out.close()
+        r.settimeout(3)
+        data, source = r.recvfrom(65535)
+    assert source[0] == LOOPBACK  # not 0.0.0.0, which a Linux receiver on a LAN would drop as martian
+    assert parse_line(data.decode()).tags["meter"] == frame.meter
+
+
+def test_sending_without_any_receiver_works() -> None:
+    out = MulticastOutput(config(*unique_group(), format="json"))
+    out.open()
+    try:
+        for f in mixed_frames():
+            out.send(f)
+    finally:
+        out.close()
+    out.close()  # twice is harmless
+
+
+@pytest.mark.parametrize(
+    ("interface", "errno_", "text"),
+    [
+        ("nosuchif0", 19, "network interface 'nosuchif0' does not exist"),  # ENODEV
+        ("192.0.2.77", 99, "Cannot assign requested address"),  # TEST-NET-1: not an address of this machine
+    ],
+)
+def test_missing_interface_is_a_clear_oserror(interface: str, errno_: int, text: str) -> None:
+    out = MulticastOutput(config(*unique_group(), interface=interface))
+    with pytest.raises(OSError, match=text) as exc:
+        out.open()
+    assert exc.value.errno == errno_
+    assert interface in str(exc.value)
+    with pytest.raises(OSError, match=text):
+        out.send(sim_frames(1)[0])  # send() opens on demand and fails the same way
+
+
+def test_worker_survives_and_reports_a_missing_interface() -> None:
+    stats = Stats()
+    out = MulticastOutput(config(*unique_group(), interface="nosuchif0"))
+    worker = OutputWorker(out, stats, queue_size=5, backoff_initial=0.02, backoff_max=0.1)
+    worker.start()
+    try:
+        for f in sim_frames(8):
+            worker.submit(f)
+        wait_until(lambda: stats.output("multicast").state == "failing", 5)
+        o = stats.output("multicast")
+        assert "nosuchif0" in (o.last_error or "") and "does not exist" in (o.last_error or "")
+        assert o.dropped == 3 and o.sent == 0  # bounded queue: the oldest frames went
+        time.sleep(0.3)
+        assert worker._thread.is_alive()  # retrying with backoff, not crashed
+    finally:
+        assert worker.stop(3)
+    assert stats.output("multicast").state == "stopped"
+
+
+def test_bad_group_and_port_are_value_errors() -> None:
+    with pytest.raises(ValueError, match="not a multicast group"):
+        open_receiver("10.1.2.3", 4242, LOOPBACK)
+    with pytest.raises(ValueError, match="not an IPv4 address"):
+        MulticastOutput(MulticastConfig(group="nonsense"))
+    with pytest.raises(OSError, match="cannot join"):
+        open_receiver("239.255.42.1", free_port(socket.SOCK_DGRAM), "192.0.2.77")
+
+
+def test_parse_line_reads_back_what_lineproto_writes() -> None:
+    frame = Frame(
+        "standard",
+        {"ADSC": "041876123456", "MSG1": 'PAS DE  "MESSAGE", \\ ok=1', "EAST": 12, "SINST1": "a b,c"},
+        received_at=1_700_000_000.7,
+    )
+    (line,) = frame_to_lines(frame, "tele,info x", "ms")
+    p = parse_line(line)
+    assert p.measurement == "tele,info x"
+    assert p.tags == {"meter": "041876123456", "mode": "standard"}
+    assert p.fields == {"msg1": 'PAS DE  "MESSAGE", \\ ok=1', "east": 12, "sinst1": "a b,c"}
+    assert p.time == 1_700_000_000_000
+    for bad in ("", "m", "m f=", 'm f="x', "m f=1 notatime", "m,t f=1"):
+        with pytest.raises(ValueError):
+            parse_line(bad)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_reassembler_is_bounded_and_ignores_garbage() -> None:
+    clock = FakeClock()
+    r = JsonReassembler(max_age=5.0, max_pending=2, clock=clock)
+    frame = big_frame().to_json()
+    parts = split_json(frame, seq=1)
+    n = len(parts)
+    # a lost part: the frame waits, then expires
+    assert [r.feed(p, "a") for p in parts[:-1]] == [[]] * (n - 1)
+    assert r.pending == 1
+    clock.t += 6
+    assert r.feed(b"garbage", "a") == [] and r.invalid == 1
+    assert r.pending == 0 and r.dropped == 1
+    # more incomplete frames than max_pending: the oldest go
+    for seq in (2, 3, 4):
+        r.feed(split_json(frame, seq=seq)[0], "a")
+    assert r.pending == 2 and r.dropped == 2
+    # parts arriving out of order and interleaved with another sender still complete
+    other = split_json(frame, seq=1)
+    got = []
+    for a, b in zip(reversed(parts), other, strict=True):
+        got += r.feed(a, "a") + r.feed(b, "b")
+    assert got == [frame, frame]
+    # malformed parts and non-objects are counted, never raised
+    for bad in (b"[1,2]", b'{"part":[0,1]}', b'{"part":[3,2]}', b'{"part":"1/2"}', b"\xff\xfe"):
+        assert r.feed(bad) == []
+    assert r.invalid == 6
+    assert r.feed(compact({"mode": "historique", "meter": None}).encode()) == [{"mode": "historique", "meter": None}]
+
+
+def test_reassembler_without_seq_restarts_on_a_repeated_part() -> None:
+    frame = big_frame().to_json()
+    parts = [json.loads(p) for p in split_json(frame)]
+    for p in parts:
+        del p["seq"]
+    raw = [compact(p).encode() for p in parts]
+    r = JsonReassembler()
+    r.feed(raw[0])  # the rest of this frame is lost...
+    assert [x for p in raw for x in r.feed(p)] == [frame]  # ...and the next one completes cleanly
+    assert r.dropped == 1
+
+
+# --- teleinfo listen ---------------------------------------------------------------------------------------
+class Proc:
+    """A subprocess whose stdout and stderr are read by threads (no pipe can fill up and block it)."""
+
+    def __init__(self, argv: list[str], cwd: Path = REPO) -> None:
+        env = {**os.environ, "PYTHONPATH": str(REPO)}
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd, env=env)
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._threads = [
+            threading.Thread(target=self._read, args=(self.proc.stdout, self.out), daemon=True),
+            threading.Thread(target=self._read, args=(self.proc.stderr, self.err), daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    @staticmethod
+    def _read(stream: Any, into: list[str]) -> None:
+        into.extend(line.rstrip("\n") for line in stream)  # list.extend on a generator: one append at a time
+
+    def wait_stderr(self, text: str, timeout: float = 10.0) -> None:
+        wait_until(lambda: any(text in line for line in self.err) or self.proc.poll() is not None, timeout)
+        assert any(text in line for line in self.err), f"{text!r} not in stderr: {self.err}"
+
+    def finish(self, timeout: float = 20.0) -> int:
+        try:
+            rc = self.proc.wait(timeout)
+        finally:
+            self.kill()
+        for t in self._threads:
+            t.join(5)
+        return rc
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()  # our own child, by its PID
+            self.proc.wait(5)
+
+
+def listen(*args: str, cmd: tuple[str, ...] = ()) -> Proc:
+    """``teleinfo listen`` as a subprocess (``cmd`` prefixes it, e.g. with ``ip netns exec NS``)."""
+    return Proc([*cmd, sys.executable, "-m", "appliance", "listen", *args])
+
+
+def send_frames(group: str, port: int, frames: list[Frame], **kw: Any) -> None:
+    out = MulticastOutput(config(group, port, **kw))
+    out.open()
+    try:
+        for f in frames:
+            out.send(f)
+    finally:
+        out.close()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("mode", ["summary", "raw", "json"])
+def test_listen_prints_the_frames_sent(mode: str) -> None:
+    group, port = unique_group()
+    frames = mixed_frames()
+    fmt = "json" if mode == "json" else "influx"
+    args = ["--group", group, "--port", str(port), "--interface", LOOPBACK, "--count", str(len(frames))]
+    p = listen(*args, "--timeout", "15", *(["--raw"] if mode == "raw" else []))
+    try:
+        p.wait_stderr("listening on")
+        send_frames(group, port, frames, format=fmt)
+        assert p.finish() == 0, p.err
+    finally:
+        p.kill()
+    if mode == "json":
+        assert p.out == [compact(f.to_json()) for f in frames]
+    elif mode == "raw":
+        assert p.out == [line for f in frames for line in frame_to_lines(f, "teleinfo", "ns")]
+    else:
+        assert len(p.out) == len(frames)
+        for line, f in zip(p.out, frames, strict=True):
+            when = datetime.fromtimestamp(frame_time(f)).strftime("%H:%M:%S")
+            assert line.startswith(f"{when} teleinfo meter={f.meter} mode={f.mode}  "), line
+            power = ("SINSTS", "sinsts") if f.mode == "standard" else ("PAPP", "papp")
+            assert f"{power[1]}={f.values[power[0]]} VA" in line
+            assert "fields)" in line
+
+
+@pytest.mark.integration
+def test_listen_reports_errors_and_timeouts() -> None:
+    group, port = unique_group()
+    cases = [
+        (["--group", "10.0.0.1"], 2, "teleinfo listen: 10.0.0.1 is not a multicast group"),
+        (["--group", group, "--port", str(port), "--interface", "192.0.2.77"], 2, "cannot join"),
+        (["--group", group, "--port", str(port), "--interface", "nosuchif0"], 2, "does not exist"),
+        (
+            ["--group", group, "--port", str(port), "--interface", LOOPBACK, "--count", "2", "--timeout", "0.5"],
+            1,
+            "timeout: 0 of 2 frames received",
+        ),
+    ]
+    for args, rc, text in cases:
+        p = listen(*args)
+        assert p.finish(15) == rc, (args, p.err)
+        assert p.out == []
+        assert any(text in line for line in p.err), (text, p.err)
+        assert not any("Traceback" in line for line in p.err)
+    # --timeout alone is a normal end
+    p = listen("--group", group, "--port", str(port), "--interface", LOOPBACK, "--timeout", "0.3")
+    assert p.finish(15) == 0
+
+
+@pytest.mark.integration
+def test_listen_stops_cleanly_on_ctrl_c() -> None:
+    group, port = unique_group()
+    p = listen("--group", group, "--port", str(port), "--interface", LOOPBACK, "--format", "influx", "--timeout", "30")
+    try:
+        p.wait_stderr("listening on")
+        send_frames(group, port, sim_frames(1, mode="historique"))
+        wait_until(lambda: len(p.out) == 1, 10)
+        p.proc.send_signal(signal.SIGINT)
+        assert p.finish(10) == 0
+    finally:
+        p.kill()
+    assert not any("Traceback" in line for line in p.err), p.err
+
+
+# --- two network namespaces joined by a veth pair (root) ----------------------------------------------------
+@dataclass
+class VethPair:
+    """Namespaces ``a`` (198.51.100.1 on ``va``) and ``b`` (198.51.100.2 on ``vb``), TEST-NET-2."""
+
+    a: str
+    b: str
+    va: str
+    vb: str
+    addr_a: ClassVar[str] = "198.51.100.1"
+    addr_b: ClassVar[str] = "198.51.100.2"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
+
+
+def needs_root_and_ip() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates network namespaces and a veth pair")
+    if shutil.which("ip") is None:
+        pytest.skip("iproute2's ip command is not installed (apt-get install -y iproute2)")
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """One empty namespace with lo up and no route for multicast; deleted afterwards."""
+    needs_root_and_ip()
+    name = f"tmc{os.getpid() % 100000}{secrets.token_hex(3)}"
+    try:
+        _ip("netns", "add", name)
+        _ip("-n", name, "link", "set", "lo", "up")
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def veth_pair() -> Iterator[VethPair]:
+    needs_root_and_ip()
+    tag = f"{os.getpid() % 100000}{secrets.token_hex(2)}"
+    pair = VethPair(f"tmca{tag}", f"tmcb{tag}", f"va{tag}", f"vb{tag}")  # interface names stay under 16 bytes
+    try:
+        _ip("netns", "add", pair.a)
+        _ip("netns", "add", pair.b)
+        try:
+            _ip("link", "add", pair.va, "netns", pair.a, "type", "veth", "peer", "name", pair.vb, "netns", pair.b)
+        except subprocess.CalledProcessError as e:
+            pytest.skip(f"cannot create a veth pair here: {e.stderr.decode().strip()}")
+        _ip("-n", pair.a, "addr", "add", f"{pair.addr_a}/24", "dev", pair.va)
+        _ip("-n", pair.b, "addr", "add", f"{pair.addr_b}/24", "dev", pair.vb)
+        for ns, dev in ((pair.a, pair.va), (pair.b, pair.vb)):
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "link", "set", dev, "up")
+        yield pair
+    finally:
+        for ns in (pair.a, pair.b):  # deleting a namespace removes its end of the veth pair
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
+
+
+SENDER = """
+import sys
+from appliance.config import MulticastConfig
+from appliance.outputs.multicast import MulticastOutput
+from appliance.tic import Decoder
+group, port, interface, fmt, path, base = sys.argv[1:7]
+out = MulticastOutput(MulticastConfig(group=group, port=int(port), interface=interface, format=fmt))
+out.open()
+frames = Decoder().feed(open(path, "rb").read())
+for i, frame in enumerate(frames):
+    frame.received_at = float(base) + i
+    out.send(frame)
+out.close()
+print(len(frames))
+"""
+
+
+def raw_capture(tmp_path: Path) -> tuple[Path, list[Frame], float]:
+    """The bytes of a few simulated frames (big and small), and those frames as the sender will stamp them."""
+    data = b""
+    for kw in (
+        {"mode": "standard", "phases": 3, "contract": "TEMPO", "producer": True},
+        {"mode": "historique", "phases": 1, "contract": "BASE"},
+    ):
+        sim = MeterSimulator(start=datetime(2024, 1, 16, 20, 30, tzinfo=PARIS), **kw)
+        frames = sim.frames(step=2.0)
+        data += b"".join(next(frames).data for _ in range(3))
+    path = tmp_path / "capture.tic"
+    path.write_bytes(data)
+    base = 1_705_433_400.5
+    frames = Decoder().feed(data)
+    return path, [replace(f, received_at=base + i) for i, f in enumerate(frames)], base
+
+
+@pytest.mark.root
+@pytest.mark.integration
+@pytest.mark.parametrize(("fmt", "by_name"), [("json", False), ("influx", True)])
+def test_veth_two_receivers_in_another_namespace(veth_pair: VethPair, tmp_path: Path, fmt: str, by_name: bool) -> None:
+    pair = veth_pair
+    group, port = unique_group()
+    path, frames, base = raw_capture(tmp_path)
+    args = ["--group", group, "--port", str(port), "--interface", pair.addr_b, "--format", fmt]
+    args += ["--count", str(len(frames)), "--timeout", "20", *(["--raw"] if fmt == "influx" else [])]
+    receivers = [listen(*args, cmd=("ip", "netns", "exec", pair.b)) for _ in range(2)]
+    try:
+        for r in receivers:
+            r.wait_stderr("listening on")
+        iface = pair.va if by_name else pair.addr_a
+        sender = subprocess.run(
+            ["ip", "netns", "exec", pair.a, sys.executable, "-c", SENDER, group, str(port), iface, fmt, str(path),
+             str(base)],
+            capture_output=True, text=True, timeout=20, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        )  # fmt: skip
+        assert sender.returncode == 0, sender.stderr
+        assert sender.stdout.strip() == str(len(frames))
+        for r in receivers:
+            assert r.finish() == 0, r.err
+    finally:
+        for r in receivers:
+            r.kill()
+    if fmt == "json":
+        expected = [compact(f.to_json()) for f in frames]
+    else:
+        expected = [line for f in frames for line in frame_to_lines(f, "teleinfo", "ns")]
+    for r in receivers:
+        assert r.out == expected  # every frame, once, in order
+
+
+WORKER = """
+import json, subprocess, sys, time
+from appliance.config import MulticastConfig
+from appliance.outputs.base import OutputWorker
+from appliance.outputs.multicast import MulticastOutput
+from appliance.stats import Stats
+from appliance.tic import Frame
+
+def wait(pred):
+    deadline = time.monotonic() + 10
+    while not pred():
+        assert time.monotonic() < deadline, "timeout"
+        time.sleep(0.01)
+
+def ip(*args):
+    subprocess.run(["ip", *args], check=True)
+
+def frame(i):
+    return Frame("historique", {"ADCO": "012345678901", "PAPP": i}, received_at=time.time())
+
+stats = Stats()
+o = stats.output("multicast")
+report = {}
+# 1. no interface configured and no multicast route in this namespace: ENETUNREACH at every send
+w = OutputWorker(MulticastOutput(MulticastConfig(group=sys.argv[1], port=int(sys.argv[2]))), stats,
+                 backoff_initial=0.01, backoff_max=0.02)
+w.start()
+for i in range(3):
+    w.submit(frame(i))
+wait(lambda: o.failed == 3)
+report["noroute"] = {"failed": o.failed, "sent": o.sent, "state": o.state, "error": o.last_error,
+                     "alive": w._thread.is_alive()}
+w.stop(2)
+# 2. an interface given by name that vanishes, then comes back with a new index
+stats = Stats()
+o = stats.output("multicast")
+ip("link", "add", "x0", "type", "veth", "peer", "name", "x1")
+ip("addr", "add", "198.51.100.9/24", "dev", "x0")
+ip("link", "set", "x0", "up")
+ip("link", "set", "x1", "up")
+w = OutputWorker(MulticastOutput(MulticastConfig(group=sys.argv[1], port=int(sys.argv[2]), interface="x0")), stats,
+                 backoff_initial=0.01, backoff_max=0.02)
+w.start()
+w.submit(frame(0))
+wait(lambda: o.sent == 1)
+ip("link", "del", "x0")
+for i in range(2):
+    w.submit(frame(i))
+wait(lambda: o.failed == 2)
+report["vanished"] = {"failed": o.failed, "state": o.state, "error": o.last_error}
+ip("link", "add", "x0", "type", "veth", "peer", "name", "x1")
+ip("addr", "add", "198.51.100.9/24", "dev", "x0")
+ip("link", "set", "x0", "up")
+ip("link", "set", "x1", "up")
+w.submit(frame(9))
+wait(lambda: o.sent == 2)
+report["back"] = {"sent": o.sent, "failed": o.failed, "state": o.state}
+print(json.dumps(report))
+w.stop(2)
+"""
+
+
+@pytest.mark.root
+@pytest.mark.integration
+def test_worker_counts_send_failures_and_recovers(netns: str) -> None:
+    group, port = unique_group()
+    run = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", WORKER, group, str(port)],
+        capture_output=True, text=True, timeout=30, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    noroute = report["noroute"]
+    assert (noroute["failed"], noroute["sent"], noroute["state"], noroute["alive"]) == (3, 0, "failing", True)
+    assert "Network is unreachable" in noroute["error"] and "system's multicast route" in noroute["error"]
+    vanished = report["vanished"]
+    assert vanished["failed"] == 2 and vanished["state"] == "failing" and "x0" in vanished["error"]
+    assert report["back"] == {"sent": 2, "failed": 2, "state": "up"}
+
+
+# --- a real InfluxDB behind a multicast relay ---------------------------------------------------------------
+@pytest.fixture
+def influxd(tmp_path: Path) -> Iterator[InfluxD]:
+    server = InfluxD()
+    try:
+        server.start(tmp_path)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("relay_kind", ["socat", "python"])
+def test_influxd_stores_the_points_sent_to_the_group(influxd: InfluxD, relay_kind: str) -> None:
+    group, port = unique_group()
+    frames = mixed_frames()
+    relay = MulticastRelay(group, port, influxd.udp_port, kind=relay_kind)
+    relay.start()
+    try:
+        send_frames(group, port, frames, format="influx", precision="ns")
+        wait_until(lambda: len(influxd.rows("udpdb", "SELECT * FROM teleinfo")) == len(frames), 10)
+    finally:
+        relay.stop()
+    rows = influxd.rows("udpdb", "SELECT * FROM teleinfo")
+    by_key = {(r["meter"], r["mode"], r["time"]): r for r in rows}
+    assert len(by_key) == len(frames)
+    for f in frames:
+        if "DATE" in f.timestamps:  # DATA_FORMAT.md §2: the meter's DATE when sane, else the reception time
+            stamp = int(datetime.fromisoformat(f.timestamps["DATE"]).timestamp())
+        else:
+            stamp = int(f.received_at or 0)
+        assert frame_time(f) == stamp
+        row = by_key[(f.meter, f.mode, stamp * 1_000_000_000)]
+        fields = expected_fields(f)
+        assert {k: row[k] for k in fields} == fields  # integers as integers, strings as strings
+        others = set(row) - set(fields) - {"time", "meter", "mode"}
+        assert all(row[k] is None for k in others)
