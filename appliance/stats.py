@@ -26,6 +26,8 @@ class OutputStats:
     dropped: int = 0
     queued: int = 0
     spooled: int = 0
+    spool_dropped: int = 0
+    spool_error: str | None = None
     state: str = "starting"
     last_error: str | None = None
     last_sent_at: float | None = None
@@ -168,6 +170,8 @@ class Stats:
                         "dropped": o.dropped,
                         "queued": o.queued,
                         "spooled": o.spooled,
+                        "spool_dropped": o.spool_dropped,
+                        "spool_error": o.spool_error,
                         "last_error": o.last_error,
                         "last_sent_at": o.last_sent_at,
                         "since": o.since,

@@ -18,16 +18,21 @@ import threading
 import time
 from typing import Protocol
 
+from appliance.outputs.spool import Spool
 from appliance.stats import Stats
 from appliance.tic import Frame
 
-__all__ = ["Fanout", "Output", "OutputWorker"]
+__all__ = ["Fanout", "Output", "OutputWorker", "PartialDelivery"]
 
 _LOG = logging.getLogger(__name__)
 
 
 class Output(Protocol):
-    """What an output module provides (see ``appliance/outputs/*.py``)."""
+    """What an output module provides (see ``appliance/outputs/*.py``).
+
+    A durable output may also define ``send_batch(frames)``, used to replay the spool: it delivers the frames in
+    order or raises; :class:`PartialDelivery` says how many of them were delivered before the failure.
+    """
 
     name: str
     durable: bool
@@ -42,6 +47,15 @@ class Output(Protocol):
         """Release resources; must not raise and must return within a few seconds."""
 
 
+class PartialDelivery(Exception):
+    """Raised by ``send_batch`` when only the first ``delivered`` frames went through."""
+
+    def __init__(self, delivered: int, cause: BaseException) -> None:
+        super().__init__(f"{delivered} delivered, then {type(cause).__name__}: {cause}")
+        self.delivered = delivered
+        self.cause = cause
+
+
 class OutputWorker:
     """One output, its bounded drop-oldest queue and its thread."""
 
@@ -52,8 +66,13 @@ class OutputWorker:
         queue_size: int = 1000,
         backoff_initial: float = 0.5,
         backoff_max: float = 30.0,
+        spool: Spool | None = None,
+        batch_size: int = 500,
     ) -> None:
         self.output = output
+        self._spool = spool
+        self._batch_size = batch_size
+        self._spool_error: str | None = None
         self.name = output.name
         self._stats = stats
         self._queue: collections.deque[Frame] = collections.deque()
@@ -65,6 +84,8 @@ class OutputWorker:
         self._backoff_max = backoff_max
         self._thread = threading.Thread(target=self._run, name=f"output-{self.name}", daemon=True)
         stats.output(self.name)
+        if spool is not None:
+            stats.update_output(self.name, spooled=len(spool))
 
     def start(self) -> None:
         self._thread.start()
@@ -127,6 +148,83 @@ class OutputWorker:
     def _draining_done(self) -> bool:
         return self._stop.is_set() and time.monotonic() >= self._deadline
 
+    def _pause(self, seconds: float) -> None:
+        """Wait before retrying; with a spool, frames arriving meanwhile go to disk at once (kill -9 safe)."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._spool is None:
+                self._stop.wait(remaining)
+                continue
+            with self._cond:
+                if not self._queue:
+                    self._cond.wait(min(remaining, 0.5))
+            self._to_spool()
+
+    def _to_spool(self) -> None:
+        """Move every queued frame to the end of the spool, in order.  A full disk keeps them in memory."""
+        assert self._spool is not None
+        with self._cond:
+            frames = list(self._queue)
+            self._queue.clear()
+        done = 0
+        try:
+            for frame in frames:
+                self._spool.append(frame)
+                done += 1
+            if self._spool_error is not None:
+                _LOG.info("output %s: spool writable again", self.name)
+                self._spool_error = None
+        except OSError as e:
+            if self._spool_error is None:
+                _LOG.error("output %s: cannot write the spool (%s); keeping frames in memory", self.name, e)
+            self._spool_error = str(e)
+            with self._cond:  # back at the front, oldest first; the queue bound still applies
+                self._queue.extendleft(reversed(frames[done:]))
+                over = len(self._queue) - self._queue_size
+                for _ in range(max(0, over)):
+                    self._queue.popleft()
+            if over > 0:
+                self._stats.update_output(self.name, dropped=over)
+        self._stats.update_output(
+            self.name,
+            queued=len(self._queue),
+            spooled=len(self._spool),
+            spool_error=self._spool_error,
+            spool_dropped=self._spool.dropped,
+        )
+
+    def _deliver(self, frames: list[Frame]) -> None:
+        send_batch = getattr(self.output, "send_batch", None)
+        if send_batch is not None:
+            send_batch(frames)
+            return
+        for i, frame in enumerate(frames):
+            try:
+                self.output.send(frame)
+            except Exception as e:
+                raise PartialDelivery(i, e) from e
+
+    def _replay(self) -> None:
+        """Send the oldest spooled frames; raises like ``send`` (after committing what was delivered)."""
+        assert self._spool is not None
+        self._to_spool()  # newer frames queue behind the spool, so the order is kept
+        batch = self._spool.peek(self._batch_size)
+        try:
+            self._deliver(batch.frames)
+        except PartialDelivery as e:
+            self._spool.commit(batch, e.delivered)
+            self._stats.update_output(self.name, sent=e.delivered, spooled=len(self._spool))
+            raise e.cause from e
+        self._spool.commit(batch)
+        if batch.frames:
+            self._stats.update_output(self.name, sent=len(batch.frames), last_sent_at=time.time())
+        self._stats.update_output(self.name, spooled=len(self._spool))
+        if not self._spool:
+            _LOG.info("output %s: spool replayed", self.name)
+
     def _run(self) -> None:
         backoff = self._backoff_initial
         opened = False
@@ -141,31 +239,40 @@ class OutputWorker:
                         self._set_state("failing", e)
                         if self._stop.is_set():
                             break
-                        self._stop.wait(backoff)
+                        self._pause(backoff)
                         backoff = min(backoff * 2, self._backoff_max)
                         continue
-                frame = self._next()
-                if frame is None:
-                    break
+                frame = None
                 try:
-                    self.output.send(frame)
+                    if self._spool is not None and len(self._spool):
+                        self._replay()
+                    else:
+                        frame = self._next()
+                        if frame is None:
+                            break
+                        self.output.send(frame)
+                        self._pop(frame)
+                        self._stats.update_output(self.name, sent=1, last_sent_at=time.time())
                 except Exception as e:
                     self._stats.update_output(self.name, failed=1)
                     self._set_state("failing", e)
-                    if not self.output.durable:
+                    if self._spool is not None:
+                        self._to_spool()  # the failed frame (still at the head) and every later one
+                    elif frame is not None and not self.output.durable:
                         self._pop(frame)
                     if self._stop.is_set():
-                        if not self.output.durable:
+                        if self._spool is None and not self.output.durable:
                             continue
                         break
-                    self._stop.wait(backoff)
+                    self._pause(backoff)
                     backoff = min(backoff * 2, self._backoff_max)
                     continue
-                self._pop(frame)
                 backoff = self._backoff_initial
-                self._stats.update_output(self.name, sent=1, last_sent_at=time.time())
                 self._set_state("up")
         finally:
+            if self._spool is not None:
+                self._to_spool()  # nothing accepted is lost across a restart
+                self._spool.close()
             try:
                 self.output.close()
             except Exception:

@@ -52,6 +52,7 @@ class Frame:
     """One decoded frame.  Only groups that passed every check are in ``values``/``timestamps``.
 
     ``received_at`` (POSIX seconds) is set by whoever read the bytes; the decoder itself is clock-free.
+    ``invalid`` lists the labels of rejected groups (as read, so possibly garbled).
     """
 
     mode: Mode
@@ -60,12 +61,48 @@ class Frame:
     invalid: list[str] = field(default_factory=list)
     clock_degraded: bool = False
     received_at: float | None = None
+    known_meter: str | None = None
 
     @property
     def meter(self) -> str | None:
-        """The meter's address: ADCO (historique) or ADSC (standard), or None if that group was rejected."""
+        """The meter's address: ADCO (historique) or ADSC (standard) from this frame, else ``known_meter``.
+
+        ``known_meter`` is what the reader learnt from earlier frames of the same stream, so a frame whose
+        address group alone was corrupted can still be attributed; the decoder itself never guesses it.
+        """
         v = self.values.get("ADSC" if self.mode == "standard" else "ADCO")
-        return v if isinstance(v, str) else None
+        return v if isinstance(v, str) else self.known_meter
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything needed to rebuild this frame later (the on-disk spool, the raw journal's replay)."""
+        rec: dict[str, Any] = {"mode": self.mode, "values": self.values}
+        if self.timestamps:
+            rec["timestamps"] = self.timestamps
+        if self.invalid:
+            rec["invalid"] = self.invalid
+        if self.clock_degraded:
+            rec["clock_degraded"] = True
+        if self.received_at is not None:
+            rec["received_at"] = self.received_at
+        if self.known_meter is not None:
+            rec["known_meter"] = self.known_meter
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Frame:
+        """The inverse of :meth:`to_record`; raises ``KeyError``/``ValueError`` on a damaged record."""
+        mode = rec["mode"]
+        if mode not in MODES or not isinstance(rec["values"], dict):
+            raise ValueError(f"not a frame record: {rec!r:.80}")
+        return cls(
+            mode,
+            rec["values"],
+            rec.get("timestamps", {}),
+            rec.get("invalid", []),
+            bool(rec.get("clock_degraded", False)),
+            rec.get("received_at"),
+            rec.get("known_meter"),
+        )
 
     def unit(self, label: str) -> str | None:
         """The unit of ``label`` in this frame's mode (None for unknown or unitless labels)."""

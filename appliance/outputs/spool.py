@@ -1,0 +1,271 @@
+"""The on-disk spool that keeps frames while an output's server is unreachable.
+
+Only touched during outages: while an output is healthy, frames live in memory for the milliseconds it takes to
+send them, and nothing is written to the SD card.  When a send fails, that frame and every later one are
+appended here, in order, and replayed from here, in order and with their original timestamps, once the server
+answers again.  When the spool has been fully replayed its files are deleted.
+
+Layout of the spool directory::
+
+    000000000001.spool   segments: one JSON record per line (Frame.to_record), appended with one write() each
+    000000000002.spool
+    cursor               "<segment> <byte offset>" of the next record to replay, replaced atomically
+
+Durability: every record is written with a single unbuffered ``write()``, so it is in the kernel once
+:meth:`Spool.append` returns and survives ``kill -9`` of the service; segments are also ``fsync``-ed at most
+every ``fsync_interval`` seconds during an outage, for power cuts.  A record cut by a power loss is skipped and
+counted (``corrupt``), never fatal.  The spool is bounded: past ``max_bytes`` the oldest segments are deleted and
+their unreplayed records counted in ``dropped``.  Replays can resend the last batch after a crash between a
+successful send and the cursor update; InfluxDB deduplicates such points (same series, same timestamp).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from appliance.tic import Frame
+
+__all__ = ["Batch", "Spool"]
+
+_LOG = logging.getLogger(__name__)
+_SUFFIX = ".spool"
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Records read from the cursor on; :meth:`Spool.commit` it once they are delivered."""
+
+    frames: list[Frame]
+    end: tuple[int, int]  # (segment, offset) just after the last record read
+    skipped: int = 0  # corrupt records passed over
+    ends: tuple[tuple[int, int, int], ...] = ()  # per frame: segment, offset after it, corrupt records before it
+
+
+class Spool:
+    """A bounded, append-only, crash-safe FIFO of frames on disk."""
+
+    def __init__(
+        self,
+        directory: str | Path,
+        max_bytes: int = 64 * 1024 * 1024,
+        segment_bytes: int = 1024 * 1024,
+        fsync_interval: float = 1.0,
+    ) -> None:
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        self.segment_bytes = min(segment_bytes, max(4096, max_bytes // 4))
+        self.fsync_interval = fsync_interval
+        self.dropped = 0
+        self.corrupt = 0
+        self._segments: list[int] = []
+        self._sizes: dict[int, int] = {}
+        self._cursor = (0, 0)
+        self._pending = 0
+        self._wfd: int | None = None
+        self._wseq = 0
+        self._last_sync = 0.0
+        self._dirty = False
+        self._warned_full = False
+        self._recover()
+
+    # --- state ---------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        """Records not yet replayed."""
+        return self._pending
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk."""
+        return sum(self._sizes.values())
+
+    def _path(self, seq: int) -> Path:
+        return self.dir / f"{seq:012d}{_SUFFIX}"
+
+    def _recover(self) -> None:
+        if not self.dir.is_dir():
+            return
+        for p in self.dir.iterdir():
+            if p.suffix == _SUFFIX and p.stem.isdigit():
+                self._segments.append(int(p.stem))
+                self._sizes[int(p.stem)] = p.stat().st_size
+        self._segments.sort()
+        if not self._segments:
+            return
+        cursor = (self._segments[0], 0)
+        try:
+            seq_text, off_text = (self.dir / "cursor").read_text().split()
+            saved = (int(seq_text), int(off_text))
+            if saved[0] in self._sizes:
+                cursor = saved
+            elif saved[0] > self._segments[-1]:  # pragma: no cover - cursor ahead of every segment: all replayed
+                cursor = (self._segments[-1], self._sizes[self._segments[-1]])
+        except (OSError, ValueError):
+            pass
+        self._cursor = cursor
+        self._segments = [s for s in self._segments if s >= cursor[0]]
+        for seq in list(self._sizes):
+            if seq < cursor[0]:
+                self._unlink(seq)
+        self._pending = self._count_from(cursor)
+        self._wseq = self._segments[-1]
+        if self._pending:
+            _LOG.info("spool %s: %d frames to replay from a previous run", self.dir, self._pending)
+        else:
+            self._clear()
+
+    def _count_from(self, cursor: tuple[int, int]) -> int:
+        n = 0
+        for seq in self._segments:
+            if seq < cursor[0]:
+                continue
+            with open(self._path(seq), "rb") as f:
+                if seq == cursor[0]:
+                    f.seek(cursor[1])
+                n += sum(chunk.count(b"\n") for chunk in iter(lambda f=f: f.read(1 << 16), b""))  # type: ignore[misc]
+        return n
+
+    # --- writing -------------------------------------------------------------------------------------------
+    def append(self, frame: Frame) -> None:
+        """Add a frame at the end.  Raises OSError (full disk, read-only...): the caller keeps the frame."""
+        line = json.dumps(frame.to_record(), separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+        if self._wfd is None or self._sizes.get(self._wseq, 0) + len(line) > self.segment_bytes:
+            self._rotate()
+        assert self._wfd is not None
+        written = os.write(self._wfd, line)
+        if written != len(line):  # a short write to a regular file means the disk is full
+            os.ftruncate(self._wfd, self._sizes[self._wseq])
+            raise OSError(28, "No space left on device (short write to the spool)")
+        self._sizes[self._wseq] += written
+        self._pending += 1
+        self._dirty = True
+        now = time.monotonic()
+        if now - self._last_sync >= self.fsync_interval:
+            self.sync()
+        if self.size > self.max_bytes:
+            self._enforce_bound()
+
+    def sync(self) -> None:
+        if self._wfd is not None and self._dirty:
+            os.fsync(self._wfd)
+            self._dirty = False
+        self._last_sync = time.monotonic()
+
+    def _rotate(self) -> None:
+        if self._wfd is not None:
+            self.sync()
+            os.close(self._wfd)
+            self._wfd = None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self._segments:
+            self._wseq += 1
+            self._cursor = (self._wseq, 0)
+        else:
+            self._wseq = self._segments[-1] + 1
+        self._segments.append(self._wseq)
+        self._sizes[self._wseq] = 0
+        self._wfd = os.open(self._path(self._wseq), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def _enforce_bound(self) -> None:
+        while self.size > self.max_bytes and len(self._segments) > 1:
+            seq = self._segments[0]
+            lost = self._count_from(self._cursor) - self._count_from((self._segments[1], 0))
+            self._segments.pop(0)
+            self._unlink(seq)
+            self._cursor = (self._segments[0], 0)
+            self._pending -= lost
+            self.dropped += lost
+            self._save_cursor()
+            if not self._warned_full:  # once per outage; the count is in `dropped`
+                self._warned_full = True
+                _LOG.warning("spool %s is full (%d bytes): dropping the oldest frames", self.dir, self.max_bytes)
+
+    # --- reading -------------------------------------------------------------------------------------------
+    def peek(self, n: int) -> Batch:
+        """Up to ``n`` frames from the cursor, in order, without consuming them."""
+        frames: list[Frame] = []
+        ends: list[tuple[int, int, int]] = []
+        skipped = 0
+        seq, off = self._cursor
+        idx = self._segments.index(seq) if seq in self._segments else len(self._segments)
+        while len(frames) < n and idx < len(self._segments):
+            seq = self._segments[idx]
+            with open(self._path(seq), "rb") as f:
+                f.seek(off)
+                for line in f:
+                    if not line.endswith(b"\n"):
+                        break  # being written right now (same process) or cut by a crash: not a record yet
+                    off += len(line)
+                    try:
+                        frames.append(Frame.from_record(json.loads(line)))
+                        ends.append((seq, off, skipped))
+                    except (ValueError, KeyError, TypeError):
+                        skipped += 1
+                    if len(frames) >= n:
+                        break
+            if len(frames) >= n or idx == len(self._segments) - 1:
+                break
+            idx += 1
+            off = 0
+        return Batch(frames, (seq, off), skipped, tuple(ends))
+
+    def commit(self, batch: Batch, count: int | None = None) -> None:
+        """The batch (or its first ``count`` frames) was delivered: move the cursor past it, delete replayed
+        segments."""
+        if count is None or count >= len(batch.frames):
+            consumed, corrupt, (seq, off) = len(batch.frames) + batch.skipped, batch.skipped, batch.end
+        elif count <= 0:
+            return
+        else:
+            seq, off, corrupt = batch.ends[count - 1]
+            consumed = count + corrupt
+        self._pending = max(0, self._pending - consumed)
+        self.corrupt += corrupt
+        while self._segments and self._segments[0] < seq:
+            self._unlink(self._segments.pop(0))
+        self._cursor = (seq, off)
+        if self._pending == 0:
+            self._clear()
+        else:
+            self._save_cursor()
+
+    def _save_cursor(self) -> None:
+        tmp = self.dir / "cursor.tmp"
+        tmp.write_text(f"{self._cursor[0]} {self._cursor[1]}\n")
+        os.replace(tmp, self.dir / "cursor")
+
+    def _unlink(self, seq: int) -> None:
+        self._sizes.pop(seq, None)
+        if seq == self._wseq and self._wfd is not None:
+            os.close(self._wfd)
+            self._wfd = None
+        try:
+            self._path(seq).unlink()
+        except FileNotFoundError:
+            pass
+
+    def _clear(self) -> None:
+        """Everything replayed: remove every file, so a healthy output leaves nothing on disk."""
+        for seq in list(self._segments):
+            self._unlink(seq)
+        self._segments.clear()
+        self._sizes.clear()
+        for name in ("cursor", "cursor.tmp"):
+            try:
+                (self.dir / name).unlink()
+            except FileNotFoundError:
+                pass
+        self._cursor = (self._wseq, 0)
+        self._warned_full = False
+
+    def close(self) -> None:
+        if self._wfd is not None:
+            try:
+                self.sync()
+            finally:
+                os.close(self._wfd)
+                self._wfd = None
