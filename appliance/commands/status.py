@@ -1,0 +1,133 @@
+"""``teleinfo status``: the appliance's state and counters for people, and a Nagios-style check.
+
+It reads ``GET /status`` from the health socket, so it works against a remote appliance too and sees exactly
+what load balancers see.  Exit status: 0 up, 1 degraded (reduced weight or drain), 2 down or unreachable; the
+first line is a Nagios-style summary with performance data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+OK, WARNING, CRITICAL = 0, 1, 2
+MAX_ANSWER = 1024 * 1024
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "status",
+        help="show the appliance's state and counters (a Nagios-style check)",
+        description=(
+            "Ask the health socket for the state and every counter and print them readably. Exit status 0 when "
+            "up, 1 when degraded (an output failing: reduced weight or drain), 2 when down (no meter data) or "
+            "when the health socket cannot be reached."
+        ),
+    )
+    p.add_argument("--host", default="127.0.0.1", help="appliance address (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=9999, help="health socket port (default: 9999)")
+    p.add_argument("--json", action="store_true", help="print the JSON document as received")
+    p.add_argument("--timeout", type=float, default=3.0, metavar="S", help="seconds to wait (default: 3)")
+    p.set_defaults(func=run)
+
+
+def fetch(host: str, port: int, timeout: float) -> dict[str, Any]:
+    """The ``/status`` document; raises OSError (unreachable) or ValueError (not a health socket's answer)."""
+    import http.client
+
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/status")
+        response = conn.getresponse()
+        body = response.read(MAX_ANSWER)
+    except http.client.HTTPException as e:
+        raise ValueError(f"not an HTTP answer ({type(e).__name__})") from None
+    finally:
+        conn.close()
+    if response.status != 200:
+        raise ValueError(f"HTTP {response.status} {response.reason}")
+    doc = json.loads(body)
+    if not isinstance(doc, dict) or not isinstance(doc.get("health"), dict):
+        raise ValueError("not a teleinfo status document")
+    return doc
+
+
+def exit_status(health: dict[str, Any]) -> int:
+    if health.get("state") == "down":
+        return CRITICAL
+    if health.get("state") != "up" or health.get("weight", 0) < 100:
+        return WARNING
+    return OK
+
+
+def run(args: argparse.Namespace) -> int:
+    where = f"{args.host}:{args.port}"
+    try:
+        doc = fetch(args.host, args.port, args.timeout)
+    except OSError as e:
+        print(f"TELEINFO CRITICAL - health socket {where} unreachable: {e.strerror or e}")
+        return CRITICAL
+    except ValueError as e:
+        print(f"TELEINFO CRITICAL - health socket {where} gave an unexpected answer: {e}")
+        return CRITICAL
+    status = exit_status(doc["health"])
+    if args.json:
+        print(json.dumps(doc, indent=2, ensure_ascii=False))
+    else:
+        print(_render(doc, status, where))
+    return status
+
+
+def _render(doc: dict[str, Any], status: int, where: str) -> str:
+    health = doc["health"]
+    word = ("OK", "WARNING", "CRITICAL")[status]
+    perf = f"frames={doc.get('frames', 0)}c rejects={sum(doc.get('rejects', {}).values())}c"
+    age = doc.get("last_frame_age_s")
+    if age is not None:
+        perf += f" age={age}s;;{health.get('down_after_s', '')}"
+    lines = [
+        f"TELEINFO {word} - {health.get('line', '?')} | {perf}",
+        f"appliance  {where}, version {doc.get('version')}",
+    ]
+    source = doc.get("source", {})
+    lines.append(
+        f"source     {source.get('state', '?')} {source.get('mode') or ''}".rstrip()
+        + f", {source.get('reconnects', 0)} reconnects, {source.get('bytes', 0)} bytes"
+        + (f" ({source['detail']})" if source.get("detail") else "")
+    )
+    rejects = ", ".join(f"{k}={v}" for k, v in sorted(doc.get("rejects", {}).items())) or "none"
+    last = "never" if age is None else f"{age:.1f} s ago"
+    lines.append(f"frames     {doc.get('frames', 0)} decoded, last {last}; rejected: {rejects}")
+    outputs = doc.get("outputs", {})
+    if not outputs:
+        lines.append("outputs    none")
+    for name, o in outputs.items():
+        lines.append(
+            f"output     {name} {o.get('state')}: sent {o.get('sent')}, failed {o.get('failed')}, "
+            f"dropped {o.get('dropped')}, queued {o.get('queued')}, spooled {o.get('spooled')}"
+            + (f", spool dropped {o['spool_dropped']}" if o.get("spool_dropped") else "")
+            + (f"; last error: {o['last_error']}" if o.get("last_error") and o.get("state") == "failing" else "")
+            + (f"; spool error: {o['spool_error']}" if o.get("spool_error") else "")
+        )
+    known = {"health", "version", "uptime_s", "frames", "groups", "rejects", "last_frame_at", "last_frame_age_s"}
+    for key, value in doc.items():
+        if key in known or key in ("source", "outputs"):
+            continue
+        lines.append(f"{key:<10} {_flat(value)}")
+    lines.append(f"uptime     {_duration(doc.get('uptime_s', 0))}, {doc.get('groups', 0)} groups decoded")
+    return "\n".join(lines)
+
+
+def _flat(value: Any) -> str:
+    """A further section (self-checks, control socket...) on one line."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_flat(v)}" for k, v in value.items()) or "-"
+    if isinstance(value, list):
+        return "[" + ", ".join(_flat(v) for v in value) + "]"
+    return str(value)
+
+
+def _duration(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.gmtime(seconds)) if seconds < 86400 else f"{seconds / 86400:.1f} days"

@@ -1,0 +1,541 @@
+"""The control socket: a line protocol to read the appliance's state, watch live frames and act on it.
+
+::
+
+    S: hello principal                   first client; later ones read "hello secondaire"
+       (with a token:  S: auth required   C: auth <token>   S: hello principal)
+    C: status                            S: {"role":"principal","health":{...},"frames":120,...}   (one line)
+    C: watch                             S: ok watching      then one JSON line per frame (Frame.to_json())
+    C: unwatch                           S: ok not watching
+    C: role                              S: role principal
+    C: reload                            S: ok reload requested       (a secondaire: error refused: ...)
+    C: help [command]                    S: ok commands: ...
+    C: quit                              S: ok bye
+    S: role principal                    unsolicited: this client has just been promoted
+
+One command per line (``\\n``, ``\\r\\n`` accepted), one answer line per command; answers start with ``ok``,
+``error``, ``hello`` or ``role``, or are one JSON object.  Frames from ``watch`` are JSON objects too, with
+``mode`` and ``values``.
+
+Roles: clients are kept in order of arrival (of authentication, with a token).  The first is ``principal`` and
+may act; the others are ``secondaire`` and may only read.  When the principal leaves, cleanly, abruptly (RST) or
+because it was disconnected for abuse, the longest-waiting secondaire is promoted and told ``role principal`` at
+once.  Later issues add principal-only commands with :meth:`ControlServer.register_command`.
+
+Bounds: ``max_clients`` connections (a further one reads an error and is closed), ``max_line_bytes`` per line,
+``max_commands_per_second`` per client (a token bucket), a 10 s limit to authenticate, and a bounded output
+buffer per client: a watcher that reads too slowly loses frames (counted), never delays anyone, and a client
+that stops reading its answers altogether is disconnected.  Like the health socket, everything runs on one
+``selectors`` thread; :meth:`ControlServer.on_frame`, called by the reader, only appends to a bounded deque and
+writes one byte to a socketpair, and does nothing at all while nobody watches.
+
+Token check: ``hmac.compare_digest``, and a wrong token closes the connection, so guessing costs a connection
+per try.  The status answer is not stripped of the meter address as the health socket's is: a control client can
+``watch`` whole frames anyway, which is why a reachable control socket needs a token.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import json
+import logging
+import re
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from appliance.config import ControlConfig, HealthConfig
+from appliance.health.state import status_document
+from appliance.stats import Stats
+from appliance.tic import Frame
+
+__all__ = ["Command", "ControlServer", "Session"]
+
+_LOG = logging.getLogger(__name__)
+
+AUTH_TIMEOUT_S: Final = 10.0
+DRAIN_S: Final = 0.5  # after a last line, let the client finish sending so our close sends FIN, not RST
+TICK_S: Final = 0.2
+ACCEPT_PAUSE_S: Final = 0.5  # after accept() fails (out of file descriptors), so the loop does not spin
+WATCH_BUFFER: Final = 64 * 1024  # bytes of frames queued per watcher before frames are dropped
+OUT_MAX: Final = WATCH_BUFFER + 64 * 1024  # beyond this the client is not reading at all: disconnected
+FRAME_BACKLOG: Final = 64  # frames handed over by the reader and not yet serialised
+RECV_CHUNK: Final = 4096
+MAX_COMMAND_WORDS: Final = 4
+_UNPRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
+
+
+@dataclass(eq=False)
+class Session:
+    """One connected client.  Handlers may read ``role`` (principal, secondaire, or pending before auth),
+    ``peer`` (host:port) and ``watching``; the rest belongs to the server."""
+
+    sock: socket.socket
+    peer: str
+    role: str = "pending"
+    watching: bool = False
+    closing: bool = False
+    deadline: float | None = None
+    events: int = selectors.EVENT_READ
+    inbuf: bytearray = field(default_factory=bytearray)
+    outbuf: bytearray = field(default_factory=bytearray)
+    tokens: float = 0.0
+    refilled: float = 0.0
+    dropped: int = 0
+    quit: bool = False
+
+
+Handler = Callable[[Session, str], str]
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """A registered command: ``handler(session, args)`` returns the one answer line (without newline)."""
+
+    name: str
+    handler: Handler
+    principal_only: bool
+    help: str
+
+
+def _printable(text: str, limit: int = 40) -> str:
+    return _UNPRINTABLE.sub("?", text)[:limit]
+
+
+class ControlServer:
+    """The control socket of :class:`ControlConfig`.
+
+    ::
+
+        control = ControlServer(cfg.control, stats, reload=service.request_reload, health=cfg.health)
+        control.register_command("check now", run_checks, help="run the self-checks now")
+        service.add_frame_listener(control.on_frame)
+        control.start()       # binds now: a busy port raises OSError here
+        ...
+        control.stop(1.0)     # True when the thread has ended
+
+    ``health`` only sets how ``status`` judges the state (``down_after``); it defaults to the defaults.
+    """
+
+    def __init__(
+        self,
+        cfg: ControlConfig,
+        stats: Stats,
+        *,
+        reload: Callable[[], None] | None = None,
+        health: HealthConfig | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self._stats = stats
+        self._reload = reload
+        self._health = health or HealthConfig()
+        self._token = None if cfg.token is None else cfg.token.get().encode("utf-8")
+        self._commands: dict[str, Command] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._listener: socket.socket | None = None
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._clients: set[Session] = set()
+        self._members: list[Session] = []  # admitted clients in order of arrival: [0] is the principal
+        self._watchers = 0  # read by on_frame() in the reader thread: an int read is atomic
+        self._frames: collections.deque[Frame] = collections.deque(maxlen=FRAME_BACKLOG)
+        self._backlog_dropped = 0  # written by the reader thread only
+        self._watch_dropped = 0
+        self._published: tuple[int, int, int] | None = None
+        self._accept_paused_until = 0.0
+        self.address: tuple[str, int] | None = None
+        self.register_command("help", self._help, principal_only=False, help="help [command]: what each command does")
+        self.register_command("role", self._role, principal_only=False, help="your role: principal or secondaire")
+        self.register_command("status", self._status, principal_only=False, help="state and every counter, as JSON")
+        self.register_command(
+            "watch", self._watch, principal_only=False, help="stream every decoded frame as a JSON line"
+        )
+        self.register_command("unwatch", self._unwatch, principal_only=False, help="stop streaming frames")
+        self.register_command("quit", self._quit, principal_only=False, help="close the connection")
+        self.register_command(
+            "auth", self._auth, principal_only=False, help="auth <token>: the first line when a token is set"
+        )
+        if reload is not None:
+            self.register_command("reload", self._do_reload, help="reload the configuration file")
+
+    # --- public API --------------------------------------------------------------------------------------
+    def register_command(self, name: str, handler: Handler, *, principal_only: bool = True, help: str = "") -> None:
+        """Add a command (one to four words, matched case-insensitively, longest name first).
+
+        ``handler(session, args)`` runs on the socket's thread and must return quickly with the answer line,
+        ``ok ...`` or ``error ...``; anything slow belongs on another thread, the handler only starts it.
+        """
+        key = " ".join(name.lower().split())
+        if not key or key in self._commands or key.count(" ") >= MAX_COMMAND_WORDS:
+            raise ValueError(f"invalid or duplicate command name: {name!r}")
+        self._commands[key] = Command(key, handler, principal_only, help)
+
+    def on_frame(self, frame: Frame) -> None:
+        """Frame listener for :meth:`Service.add_frame_listener`: never blocks, free while nobody watches."""
+        if self._watchers <= 0:
+            return
+        if len(self._frames) == FRAME_BACKLOG:
+            self._backlog_dropped += 1
+        self._frames.append(frame)
+        self._wake()
+
+    @property
+    def client_count(self) -> int:
+        """Connected clients (authenticated or not)."""
+        return len(self._clients)
+
+    def start(self) -> None:
+        """Bind and listen (raising OSError at once if that fails), then serve on a daemon thread."""
+        family = socket.AF_INET6 if ":" in self.cfg.bind else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.cfg.bind, self.cfg.port))
+            sock.listen(min(self.cfg.max_clients, 128))
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self._listener = sock
+        host, port = sock.getsockname()[:2]
+        self.address = (host, port)
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._sel.register(sock, selectors.EVENT_READ, "listener")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._thread = threading.Thread(target=self._run, name="control-socket", daemon=True)
+        self._thread.start()
+        _LOG.info("control socket on %s:%d%s", host, port, " (token required)" if self._token else "")
+
+    def stop(self, timeout: float = 1.0) -> bool:
+        """Disconnect every client and close the port; True when the thread ended within ``timeout`` seconds."""
+        self._stop.set()
+        if self._thread is None:  # never started
+            self._sel.close()
+            self._wake_r.close()
+            self._wake_w.close()
+            return True
+        self._wake()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            _LOG.error("control socket thread did not stop within %.1f s; abandoning it", timeout)
+            return False
+        return True
+
+    # --- loop --------------------------------------------------------------------------------------------
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:  # full (a wake-up is already pending) or closed (stopped)
+            pass
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._once()
+                except Exception:  # a bug must not end the socket: log it and carry on
+                    _LOG.exception("control socket: unexpected error")
+                    self._stop.wait(TICK_S)
+        finally:
+            self._watchers = 0
+            for client in list(self._clients):
+                self._close(client)
+            if self._listener is not None:
+                self._listener.close()
+            self._sel.close()
+            self._wake_r.close()
+            self._wake_w.close()
+
+    def _once(self) -> None:
+        now = time.monotonic()
+        deadlines = [c.deadline for c in self._clients if c.deadline is not None]
+        wait = min(max(min(deadlines, default=now + TICK_S) - now, 0.0), TICK_S)
+        for key, mask in self._sel.select(wait):
+            if key.data == "listener":
+                self._accept()
+            elif key.data == "wake":
+                self._drain_wake()
+            else:
+                self._service(key.data, mask)
+        self._distribute()
+        self._expire(time.monotonic())
+        self._publish()
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except OSError:  # BlockingIOError: nothing left
+            pass
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        for _ in range(64):
+            try:
+                sock, addr = self._listener.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:  # reset before we got to it: nothing to serve
+                continue
+            except OSError as e:  # out of file descriptors or memory
+                _LOG.warning("control socket: accept failed (%s); pausing for %.1f s", e, ACCEPT_PAUSE_S)
+                self._sel.unregister(self._listener)
+                self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
+                return
+            sock.setblocking(False)
+            if len(self._clients) >= self.cfg.max_clients:
+                try:
+                    sock.send(f"error too many clients (max {self.cfg.max_clients})\n".encode())
+                except OSError:
+                    pass
+                sock.close()
+                continue
+            now = time.monotonic()
+            client = Session(sock, f"{addr[0]}:{addr[1]}", tokens=self.cfg.max_commands_per_second, refilled=now)
+            self._clients.add(client)
+            self._sel.register(sock, selectors.EVENT_READ, client)
+            _LOG.debug("control: %s connected", client.peer)
+            if self._token is None:
+                self._admit(client)
+            else:
+                client.deadline = now + AUTH_TIMEOUT_S
+                self._send(client, "auth required")
+
+    def _service(self, client: Session, mask: int) -> None:
+        try:
+            if mask & selectors.EVENT_WRITE:
+                self._flush(client)
+            if mask & selectors.EVENT_READ and client in self._clients:
+                self._read(client)
+        except Exception:  # a bug must cost one client, never the socket
+            _LOG.exception("control: error while serving %s", client.peer)
+            self._close(client)
+
+    def _expire(self, now: float) -> None:
+        if self._accept_paused_until and now >= self._accept_paused_until and self._listener is not None:
+            self._accept_paused_until = 0.0
+            self._sel.register(self._listener, selectors.EVENT_READ, "listener")
+        for client in [c for c in self._clients if c.deadline is not None and c.deadline <= now]:
+            if client.closing:
+                self._close(client)
+            else:
+                self._disconnect(client, "authentication timeout")
+
+    def _distribute(self) -> None:
+        """Serialise the frames the reader handed over, once each, into every watcher's buffer."""
+        while self._frames:
+            frame = self._frames.popleft()
+            watchers = [c for c in self._members if c.watching]
+            if not watchers:
+                continue
+            line = (json.dumps(frame.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+            for client in watchers:
+                if len(client.outbuf) + len(line) > WATCH_BUFFER:
+                    client.dropped += 1
+                    self._watch_dropped += 1
+                    continue
+                client.outbuf += line
+                self._flush(client)
+
+    def _publish(self) -> None:
+        """Put the socket's own counters in the snapshot (health /status, teleinfo status), on change only."""
+        current = (self.client_count, self._watchers, self._watch_dropped + self._backlog_dropped)
+        if current != self._published:
+            self._published = current
+            clients, watchers, dropped = current
+            self._stats.set_extra("control", {"clients": clients, "watchers": watchers, "frames_dropped": dropped})
+
+    # --- one client --------------------------------------------------------------------------------------
+    def _read(self, client: Session) -> None:
+        try:
+            data = client.sock.recv(RECV_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:  # ECONNRESET: an abrupt disconnect is a departure like any other
+            self._close(client)
+            return
+        if not data:
+            self._close(client)
+            return
+        if client.closing:  # draining after our last line
+            return
+        client.inbuf += data
+        limit = self.cfg.max_line_bytes
+        while not client.closing:
+            end = client.inbuf.find(b"\n")
+            if end > limit or (end < 0 and len(client.inbuf) > limit):
+                self._disconnect(client, f"line too long (max {limit} bytes)")
+            if end < 0 or client.closing:
+                break
+            line = bytes(client.inbuf[:end])
+            del client.inbuf[: end + 1]
+            self._line(client, line)
+
+    def _line(self, client: Session, raw: bytes) -> None:
+        now = time.monotonic()
+        rate = self.cfg.max_commands_per_second
+        client.tokens = min(rate, client.tokens + (now - client.refilled) * rate)
+        client.refilled = now
+        if client.tokens < 1:
+            self._disconnect(client, f"too many commands (max {rate} per second)")
+            return
+        client.tokens -= 1
+        text = raw.decode("utf-8", "replace").strip()
+        if not text:
+            return
+        if client.role == "pending":
+            word, _, token = text.partition(" ")
+            assert self._token is not None
+            if word.lower() == "auth" and hmac.compare_digest(token.strip().encode("utf-8"), self._token):
+                self._admit(client)
+            else:
+                self._disconnect(client, "authentication failed" if word.lower() == "auth" else "auth required")
+            return
+        command, args = self._lookup(text)
+        if command is None:
+            answer = f"error unknown command '{_printable(text)}' (try help)"
+        elif command.principal_only and client.role != "principal":
+            answer = f"error refused: '{command.name}' is for the principal; you are {client.role}"
+        else:
+            try:
+                answer = command.handler(client, args)
+            except Exception as e:
+                _LOG.exception("control: command %r failed", command.name)
+                answer = f"error {command.name} failed: {type(e).__name__}"
+        self._send(client, answer)
+        if client.quit:
+            self._disconnect(client, None)
+
+    def _lookup(self, text: str) -> tuple[Command | None, str]:
+        words = text.split()
+        for n in range(min(len(words), MAX_COMMAND_WORDS), 0, -1):
+            command = self._commands.get(" ".join(words[:n]).lower())
+            if command is not None:
+                parts = text.split(None, n)
+                return command, parts[n] if len(parts) > n else ""
+        return None, ""
+
+    def _admit(self, client: Session) -> None:
+        client.deadline = None
+        self._members.append(client)
+        client.role = "principal" if self._members[0] is client else "secondaire"
+        self._send(client, f"hello {client.role}")
+
+    def _leave(self, client: Session) -> None:
+        """``client`` no longer counts: stop its watch, and promote the next client if it was the principal."""
+        if client.watching:
+            client.watching = False
+            self._watchers -= 1
+        if client not in self._members:
+            return
+        was_principal = self._members[0] is client
+        self._members.remove(client)
+        if was_principal and self._members:
+            heir = self._members[0]
+            heir.role = "principal"
+            _LOG.info("control: %s is now principal", heir.peer)
+            self._send(heir, "role principal")
+
+    def _send(self, client: Session, line: str) -> None:
+        client.outbuf += (line + "\n").encode("utf-8")
+        if len(client.outbuf) > OUT_MAX:
+            _LOG.debug("control: %s does not read its answers; disconnecting", client.peer)
+            self._close(client)
+            return
+        self._flush(client)
+
+    def _flush(self, client: Session) -> None:
+        if client.outbuf:
+            try:
+                sent = client.sock.send(client.outbuf)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self._close(client)
+                return
+            del client.outbuf[:sent]
+        if not client.outbuf and client.closing:
+            try:
+                client.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._close(client)
+                return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.outbuf else 0)
+        if events != client.events and client in self._clients:
+            client.events = events
+            self._sel.modify(client.sock, events, client)
+
+    def _disconnect(self, client: Session, reason: str | None) -> None:
+        """Send ``error <reason>`` (if any), leave at once, close once the line is out (or after DRAIN_S)."""
+        if reason is not None:
+            _LOG.debug("control: disconnecting %s: %s", client.peer, reason)
+            self._send(client, f"error {reason}")
+            if client not in self._clients:
+                return
+        self._leave(client)
+        client.closing = True
+        client.deadline = time.monotonic() + DRAIN_S
+        client.inbuf.clear()
+        self._flush(client)
+
+    def _close(self, client: Session) -> None:
+        if client not in self._clients:
+            return
+        client.closing = True
+        self._leave(client)
+        self._clients.discard(client)
+        self._sel.unregister(client.sock)
+        client.sock.close()
+        _LOG.debug("control: %s left", client.peer)
+
+    # --- built-in commands -------------------------------------------------------------------------------
+    def _help(self, _client: Session, args: str) -> str:
+        wanted = " ".join(args.lower().split())
+        if wanted:
+            command = self._commands.get(wanted)
+            if command is None:
+                return f"error no command '{_printable(wanted)}'"
+            return f"ok {command.name}: {command.help}" + (" (principal only)" if command.principal_only else "")
+        commands = sorted(self._commands.values(), key=lambda c: c.name)
+        everyone = ", ".join(c.name for c in commands if not c.principal_only)
+        principal = ", ".join(c.name for c in commands if c.principal_only) or "none"
+        return f"ok commands: {everyone}; principal only: {principal} (help <command> for details)"
+
+    def _role(self, client: Session, _args: str) -> str:
+        return f"role {client.role}"
+
+    def _status(self, client: Session, _args: str) -> str:
+        doc = {"role": client.role, **status_document(self._stats.snapshot(), self._health, redact=False)}
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":"))
+
+    def _watch(self, client: Session, _args: str) -> str:
+        if not client.watching:
+            client.watching = True
+            self._watchers += 1
+        return "ok watching"
+
+    def _unwatch(self, client: Session, _args: str) -> str:
+        if client.watching:
+            client.watching = False
+            self._watchers -= 1
+        return "ok not watching"
+
+    def _quit(self, client: Session, _args: str) -> str:
+        client.quit = True
+        return "ok bye"
+
+    def _auth(self, _client: Session, _args: str) -> str:
+        return "ok already authenticated"
+
+    def _do_reload(self, client: Session, _args: str) -> str:
+        assert self._reload is not None
+        self._reload()
+        _LOG.info("control: reload requested by %s", client.peer)
+        return "ok reload requested"

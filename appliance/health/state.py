@@ -1,0 +1,141 @@
+"""The health state, computed from a :meth:`Stats.snapshot`: pure, no I/O, no clock of its own.
+
+Rules (the same words go to the health socket, ``teleinfo status`` and the control socket):
+
+=====================================  =============================================  ========  ====
+situation                              agent line                                     HTTP      exit
+=====================================  =============================================  ========  ====
+no valid frame for ``down_after`` s    ``down 0% #no TIC frame for 63s``              503       2
+no frame yet, within ``down_after``    ``up ready 100% #starting: no frame yet``      200       0
+frames flow, every output failing      ``drain 0% #all outputs failing: mqtt``        503       1
+frames flow, some outputs failing      ``up ready 50% #degraded: mqtt failing ...``   200       1
+frames flow, no output failing         ``up ready 100% #ok frames=120 age=1.2s``      200       0
+=====================================  =============================================  ========  ====
+
+*Down* means "no meter data" and *drain* "alive, but nothing delivers the data"; both make HAProxy's tcp-check and
+httpchk mark the server down, while agent-check shows DOWN or DRAIN.  One failing output among several halves the
+weight (a fixed 50%, not a proportion, so an alert threshold never depends on how many outputs are configured).
+An output that is ``starting`` is not failing: a broker that is still being dialled is not an incident yet.
+Without any output, flowing data is enough for ``up``.  While no frame has come yet, the service's uptime stands
+for the frame age, so a meter that never speaks is reported down ``down_after`` seconds after the start, and a
+normal start is not.
+
+Every line starts with the state word and carries a percentage (NETWORK.md §2.2 rules 1 and 2): HAProxy keeps the
+last weight it was given, and ``tcp-check expect rstring ^up`` / ``check_tcp -e "up ready"`` look at the start.
+The ``#`` text is short, printable ASCII.
+
+Personal data (the meter address, the PRM) never leaves through these answers unless ``expose_meter`` is set:
+:func:`public_snapshot` drops any key that names them and masks any 12 to 14-digit number in a string (ADCO/ADSC
+are 12 digits, the PRM 14), so an error message quoting an MQTT topic cannot leak it either.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from appliance import __version__
+from appliance.config import HealthConfig
+
+__all__ = ["HealthState", "evaluate", "public_snapshot", "status_document"]
+
+DEGRADED_WEIGHT: Final = 50
+MAX_COMMENT: Final = 100  # characters of the '#' text; HAProxy logs it, monitors show it
+
+_PERSONAL_KEYS: Final = frozenset({"meter", "prm", "adco", "adsc"})
+_METER_NUMBER: Final = re.compile(r"(?<!\d)\d{12,14}(?!\d)")
+_UNPRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
+
+
+@dataclass(frozen=True, slots=True)
+class HealthState:
+    """One evaluation: the state word, the agent weight (percent), the agent line and the HTTP status."""
+
+    state: Literal["up", "drain", "down"]
+    weight: int
+    line: str
+    http_status: int
+
+    @property
+    def degraded(self) -> bool:
+        """Up but not fully (reduced weight), or draining: a warning, not an outage."""
+        return self.state == "drain" or (self.state == "up" and self.weight < 100)
+
+
+def evaluate(snapshot: dict[str, Any], cfg: HealthConfig) -> HealthState:
+    """The health state of ``snapshot`` under the documented rules.
+
+    >>> from appliance.config import HealthConfig
+    >>> evaluate({"uptime_s": 5, "frames": 3, "last_frame_age_s": 1.2, "outputs": {}}, HealthConfig()).line
+    'up ready 100% #ok frames=3 age=1.2s'
+    """
+    frames = int(snapshot.get("frames", 0))
+    age = snapshot.get("last_frame_age_s")
+    meter = snapshot.get("meter") if cfg.expose_meter else None
+    who = f"meter={meter} " if isinstance(meter, str) and meter else ""
+    if age is None:
+        uptime = float(snapshot.get("uptime_s", 0.0))
+        if uptime > cfg.down_after:
+            return _state("down", 0, f"{who}no TIC frame since start {uptime:.0f}s ago", cfg)
+        return _state("up", 100, f"{who}starting: no frame yet", cfg)
+    if age > cfg.down_after:
+        return _state("down", 0, f"{who}no TIC frame for {age:.0f}s", cfg)
+    outputs = snapshot.get("outputs", {})
+    active = [name for name, o in outputs.items() if o.get("state") != "stopped"]
+    failing = sorted(name for name in active if outputs[name].get("state") == "failing")
+    flow = f"frames={frames} age={age:.1f}s"
+    if failing and len(failing) == len(active):
+        return _state("drain", 0, f"{who}all outputs failing: {','.join(failing)}", cfg)
+    if failing:
+        return _state("up", DEGRADED_WEIGHT, f"{who}degraded: {','.join(failing)} failing, {flow}", cfg)
+    return _state("up", 100, f"{who}ok {flow}", cfg)
+
+
+def _state(state: Literal["up", "drain", "down"], weight: int, comment: str, cfg: HealthConfig) -> HealthState:
+    comment = _UNPRINTABLE.sub("?", comment)
+    if not cfg.expose_meter:
+        comment = _METER_NUMBER.sub("***", comment)
+    words = {"up": "up ready", "drain": "drain", "down": "down"}[state]
+    line = f"{words} {weight}% #{comment[:MAX_COMMENT]}"
+    return HealthState(state, weight, line, 200 if state == "up" else 503)
+
+
+def public_snapshot(snapshot: dict[str, Any], cfg: HealthConfig) -> dict[str, Any]:
+    """``snapshot`` as the health socket may show it: personal data removed unless ``expose_meter``."""
+    if cfg.expose_meter:
+        return snapshot
+    cleaned = _redact(snapshot)
+    assert isinstance(cleaned, dict)
+    return cleaned
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _redact(v) for k, v in value.items() if str(k).lower() not in _PERSONAL_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_redact(v) for v in value]
+    if isinstance(value, str):
+        return _METER_NUMBER.sub("***", value)
+    return value
+
+
+def status_document(snapshot: dict[str, Any], cfg: HealthConfig, *, redact: bool = True) -> dict[str, Any]:
+    """The ``GET /status`` document: the health verdict, then every counter of the snapshot.
+
+    ``redact=False`` is for the control socket, whose clients already see whole frames with ``watch``.
+    """
+    state = evaluate(snapshot, cfg)
+    counters = public_snapshot(snapshot, cfg) if redact else snapshot
+    doc: dict[str, Any] = {
+        "health": {
+            "state": state.state,
+            "weight": state.weight,
+            "degraded": state.degraded,
+            "line": state.line,
+            "down_after_s": cfg.down_after,
+        },
+        "version": __version__,
+    }
+    doc.update((k, v) for k, v in counters.items() if k not in doc)
+    return doc

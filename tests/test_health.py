@@ -1,0 +1,529 @@
+"""The health socket against real clients: HAProxy 2.6 (agent-check, httpchk, tcp-check), Nagios check_tcp and
+check_http, nc, ``teleinfo status``, and abusive clients.
+
+The state is driven by a real :class:`Stats` (the pipeline's own counter object) that the test feeds like the
+reader does.  Every server listens on 127.0.0.1 on a free port and is stopped by the test that started it.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import random
+import shutil
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from appliance.config import HealthConfig
+from appliance.health import HealthServer, evaluate, public_snapshot
+from appliance.stats import Stats
+
+from .probes import Feeder, open_fds, rss_kib
+from .util import free_port, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+PLUGINS = Path("/usr/lib/nagios/plugins")
+DOWN_AFTER = 2.0
+METER = "012345678901"
+
+
+def config(**changes: object) -> HealthConfig:
+    base: dict[str, object] = {"bind": "127.0.0.1", "port": free_port(), "down_after": DOWN_AFTER, "read_timeout": 1.0}
+    base.update(changes)
+    return HealthConfig(**base)
+
+
+@pytest.fixture
+def stats() -> Stats:
+    return Stats()
+
+
+@pytest.fixture
+def serve(stats: Stats) -> Iterator[Callable[..., HealthServer]]:
+    servers: list[HealthServer] = []
+
+    def start(**changes: object) -> HealthServer:
+        server = HealthServer(config(**changes), stats)
+        server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        t0 = time.monotonic()
+        assert server.stop(1.0)
+        assert time.monotonic() - t0 < 1.0
+
+
+def port_of(server: HealthServer) -> int:
+    assert server.address is not None
+    return server.address[1]
+
+
+def read_all(port: int, send: bytes = b"", shut: bool = False, timeout: float = 3.0) -> bytes:
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        if send:
+            s.sendall(send)
+        if shut:
+            s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    raw = read_all(port, request)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("ascii").split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (h.partition(":") for h in header_lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def get(port: int, path: str) -> tuple[int, dict[str, str], bytes]:
+    return http(port, f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+
+
+def agent_line(port: int) -> str:
+    return read_all(port).decode("ascii")
+
+
+# --- the state rules (pure) ------------------------------------------------------------------------------
+def snap(age: float | None, outputs: dict[str, str] | None = None, uptime: float = 100.0) -> dict[str, object]:
+    return {
+        "uptime_s": uptime,
+        "frames": 120,
+        "last_frame_age_s": age,
+        "outputs": {name: {"state": state} for name, state in (outputs or {}).items()},
+    }
+
+
+@pytest.mark.parametrize(
+    ("snapshot", "line", "weight", "status"),
+    [
+        (snap(1.2), "up ready 100% #ok frames=120 age=1.2s", 100, 200),
+        (snap(1.2, {"mqtt": "up", "influx": "starting"}), "up ready 100% #ok frames=120 age=1.2s", 100, 200),
+        (
+            snap(0.5, {"mqtt": "failing", "udp": "up"}),
+            "up ready 50% #degraded: mqtt failing, frames=120 age=0.5s",
+            50,
+            200,
+        ),
+        (snap(0.5, {"mqtt": "failing", "udp": "failing"}), "drain 0% #all outputs failing: mqtt,udp", 0, 503),
+        (snap(0.5, {"mqtt": "failing", "old": "stopped"}), "drain 0% #all outputs failing: mqtt", 0, 503),
+        (snap(63.0, {"mqtt": "failing"}), "down 0% #no TIC frame for 63s", 0, 503),
+        (snap(None, uptime=1.0), "up ready 100% #starting: no frame yet", 100, 200),
+        (snap(None, uptime=75.0), "down 0% #no TIC frame since start 75s ago", 0, 503),
+    ],
+)
+def test_state_rules(snapshot: dict[str, object], line: str, weight: int, status: int) -> None:
+    state = evaluate(snapshot, HealthConfig(down_after=60))
+    assert (state.line, state.weight, state.http_status) == (line, weight, status)
+    assert state.line.split()[0] == state.state and "%" in state.line.split("#")[0]
+
+
+def test_personal_data_stays_out_unless_exposed() -> None:
+    s = {**snap(1.0, {"mqtt": "failing", "udp": "up"}), "meter": METER}
+    s["outputs"]["mqtt"]["last_error"] = f"publish to teleinfo/{METER}/PAPP refused, PRM 12345678901234"
+    hidden = json.dumps(public_snapshot(s, HealthConfig())) + evaluate(s, HealthConfig()).line
+    assert METER not in hidden and "12345678901234" not in hidden and '"meter"' not in hidden
+    shown = evaluate(s, HealthConfig(expose_meter=True)).line
+    assert shown.startswith(f"up ready 50% #meter={METER} degraded")
+    assert public_snapshot(s, HealthConfig(expose_meter=True))["meter"] == METER
+
+
+# --- the protocol, with a real Stats ---------------------------------------------------------------------
+def test_silent_client_reads_the_agent_line_after_the_peek(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    port = port_of(serve())
+    stats.frame(12)
+    t0 = time.monotonic()
+    line = agent_line(port)
+    elapsed = time.monotonic() - t0
+    assert line.startswith("up ready 100% #ok frames=1 age=") and line.endswith("s\n") and line.count("\n") == 1
+    assert 0.12 < elapsed < 1.0  # the ~150 ms peek, then the server closes
+    # A client that shuts its side down is done talking: no need to wait for the peek.
+    t0 = time.monotonic()
+    assert read_all(port, shut=True).startswith(b"up ready 100%")
+    assert time.monotonic() - t0 < 0.12
+    # HAProxy's agent-send and any other non-HTTP bytes get the line too.
+    assert read_all(port, b"status\n").startswith(b"up ready 100%")
+
+
+def test_http_answers(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    port = port_of(serve())
+    stats.frame(10, Counter({"checksum": 2, "format": 1}))
+    stats.rejected(Counter({"interrupted": 1}))
+    stats.source("open", mode="historique", nbytes=1234)
+    stats.update_output("multicast", state="up", sent=5, queued=2)
+    stats.update_output("influx", state="failing", failed=3, spooled=40, last_error=f"write teleinfo,meter={METER}")
+    stats.set_extra("checks", {"nmap": {"result": "ok", "duration_s": 0.05}})
+    stats.set_extra("meter", METER)
+
+    for path in ("/", "/health", "/health?verbose=1"):
+        status, headers, body = get(port, path)
+        assert status == 200 and headers["content-type"].startswith("text/plain") and headers["connection"] == "close"
+        assert body.startswith(b"up ready 50% #degraded: influx failing") and int(headers["content-length"]) == len(
+            body
+        )
+    status, headers, body = http(port, b"HEAD /health HTTP/1.0\r\n\r\n")
+    assert status == 200 and body == b"" and int(headers["content-length"]) > 0
+
+    status, headers, body = get(port, "/status")
+    assert status == 200 and headers["content-type"] == "application/json"
+    doc = json.loads(body)
+    assert doc["health"]["state"] == "up" and doc["health"]["weight"] == 50 and doc["health"]["degraded"]
+    assert doc["frames"] == 1 and doc["groups"] == 10
+    assert doc["rejects"] == {"checksum": 2, "format": 1, "interrupted": 1}
+    assert 0 <= doc["last_frame_age_s"] < 5
+    assert doc["source"]["state"] == "open" and doc["source"]["mode"] == "historique"
+    assert doc["outputs"]["multicast"]["state"] == "up" and doc["outputs"]["multicast"]["sent"] == 5
+    assert doc["outputs"]["multicast"]["queued"] == 2 and doc["outputs"]["influx"]["state"] == "failing"
+    # Every counter of the snapshot is there (personal data aside), whatever sections Stats grows later.
+    expected = public_snapshot(stats.snapshot(), HealthConfig())
+    for volatile in ("uptime_s", "last_frame_age_s"):
+        del expected[volatile], doc[volatile]
+    assert {k: v for k, v in doc.items() if k not in ("health", "version")} == expected
+    assert doc["outputs"]["influx"]["spooled"] == 40 and doc["outputs"]["influx"]["failed"] == 3
+    assert doc["checks"] == {"nmap": {"result": "ok", "duration_s": 0.05}}
+    assert METER not in body.decode() and "meter" not in doc  # personal data: out by default
+
+    # HTTP/0.9-style one-liners (echo "GET /status" | nc) work; anything else under HTTP is 404 or 400.
+    assert json.loads(read_all(port, b"GET /status\n", shut=True))["frames"] == 1
+    assert get(port, "/metrics")[0] == 404
+    assert http(port, b"GET / FTP/1.0\r\n\r\n")[0] == 400
+    assert http(port, b"GET /a b HTTP/1.0\r\n\r\n")[0] == 400
+    assert http(port, b"GET / HTTP/1.0\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n")[0] == 400
+
+
+def test_meter_shown_when_configured(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    port = port_of(serve(expose_meter=True))
+    stats.frame(10)
+    stats.set_extra("meter", METER)
+    assert agent_line(port).startswith(f"up ready 100% #meter={METER} ok")
+    assert json.loads(get(port, "/status")[2])["meter"] == METER
+
+
+def test_down_when_frames_stop_and_up_when_they_resume(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    port = port_of(serve())
+    assert agent_line(port).startswith("up ready 100% #starting")  # within down_after of the start
+    wait_until(lambda: agent_line(port).startswith("down 0% #no TIC frame since start"), DOWN_AFTER + 2)
+    assert get(port, "/health")[0] == 503
+    with Feeder(lambda _i: stats.frame(10), 0.1):
+        wait_until(lambda: agent_line(port).startswith("up ready 100% #ok"), 3)
+        assert get(port, "/health")[0] == 200
+    t0 = time.monotonic()
+    wait_until(lambda: agent_line(port).startswith("down 0% #no TIC frame for"), DOWN_AFTER + 2)
+    assert DOWN_AFTER - 0.5 < time.monotonic() - t0
+    assert get(port, "/health")[0] == 503
+
+
+# --- real clients ------------------------------------------------------------------------------------------
+def need(binary: str) -> str:
+    path = shutil.which(binary) or (str(PLUGINS / binary) if (PLUGINS / binary).exists() else None)
+    if path is None:
+        pytest.skip(f"{binary} not installed (apt-get install haproxy monitoring-plugins-basic netcat-openbsd)")
+    return path
+
+
+def run(*argv: str, timeout: float = 15) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+@pytest.mark.integration
+def test_nc_prints_the_line(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    nc = need("nc")
+    port = port_of(serve())
+    stats.frame(10)
+    out = subprocess.run(
+        [nc, "-w2", "127.0.0.1", str(port)], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=10
+    )
+    assert out.stdout.startswith("up ready 100% #ok frames=1") and out.stdout.count("\n") == 1
+
+
+@pytest.mark.integration
+def test_nagios_check_tcp_and_check_http(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    check_tcp, check_http = need("check_tcp"), need("check_http")
+    port = str(port_of(serve()))
+
+    def checks() -> tuple[int, int, str]:
+        tcp = run(check_tcp, "-H", "127.0.0.1", "-p", port, "-e", "up ready", "-M", "crit")
+        web = run(check_http, "-H", "127.0.0.1", "-p", port, "-u", "/health")
+        return tcp.returncode, web.returncode, tcp.stdout + web.stdout
+
+    with Feeder(lambda _i: stats.frame(10), 0.1):
+        stats.update_output("mqtt", state="up")
+        stats.update_output("udp", state="up")
+        tcp, web, out = checks()
+        assert (tcp, web) == (0, 0), out
+        assert "TCP OK" in out and "[up ready 100% #ok" in out and "HTTP OK" in out
+        stats.update_output("mqtt", state="failing")  # degraded: still up for both
+        assert checks()[:2] == (0, 0)
+        stats.update_output("udp", state="failing")  # drain: not "up ready", 503
+        tcp, web, out = checks()
+        assert (tcp, web) == (2, 2), out
+        assert "TCP CRITICAL" in out and "HTTP CRITICAL" in out and "503" in out
+        stats.update_output("mqtt", state="up")
+        stats.update_output("udp", state="up")
+        assert checks()[:2] == (0, 0)
+    wait_until(lambda: checks()[:2] == (2, 2), DOWN_AFTER + 5)  # the meter stopped
+
+
+class HAProxy:
+    """haproxy -db in the foreground with a stats socket; ``servers()`` reads its own view of every server."""
+
+    def __init__(self, tmp: Path, health_port: int) -> None:
+        self.sock_path = tmp / "admin.sock"
+        self.cfg_path = tmp / "haproxy.cfg"
+        self.log_path = tmp / "haproxy.log"
+        hp = health_port
+        # Silent checks (agent without agent-send, tcp-check expect) take up to ~0.35 s: the 150 ms peek, plus up to
+        # 200 ms by which HAProxy 2.6 delays the last ACK of the handshake (seen with tcpdump), so the timeouts
+        # (agent-inter, timeout check) stay at 1 s, as in NETWORK.md's recipe.
+        check = "check inter 400ms rise 1 fall 1"
+        agent = f"agent-check agent-port {hp} agent-inter 1s"
+        self.cfg_path.write_text(
+            f"global\n    stats socket {self.sock_path} level admin\n"
+            "defaults\n    mode tcp\n    timeout connect 1s\n    timeout check 1s\n"
+            "    timeout client 5s\n    timeout server 5s\n"
+            "backend be_agent\n"
+            f"    server s1 127.0.0.1:{hp} {check} {agent} weight 100\n"
+            f'    server s2 127.0.0.1:{hp} {check} {agent} weight 100 agent-send "status\\n"\n'
+            "backend be_http\n    option httpchk GET /health\n    http-check expect status 200\n"
+            f"    server x1 127.0.0.1:{hp} {check}\n"
+            "backend be_tcp\n    option tcp-check\n    tcp-check expect rstring ^up\n"
+            f"    server h1 127.0.0.1:{hp} {check}\n"
+        )
+        checked = run("haproxy", "-c", "-f", str(self.cfg_path))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        self.log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(self.cfg_path)], stdout=self.log, stderr=self.log)
+        wait_until(self.sock_path.exists, 10)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        self.log.close()
+
+    def servers(self) -> dict[str, tuple[str, int]]:
+        """``{"be_agent/s1": ("UP", 100), ...}`` from ``show stat``."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(3)
+            s.connect(str(self.sock_path))
+            s.sendall(b"show stat\n")
+            data = b""
+            while chunk := s.recv(65536):
+                data += chunk
+        rows = csv.DictReader(io.StringIO(data.decode().lstrip("# ")))
+        return {
+            f"{r['pxname']}/{r['svname']}": (r["status"], int(r["weight"] or 0))
+            for r in rows
+            if r["svname"] not in ("FRONTEND", "BACKEND")
+        }
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(90)
+def test_haproxy_agent_httpchk_and_tcp_check(serve: Callable[..., HealthServer], stats: Stats, tmp_path: Path) -> None:
+    need("haproxy")
+    server = serve()
+    haproxy = HAProxy(tmp_path, port_of(server))
+    try:
+
+        def expect(agent: str, weight: int, others: str) -> None:
+            def reached() -> bool:
+                view = haproxy.servers()
+                return (
+                    all(view[s][0].startswith(agent) and view[s][1] == weight for s in ("be_agent/s1", "be_agent/s2"))
+                    and view["be_http/x1"][0].startswith(others)
+                    and view["be_tcp/h1"][0].startswith(others)
+                )
+
+            try:
+                wait_until(reached, DOWN_AFTER + 6)
+            except AssertionError:
+                raise AssertionError(f"HAProxy sees {haproxy.servers()}, wanted {agent} {weight} / {others}") from None
+
+        with Feeder(lambda _i: stats.frame(10), 0.1):
+            stats.update_output("mqtt", state="up")
+            stats.update_output("udp", state="up")
+            expect("UP", 100, "UP")
+            stats.update_output("mqtt", state="failing")
+            expect("UP", 50, "UP")
+            stats.update_output("udp", state="failing")
+            expect("DRAIN", 0, "DOWN")
+            stats.update_output("mqtt", state="up")
+            stats.update_output("udp", state="up")
+            expect("UP", 100, "UP")
+        expect("DOWN", 0, "DOWN")  # the simulated meter stopped: down within down_after
+        with Feeder(lambda _i: stats.frame(10), 0.1):
+            expect("UP", 100, "UP")  # and HAProxy takes it back as soon as frames resume
+    finally:
+        haproxy.stop()
+    log = haproxy.log_path.read_text(errors="replace")
+    assert "via agent : down (no TIC frame for" in log
+
+
+# --- bounds and abuse -----------------------------------------------------------------------------------
+def test_excess_connections_get_the_line_at_once(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    server = serve(max_connections=4, read_timeout=5.0)
+    port = port_of(server)
+    stats.frame(10)
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(4)]
+    try:
+        for s in held:
+            s.sendall(b"GE")  # an HTTP request that never completes holds its slot
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        assert agent_line(port).startswith("up ready 100%")
+        assert time.monotonic() - t0 < 0.12  # no peek: refused with the line, never queued
+    finally:
+        for s in held:
+            s.close()
+
+
+def test_stop_is_prompt_with_clients_connected(stats: Stats) -> None:
+    server = HealthServer(config(read_timeout=30.0), stats)
+    server.start()
+    port = port_of(server)
+    held = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+    for s in held:
+        s.sendall(b"GET / HTTP/1.0\r\n")
+    time.sleep(0.2)
+    t0 = time.monotonic()
+    assert server.stop(1.0)
+    assert time.monotonic() - t0 < 1.0
+    for s in held:
+        s.settimeout(2)
+        assert s.recv(100) == b""
+        s.close()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=1)
+
+
+def slowloris(port: int, seconds: float, closed: list[float]) -> None:
+    """One byte per second of an HTTP request; records when the server closed the connection."""
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.settimeout(1.0)
+        for byte in b"GET /health HTTP/1.0\r\nX: y\r\n"[: int(seconds)]:
+            try:
+                s.sendall(bytes([byte]))
+                if s.recv(4096) == b"":
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+        closed.append(time.monotonic() - t0)
+
+
+def short_connection(port: int, rng: random.Random) -> None:
+    kind = rng.randrange(4)
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=3) as s:
+            if kind == 0:
+                return  # connect and go
+            if kind == 1:
+                s.shutdown(socket.SHUT_WR)
+                assert s.recv(4096).startswith((b"up", b"down", b"drain"))
+            elif kind == 2:
+                s.sendall(rng.randbytes(rng.randrange(1, 3000)))
+                s.recv(4096)
+            else:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    except (ConnectionResetError, BrokenPipeError):
+        pass  # random bytes may be answered and closed before they are all sent
+
+
+@pytest.mark.timeout(120)
+def test_abuse_never_stalls_the_reader_nor_leaks(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    port = port_of(serve(max_connections=16, read_timeout=1.0))
+    fds = open_fds()
+    rng = random.Random(42)
+    with ThreadPoolExecutor(8) as pool:  # warm-up: first-use allocations are not a leak
+        list(pool.map(lambda _i: short_connection(port, rng), range(200)))
+    wait_until(lambda: open_fds() <= fds, 5)
+    rss = rss_kib()
+
+    with Feeder(lambda _i: stats.frame(10), 0.005) as feeder:
+        closed: list[float] = []
+        loris = [threading.Thread(target=slowloris, args=(port, 6, closed)) for _ in range(3)]
+        for t in loris:
+            t.start()
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(lambda _i: short_connection(port, rng), range(1000)))
+        for _ in range(50):  # random bytes, then read whatever comes back
+            read_all(port, rng.randbytes(rng.randrange(1, 200)))
+        # A normal client is served promptly all along.
+        t1 = time.monotonic()
+        assert agent_line(port).startswith("up ready 100%")
+        assert time.monotonic() - t1 < 1.0
+        for t in loris:
+            t.join(10)
+        elapsed = time.monotonic() - t0
+    assert len(closed) == 3 and max(closed) < 1.0 + 1.5  # read_timeout, then 408 and close
+    assert feeder.max_gap < 0.5, f"the reader stalled for {feeder.max_gap:.3f} s"
+    assert feeder.count > 0.3 * elapsed / 0.005
+    wait_until(lambda: open_fds() <= fds, 5)
+    assert rss_kib() - rss < 10_000, f"RSS grew from {rss} to {rss_kib()} KiB"
+    assert agent_line(port).startswith("up ready 100%")
+
+
+# --- teleinfo status -------------------------------------------------------------------------------------
+def teleinfo_status(port: int, *extra: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", "status", "--port", str(port), *extra],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+
+
+def test_teleinfo_status_exit_codes(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    port = port_of(serve())
+    stats.source("open", mode="standard")
+    stats.update_output("multicast", state="up", sent=7)
+    stats.update_output("influx", state="up")
+    with Feeder(lambda _i: stats.frame(10), 0.1):
+        out = teleinfo_status(port)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert out.stdout.startswith("TELEINFO OK - up ready 100% #ok")
+        assert "output     multicast up: sent 7" in out.stdout and "source     open standard" in out.stdout
+        stats.update_output("influx", state="failing", last_error="HTTP 503")
+        out = teleinfo_status(port)
+        assert out.returncode == 1 and out.stdout.startswith("TELEINFO WARNING - up ready 50%")
+        assert "last error: HTTP 503" in out.stdout
+        stats.update_output("multicast", state="failing")
+        assert teleinfo_status(port).returncode == 1  # drain
+        out = teleinfo_status(port, "--json")
+        assert out.returncode == 1 and json.loads(out.stdout)["health"]["state"] == "drain"
+    wait_until(lambda: stats.last_frame_age() > DOWN_AFTER, DOWN_AFTER + 2)
+    out = teleinfo_status(port)
+    assert out.returncode == 2 and out.stdout.startswith("TELEINFO CRITICAL - down 0% #no TIC frame for")
+
+
+def test_teleinfo_status_unreachable() -> None:
+    out = teleinfo_status(free_port(), "--timeout", "2")
+    assert out.returncode == 2
+    assert out.stdout.count("\n") == 1 and "unreachable" in out.stdout and "refused" in out.stdout
