@@ -122,6 +122,22 @@ def _interface(value: str) -> str | None:
     return None
 
 
+def _ip_address(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"not an IP address: {value!r} (0.0.0.0: every IPv4 interface, 127.0.0.1: this machine only)"
+    return None
+
+
+def _is_loopback(value: str) -> bool:
+    """True for a loopback address, and for an invalid one (already reported by its own check)."""
+    try:
+        return ipaddress.ip_address(value).is_loopback
+    except ValueError:
+        return True
+
+
 def _measurement(value: str) -> str | None:
     if not value or value.startswith("_") or any(c in value for c in ' ,=\\"\n'):
         return f"invalid measurement name {value!r} (no spaces, commas, quotes, '=' or leading '_')"
@@ -139,6 +155,11 @@ class SimulatorConfig:
     producer: bool = opt(False, "Also inject energy into the grid (standard mode only).")
     errors: float = opt(0.0, "Fraction of frames corrupted on purpose (bit flips, EOT, truncation).", lo=0, hi=1)
     seed: int = opt(1, "Seed of the simulated load curve, so runs are reproducible.")
+
+    def validate(self) -> list[tuple[str, str]]:
+        if self.producer and self.mode == "historique":
+            return [("producer", "a producer needs standard mode: historique TIC carries no production data")]
+        return []
 
 
 @dataclass(frozen=True)
@@ -191,11 +212,164 @@ class MulticastConfig:
     queue_size: int = opt(1000, "Frames queued for this output before the oldest are dropped.", lo=1, hi=1_000_000)
 
 
+def _topic(value: str) -> str | None:
+    if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
+        return f"invalid MQTT topic prefix {value!r} (no wildcards, no leading or trailing '/')"
+    return None
+
+
+def _url(value: str) -> str | None:
+    if not value.startswith(("http://", "https://")):
+        return f"must be an http:// or https:// URL (got {value!r})"
+    return None
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    """MQTT (Home Assistant and any subscriber): a JSON state per frame, availability through a retained last
+    will, Home Assistant device discovery.  Frames that cannot be delivered are spooled on disk and replayed."""
+
+    enabled: bool = opt(False, "Publish to an MQTT broker.")
+    host: str = opt("localhost", "Broker host name or address.")
+    port: int = opt(1883, "Broker port (8883 is the usual TLS port).", lo=1, hi=65535)
+    protocol: Literal["3.1.1", "5"] = opt("3.1.1", "MQTT protocol version.")
+    tls: bool = opt(False, "Connect with TLS.")
+    ca_file: str = opt("", 'CA certificate file for TLS ("" = the system\'s CAs).')
+    cert_file: str = opt("", "Client certificate file, for brokers that authenticate clients by certificate.")
+    key_file: str = opt("", "Private key of the client certificate.")
+    username: str = opt("", 'User name ("" = anonymous).')
+    password: Secret | None = opt(None, "Password.", example='{ env = "TELEINFO_MQTT_PASSWORD" }')
+    client_id: str = opt("", 'Client id ("" = teleinfo-<hostname>).')
+    keepalive: int = opt(30, "Keepalive (s): how fast the broker notices a silent network loss.", lo=5, hi=3600)
+    qos: Literal[0, 1, 2] = opt(1, "QoS of state messages.")
+    base_topic: str = opt("teleinfo", "Topics start with this: <base_topic>/<meter>/state ...", check=_topic)
+    publish_interval: float = opt(
+        0.0, "Publish at most one state per meter every N seconds (0 = every frame).", lo=0, hi=3600
+    )
+    publish_on_change: bool = opt(False, "Skip a state whose values (DATE aside) did not change.")
+    discovery: bool = opt(True, "Publish Home Assistant MQTT discovery.")
+    discovery_prefix: str = opt("homeassistant", "Home Assistant's discovery prefix.", check=_topic)
+    queue_size: int = opt(1000, "Frames queued in memory for this output.", lo=1, hi=1_000_000)
+    spool_max_mb: float = opt(
+        64.0, "Disk space for frames kept while the broker is unreachable (MB).", lo=0.1, hi=100_000
+    )
+
+
+@dataclass(frozen=True)
+class InfluxConfig:
+    """InfluxDB through /api/v2/write (InfluxDB 1.8+, 2.x, 3.x, VictoriaMetrics).  Frames that cannot be written
+    are spooled on disk and replayed with their original timestamps."""
+
+    enabled: bool = opt(False, "Write to InfluxDB.")
+    url: str = opt("http://localhost:8086", "Server URL.", check=_url)
+    org: str = opt("", "Organisation (InfluxDB 2.x; ignored by 1.8 and 3.x).")
+    bucket: str = opt("teleinfo", "Bucket (InfluxDB 1.8: database/retention-policy).")
+    token: Secret | None = opt(
+        None, 'API token (InfluxDB 1.8: "user:password").', example='{ env = "TELEINFO_INFLUX_TOKEN" }'
+    )
+    measurement: str = opt("teleinfo", "Measurement name.", check=_measurement)
+    verify_tls: bool = opt(True, "Verify the server's TLS certificate.")
+    ca_file: str = opt("", 'CA certificate file for https ("" = the system\'s CAs).')
+    timeout: float = opt(5.0, "Timeout of one write (s).", lo=0.5, hi=120)
+    batch_size: int = opt(500, "Points per write when replaying the spool.", lo=1, hi=100_000)
+    queue_size: int = opt(1000, "Frames queued in memory for this output.", lo=1, hi=1_000_000)
+    spool_max_mb: float = opt(
+        64.0, "Disk space for frames kept while the server is unreachable (MB).", lo=0.1, hi=100_000
+    )
+
+
 @dataclass(frozen=True)
 class OutputsConfig:
     """Where decoded frames go.  Each output has its own queue: a slow one never delays the others."""
 
     multicast: MulticastConfig = section(MulticastConfig)
+    mqtt: MqttConfig = section(MqttConfig)
+    influxdb: InfluxConfig = section(InfluxConfig)
+
+
+@dataclass(frozen=True)
+class HealthConfig:
+    """Health socket: the state, for HAProxy (agent-check, tcp-check, httpchk), Nagios, nc and curl alike."""
+
+    enabled: bool = opt(
+        True,
+        "Serve the health socket. A silent client reads one HAProxy agent line; GET or HEAD gets an HTTP/1.0 answer "
+        "(200 when up, 503 otherwise) with that line as body; GET /status gets every counter as JSON.",
+    )
+    bind: str = opt(
+        "0.0.0.0",  # noqa: S104 - monitors and load balancers are on the LAN; personal data is never served
+        "Address to listen on: 0.0.0.0 for every IPv4 interface (load balancers and monitors on the LAN), "
+        "127.0.0.1 for this machine only.",
+        check=_ip_address,
+    )
+    port: int = opt(9999, "TCP port.", lo=1, hi=65535)
+    down_after: float = opt(
+        60.0,
+        "Seconds without a valid frame (counted from the start while none has come) before the state is down: "
+        '"down 0%". While frames flow: "drain 0%" when every output is failing, "up ready 50%" when some are, '
+        'else "up ready 100%".',
+        lo=1,
+        hi=86400,
+    )
+    max_connections: int = opt(
+        32, "Connections served at once; a further client gets the agent line at once and is closed.", lo=1, hi=1024
+    )
+    read_timeout: float = opt(
+        2.0, "Seconds an HTTP client has to send its request (HAProxy's agent-inter is 2 s).", lo=0.2, hi=60
+    )
+    max_request_bytes: int = opt(
+        4096, "Largest HTTP request head accepted (bytes); a larger one gets 400.", lo=256, hi=65536
+    )
+    expose_meter: bool = opt(
+        False, "Include the meter address (personal data) in health answers; without it, it is never shown."
+    )
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """Control socket: read the state and watch live frames; only the principal client may act (reload...)."""
+
+    enabled: bool = opt(
+        True,
+        "Serve the control socket (one command per line; send help). The first client is principal, later ones "
+        "secondaire in order of arrival; when the principal leaves, the longest-waiting one is promoted.",
+    )
+    bind: str = opt(
+        "127.0.0.1",
+        "Address to listen on; any address other than loopback (127.0.0.1, ::1) requires a token.",
+        check=_ip_address,
+    )
+    port: int = opt(9998, "TCP port.", lo=1, hi=65535)
+    token: Secret | None = opt(
+        None,
+        "Shared secret a client must send first (auth <token>); required when bind is not a loopback address.",
+        example='{ env = "TELEINFO_CONTROL_TOKEN" }',
+    )
+    max_clients: int = opt(16, "Clients connected at once; a further one is refused.", lo=1, hi=1024)
+    max_line_bytes: int = opt(
+        4096, "Longest command line (bytes); a longer one gets an error and a disconnect.", lo=64, hi=65536
+    )
+    max_commands_per_second: int = opt(
+        20, "Commands a client may send per second; a faster one gets an error and a disconnect.", lo=1, hi=10000
+    )
+
+    def validate(self) -> list[tuple[str, str]]:
+        """Cross-field rules: a token when the socket is reachable from the network, and a real one."""
+        errors: list[tuple[str, str]] = []
+        if self.token is not None and len(self.token.get()) < 8:
+            errors.append(("token", "must be at least 8 characters"))
+        if self.enabled and self.token is None and not _is_loopback(self.bind):
+            errors.append(("token", f"required when bind ({self.bind}) is not a loopback address"))
+        return errors
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    """Files the service keeps (systemd's StateDirectory)."""
+
+    directory: str = opt(
+        "/var/lib/teleinfo", "Where the spools of unreachable outputs live (touched only during outages)."
+    )
 
 
 @dataclass(frozen=True)
@@ -211,6 +385,9 @@ class Config:
 
     source: SourceConfig = section(SourceConfig)
     outputs: OutputsConfig = section(OutputsConfig)
+    health: HealthConfig = section(HealthConfig)
+    control: ControlConfig = section(ControlConfig)
+    state: StateConfig = section(StateConfig)
     logging: LoggingConfig = section(LoggingConfig)
 
 
@@ -284,8 +461,9 @@ def _convert(t: Any, value: Any, key: str, errors: list[str]) -> Any:
         if not isinstance(value, list):
             errors.append(f"{key}: must be a list (got {value!r})")
             return None
-        items = [_convert(item, v, f"{key}[{i}]", errors) for i, v in enumerate(value)]
-        return items
+        if dataclasses.is_dataclass(item):  # an array of tables: [[checks.peers]]
+            return [_build(item, v, f"{key}[{i}]", errors) for i, v in enumerate(value)]  # type: ignore[arg-type]
+        return [_convert(item, v, f"{key}[{i}]", errors) for i, v in enumerate(value)]
     if t is Secret:
         return _secret(value, key, errors)
     if t is bool:
@@ -410,10 +588,15 @@ def render_example() -> str:
     def walk(cls: type, prefix: str) -> None:
         hints = typing.get_type_hints(cls)
         subs = []
+        tables = []
         for f in dataclasses.fields(cls):
             t = hints[f.name]
             if dataclasses.is_dataclass(t):
                 subs.append((f, t))
+                continue
+            args = typing.get_args(t)
+            if typing.get_origin(t) is list and args and dataclasses.is_dataclass(args[0]):
+                tables.append((f, args[0]))
                 continue
             lines.extend(_wrap(f.metadata.get("doc", "")))
             allowed = typing.get_args(t) if typing.get_origin(t) is Literal else None
@@ -425,6 +608,16 @@ def render_example() -> str:
                 lines.append(f"# {f.name} = {example}" if example else f"# {f.name} =")
             else:
                 lines.append(f"{f.name} = {_toml_value(default)}")
+            lines.append("")
+        for f, item in tables:  # commented out: an example entry of an array of tables
+            name = f"{prefix}.{f.name}" if prefix else f.name
+            lines.extend(_wrap(f.metadata.get("doc", "")))
+            lines.append(f"# [[{name}]]")
+            for g in dataclasses.fields(item):
+                default = g.default if g.default is not dataclasses.MISSING else g.default_factory()  # type: ignore[misc]
+                example = g.metadata.get("example") or ("" if default is None else _toml_value(default))
+                doc = g.metadata.get("doc", "")
+                lines.append(f"# {g.name} = {example}" + (f"    # {doc}" if doc else ""))
             lines.append("")
         for f, t in subs:
             name = f"{prefix}.{f.name}" if prefix else f.name

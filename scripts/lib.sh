@@ -15,8 +15,17 @@ ensure_apt() {
     done
     [ ${#missing[@]} -eq 0 ] && return 0
     echo "installing Debian packages: ${missing[*]}" >&2
+    # Server packages (influxdb, mosquitto, haproxy, openssh-server...) must not start system daemons here:
+    # the tests start their own instances on 127.0.0.1. policy-rc.d exit 101 forbids starting services.
+    local policy=/usr/sbin/policy-rc.d added=""
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null && $SUDO chmod +x "$policy" && added=1
+    fi
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+        || { [ -n "$added" ] && $SUDO rm -f "$policy"; return 1; }
+    [ -n "$added" ] && $SUDO rm -f "$policy"
+    return 0
 }
 
 # ensure_venv EXTRAS: a virtualenv in .venv with the project installed (editable) with those extras.
