@@ -1,0 +1,112 @@
+"""systemd/: every unit verifies cleanly, the service's exposure stays at or under 2.5, the sysusers file makes the
+user the unit runs as, and the unit's settings agree with the configuration's defaults.
+
+``systemd-analyze verify`` checks that executables exist, so the unit is verified with its install prefix
+(``/opt/teleinfo/bin/teleinfo``) pointed at this checkout's ``teleinfo``; nothing else is changed.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from appliance.config import Config
+
+ROOT = Path(__file__).resolve().parent.parent
+UNITS = ROOT / "systemd"
+INSTALLED = "/opt/teleinfo/bin/teleinfo"
+EXPOSURE_TARGET = 2.5
+
+pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+
+
+def staged(tmp_path: Path, name: str, dropins: tuple[str, ...] = ()) -> Path:
+    teleinfo = shutil.which("teleinfo") or str(ROOT / ".venv" / "bin" / "teleinfo")
+    unit = tmp_path / name
+    unit.write_text((UNITS / name).read_text().replace(INSTALLED, teleinfo))
+    if dropins:
+        d = tmp_path / f"{name}.d"
+        d.mkdir()
+        for dropin in dropins:
+            shutil.copy(UNITS / dropin, d / dropin)
+    return unit
+
+
+def settings(name: str) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in (UNITS / name).read_text().splitlines():
+        if "=" in line and not line.startswith(("#", "[")):
+            key, value = line.split("=", 1)
+            out.setdefault(key, []).append(value)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in UNITS.glob("*.service")))
+def test_unit_verifies_without_a_warning(tmp_path: Path, name: str) -> None:
+    unit = staged(tmp_path, name)
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == "", result.stderr  # unknown keys are only warnings: none allowed
+
+
+def test_credentials_dropin_verifies_without_a_warning(tmp_path: Path) -> None:
+    unit = staged(tmp_path, "teleinfo.service", dropins=("credentials.conf",))
+    result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert "LoadCredential" in (UNITS / "credentials.conf").read_text()
+
+
+def test_service_exposure_is_at_most_the_target(tmp_path: Path) -> None:
+    unit = staged(tmp_path, "teleinfo.service")
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    match = re.search(r"Overall exposure level for teleinfo\.service: ([0-9.]+)", result.stdout)
+    assert match, result.stdout + result.stderr
+    exposure = float(match.group(1))
+    print(f"systemd-analyze security --offline=yes teleinfo.service: exposure {exposure}")
+    assert exposure <= EXPOSURE_TARGET
+    assert f"**{exposure}**" in (UNITS / "README.md").read_text(), "update the figure in systemd/README.md"
+
+
+def test_service_settings_the_appliance_relies_on() -> None:
+    s = settings("teleinfo.service")
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
+    assert int(s["WatchdogSec"][0]) >= 10  # the service pings at half this; a read returns in ~0.25 s
+    assert s["Restart"] == ["on-failure"] and int(s["StartLimitBurst"][0]) > 0
+    assert s["User"] == ["teleinfo"] and set(s["SupplementaryGroups"][0].split()) == {"dialout", "gpio"}
+    # The spool lives where the configuration's default says, and that is the unit's state directory.
+    assert Path(Config().state.directory) == Path("/var/lib") / s["StateDirectory"][0]
+    assert s["Environment"][0] == "TELEINFO_CONFIG=/etc/teleinfo/teleinfo.toml"
+    assert s["EnvironmentFile"][0].startswith("-/etc/teleinfo/")  # optional: no secrets file, still starts
+    assert s["ProtectSystem"] == ["strict"] and s["NoNewPrivileges"] == ["yes"] and s["PrivateTmp"] == ["yes"]
+    families = set(s["RestrictAddressFamilies"][0].split())
+    assert {"AF_INET", "AF_INET6", "AF_UNIX"} <= families and "AF_PACKET" not in families
+    allowed = {v.split()[0] for v in s["DeviceAllow"]}
+    assert s["DevicePolicy"] == ["closed"]
+    assert {"char-ttyAMA", "char-ttyUSB", "char-gpiochip", "/dev/gpiomem"} <= allowed
+    assert "PrivateDevices" not in s  # would hide the serial port and GPIO
+
+
+def test_sysusers_creates_the_service_user_in_its_groups(tmp_path: Path) -> None:
+    if shutil.which("systemd-sysusers") is None:
+        pytest.skip("systemd-sysusers not installed")
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text("root:x:0:0:root:/root:/bin/bash\n")
+    (etc / "group").write_text("root:x:0:\ndialout:x:20:\n")  # Debian has dialout; gpio only on Raspberry Pi OS
+    result = subprocess.run(
+        ["systemd-sysusers", f"--root={tmp_path}", str(UNITS / "teleinfo.sysusers")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    users = {line.split(":")[0]: line.split(":") for line in (etc / "passwd").read_text().splitlines()}
+    groups = {line.split(":")[0]: line.split(":") for line in (etc / "group").read_text().splitlines()}
+    assert users["teleinfo"][6] == "/usr/sbin/nologin" and int(users["teleinfo"][2]) < 1000
+    assert groups["dialout"][3] == "teleinfo" and groups["gpio"][3] == "teleinfo"
