@@ -2,12 +2,17 @@
 
 * :class:`InfluxD`: influxd 1.6.7 from Debian (``apt-get install influxdb``), the strict line-protocol parser,
   InfluxQL and the ``[[udp]]`` listener (NETWORK.md §4.4).  Tests are skipped when the binary is missing.
+* :class:`VictoriaMetrics`: victoria-metrics from Debian (``apt-get install victoria-metrics``), which takes
+  InfluxDB line protocol on ``/api/v2/write`` like InfluxDB 1.8+/2.x/3.x and is read back through
+  ``/api/v1/export`` (NETWORK.md §4.1).  It can be stopped and started again on the same port and data, for
+  outages.  Tests are skipped when the binary is missing.
 * :class:`MulticastRelay`: forwards a multicast group joined on 127.0.0.1 to a unicast UDP port, because
   influxd's UDP listener does not join groups (NETWORK.md §3.3): ``socat`` as tested there, or a Python thread.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
@@ -25,7 +30,7 @@ import pytest
 
 from .util import free_port, wait_until
 
-__all__ = ["InfluxD", "MulticastRelay"]
+__all__ = ["InfluxD", "MulticastRelay", "VictoriaMetrics"]
 
 
 class InfluxD:
@@ -123,6 +128,111 @@ class InfluxD:
 
     def stop(self) -> None:
         """Terminate our influxd by its PID (never by name)."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+class VictoriaMetrics:
+    """victoria-metrics with a throwaway data directory, on 127.0.0.1.
+
+    ``start(tmp_path)`` picks a free port; ``stop()`` then ``start(tmp_path)`` again is an outage: the same port
+    and the same data, so points written before are still there.  With ``username``/``password`` every write
+    and read needs HTTP basic authentication (``-httpAuth.*``; ``/ping`` stays open).  Retention is 100 years
+    (the default month would silently drop older test timestamps), and identical timestamps are kept, not
+    deduplicated, so a test sees every duplicate.
+    """
+
+    BINARY = "victoria-metrics"
+    START_TIMEOUT = 10.0
+
+    def __init__(self, username: str = "", password: str = "") -> None:
+        self.username, self.password = username, password
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.port = 0
+        self.root: Path | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, tmp_path: Path) -> int:
+        """Start (again, on the same port and data, if it ran before); return the HTTP port."""
+        binary = shutil.which(self.BINARY)
+        if binary is None:
+            pytest.skip("victoria-metrics not installed (apt-get install -y victoria-metrics)")
+        if self.root is None:
+            self.root = tmp_path / "victoria-metrics"
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.log_path = self.root / "vm.log"
+        assert self.log_path is not None
+        for _attempt in range(3):
+            self.port = self.port or free_port()
+            argv = [
+                binary,
+                f"-storageDataPath={self.root / 'data'}",
+                f"-httpListenAddr=127.0.0.1:{self.port}",
+                "-selfScrapeInterval=0",
+                "-retentionPeriod=100y",
+                "-loggerLevel=ERROR",
+            ]
+            if self.username:
+                argv += [f"-httpAuth.username={self.username}", f"-httpAuth.password={self.password}"]
+            with self.log_path.open("ab") as log:
+                self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+            deadline = time.monotonic() + self.START_TIMEOUT
+            while time.monotonic() < deadline and self.proc.poll() is None:
+                if self._ping():
+                    return self.port
+                time.sleep(0.02)
+            self.stop()
+            self.port = 0  # taken meanwhile: a new one (only on a first start; a restart keeps failing loudly)
+        raise RuntimeError(f"victoria-metrics did not start; log:\n{self.log_path.read_text()[-3000:]}")
+
+    def _ping(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=1) as r:
+                return int(r.status) == 204
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def _request(self, path: str, data: dict[str, str] | None = None) -> bytes:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}{path}", data=urllib.parse.urlencode(data or {}).encode()
+        )
+        if self.username:
+            token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
+        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - an http:// URL built above
+            return bytes(r.read())
+
+    def export(self, match: str = '{__name__=~"teleinfo_.*"}') -> list[dict[str, Any]]:
+        """Every stored sample of the matching series (after a flush, so fresh rows are included)."""
+        self._request("/internal/force_flush")
+        body = self._request("/api/v1/export", {"match[]": match, "start": "0", "end": str(2**31)})
+        return [json.loads(line) for line in body.splitlines() if line.strip()]
+
+    def samples(self, match: str = '{__name__=~"teleinfo_.*"}') -> dict[tuple[str, str, str], list[tuple[int, float]]]:
+        """``(metric name, meter, mode) -> [(time in s, value)...]`` sorted by time, duplicates kept."""
+        out: dict[tuple[str, str, str], list[tuple[int, float]]] = {}
+        for series in self.export(match):
+            m = series["metric"]
+            key = (m["__name__"], m.get("meter", ""), m.get("mode", ""))
+            pairs = zip(series["timestamps"], series["values"], strict=True)
+            out.setdefault(key, []).extend((int(t) // 1000, float(v)) for t, v in pairs)
+        for v in out.values():
+            v.sort()
+        return out
+
+    def stop(self) -> None:
+        """Terminate our victoria-metrics by its PID (never by name); its data stays for a restart."""
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return

@@ -13,6 +13,7 @@ move on, since a datagram that could not leave now is worthless later.
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import threading
 import time
@@ -22,7 +23,7 @@ from appliance.outputs.spool import Spool
 from appliance.stats import Stats
 from appliance.tic import Frame
 
-__all__ = ["Fanout", "Output", "OutputWorker", "PartialDelivery"]
+__all__ = ["Fanout", "Output", "OutputWorker", "PartialDelivery", "Rejected"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -32,6 +33,8 @@ class Output(Protocol):
 
     A durable output may also define ``send_batch(frames)``, used to replay the spool: it delivers the frames in
     order or raises; :class:`PartialDelivery` says how many of them were delivered before the failure.
+    Either raises :class:`Rejected` for frames the server refused for their content: they are counted as failed
+    and dropped instead of being retried forever.
     """
 
     name: str
@@ -56,8 +59,24 @@ class PartialDelivery(Exception):
         self.cause = cause
 
 
+class Rejected(Exception):
+    """Raised by ``send``/``send_batch`` when the server refused ``count`` frames for their content (HTTP 400 on a
+    field type conflict...) and took the others: retrying refused data can never succeed and would block the
+    output forever, so the worker counts them as failed and moves on."""
+
+    def __init__(self, count: int, message: str) -> None:
+        super().__init__(message)
+        self.count = count
+
+
 class OutputWorker:
-    """One output, its bounded drop-oldest queue and its thread."""
+    """One output, its bounded drop-oldest queue and its thread.
+
+    With a ``spool`` (durable outputs), the moment a delivery fails that frame and every later one go to disk,
+    in order, and stay there until the server answers again; they are then replayed from the spool in batches
+    of ``batch_size`` before any newer frame.  While the output is healthy the spool is never touched.  An
+    output with ``send_batch`` also gets up to ``batch_size`` queued frames per call when it has fallen behind.
+    """
 
     def __init__(
         self,
@@ -71,6 +90,9 @@ class OutputWorker:
     ) -> None:
         self.output = output
         self._spool = spool
+        # Held while the spool is read or written, never during a delivery: stop() may have to spool the queue
+        # from another thread while this worker is stuck on a dead server.
+        self._spool_lock = threading.RLock()
         self._batch_size = batch_size
         self._spool_error: str | None = None
         self.name = output.name
@@ -113,21 +135,48 @@ class OutputWorker:
             self._cond.notify_all()
 
     def stop(self, timeout: float) -> bool:
-        """Deliver what can be delivered within ``timeout`` seconds, then close.  True if the thread ended."""
+        """Deliver what can be delivered within ``timeout`` seconds, then close.  True if the thread ended.
+
+        A thread stuck in a delivery (a server that accepts and never answers) is abandoned, but its queue
+        is moved to the spool first, so that a restart replays it: nothing accepted is lost to a slow server.
+        """
         if not self._stop.is_set():
             self.request_stop(time.monotonic() + max(0.0, timeout - 0.5))
         if self._thread.is_alive():
             self._thread.join(timeout)
         if self._thread.is_alive():
-            _LOG.error("output %s did not stop within %.1f s; abandoning its thread", self.name, timeout)
+            saved = self._rescue()
+            _LOG.error(
+                "output %s did not stop within %.1f s; abandoning its thread%s",
+                self.name,
+                timeout,
+                f" ({saved} queued frames moved to the spool)" if saved else "",
+            )
             return False
         return True
+
+    def _rescue(self) -> int:
+        """From the stopping thread: move the queue to the spool and sync it; how many frames were moved."""
+        if self._spool is None or not self._spool_lock.acquire(timeout=1.0):
+            return 0
+        try:
+            before = len(self._spool)
+            self._to_spool()
+            self._spool.sync()
+            return len(self._spool) - before
+        except OSError:  # already logged and counted by _to_spool
+            return 0
+        finally:
+            self._spool_lock.release()
 
     # --- worker thread ---------------------------------------------------------------------------------
     def _set_state(self, state: str, error: BaseException | None = None) -> None:
         before = self._stats.output(self.name).state
         detail = None if error is None else f"{type(error).__name__}: {error}"
-        self._stats.update_output(self.name, state=state, last_error=detail)
+        if detail is None:  # last_error stays: the last problem seen, refused frames included
+            self._stats.update_output(self.name, state=state)
+        else:
+            self._stats.update_output(self.name, state=state, last_error=detail)
         if state == before:
             return
         if state == "failing":
@@ -137,13 +186,16 @@ class OutputWorker:
         elif state == "up":
             _LOG.info("output %s up", self.name)
 
-    def _next(self) -> Frame | None:
+    def _head(self) -> list[Frame]:
+        """The oldest queued frames, left in the queue until delivered: up to ``batch_size`` for an output with
+        ``send_batch``, else one.  Waits for a frame; ``[]`` once stopping with an empty queue."""
+        n = self._batch_size if hasattr(self.output, "send_batch") else 1
         with self._cond:
             while not self._queue:
                 if self._stop.is_set():
-                    return None
+                    return []
                 self._cond.wait(0.5)
-            return self._queue[0]
+            return list(itertools.islice(self._queue, n))
 
     def _draining_done(self) -> bool:
         return self._stop.is_set() and time.monotonic() >= self._deadline
@@ -162,68 +214,107 @@ class OutputWorker:
                 if not self._queue:
                     self._cond.wait(min(remaining, 0.5))
             self._to_spool()
+            with self._spool_lock:
+                self._spool.sync_if_due()  # the last records of a burst reach the card too (power cuts)
 
     def _to_spool(self) -> None:
         """Move every queued frame to the end of the spool, in order.  A full disk keeps them in memory."""
         assert self._spool is not None
-        with self._cond:
-            frames = list(self._queue)
-            self._queue.clear()
-        done = 0
-        try:
-            for frame in frames:
-                self._spool.append(frame)
-                done += 1
-            if self._spool_error is not None:
-                _LOG.info("output %s: spool writable again", self.name)
-                self._spool_error = None
-        except OSError as e:
-            if self._spool_error is None:
-                _LOG.error("output %s: cannot write the spool (%s); keeping frames in memory", self.name, e)
-            self._spool_error = str(e)
-            with self._cond:  # back at the front, oldest first; the queue bound still applies
-                self._queue.extendleft(reversed(frames[done:]))
-                over = len(self._queue) - self._queue_size
-                for _ in range(max(0, over)):
-                    self._queue.popleft()
-            if over > 0:
+        with self._spool_lock:
+            with self._cond:
+                frames = list(self._queue)
+                self._queue.clear()
+            if not frames:
+                return
+            done = over = 0
+            try:
+                for frame in frames:
+                    self._spool.append(frame)
+                    done += 1
+                if self._spool_error is not None:
+                    _LOG.info("output %s: spool writable again", self.name)
+                    self._spool_error = None
+            except OSError as e:
+                if self._spool_error is None:
+                    _LOG.error("output %s: cannot write the spool (%s); keeping frames in memory", self.name, e)
+                self._spool_error = str(e)
+                with self._cond:  # back at the front, oldest first; the queue bound still applies
+                    self._queue.extendleft(reversed(frames[done:]))
+                    over = max(0, len(self._queue) - self._queue_size)
+                    for _ in range(over):
+                        self._queue.popleft()
+            if over:
                 self._stats.update_output(self.name, dropped=over)
-        self._stats.update_output(
-            self.name,
-            queued=len(self._queue),
-            spooled=len(self._spool),
-            spool_error=self._spool_error,
-            spool_dropped=self._spool.dropped,
-        )
+            self._stats.update_output(
+                self.name,
+                queued=len(self._queue),
+                spooled=len(self._spool),
+                spool_error=self._spool_error,
+                spool_dropped=self._spool.dropped,
+            )
 
-    def _deliver(self, frames: list[Frame]) -> None:
+    def _deliver(self, frames: list[Frame]) -> int:
+        """Deliver in order; return how many frames the server refused (:class:`Rejected`), else raise
+        (:class:`PartialDelivery` when some were delivered first)."""
         send_batch = getattr(self.output, "send_batch", None)
         if send_batch is not None:
-            send_batch(frames)
-            return
+            try:
+                send_batch(frames)
+            except Rejected as e:
+                self._stats.update_output(self.name, last_error=str(e))
+                return min(e.count, len(frames))
+            return 0
+        refused = 0
         for i, frame in enumerate(frames):
             try:
                 self.output.send(frame)
+            except Rejected as e:
+                self._stats.update_output(self.name, last_error=str(e))
+                refused += 1
             except Exception as e:
                 raise PartialDelivery(i, e) from e
+        return refused
+
+    def _count(self, delivered: int, refused: int = 0) -> None:
+        if refused:
+            self._stats.update_output(self.name, failed=refused)
+        if delivered > refused:
+            self._stats.update_output(self.name, sent=delivered - refused, last_sent_at=time.time())
 
     def _replay(self) -> None:
         """Send the oldest spooled frames; raises like ``send`` (after committing what was delivered)."""
         assert self._spool is not None
         self._to_spool()  # newer frames queue behind the spool, so the order is kept
-        batch = self._spool.peek(self._batch_size)
+        with self._spool_lock:
+            batch = self._spool.peek(self._batch_size)
         try:
-            self._deliver(batch.frames)
+            refused = self._deliver(batch.frames)
         except PartialDelivery as e:
-            self._spool.commit(batch, e.delivered)
-            self._stats.update_output(self.name, sent=e.delivered, spooled=len(self._spool))
+            with self._spool_lock:
+                self._spool.commit(batch, e.delivered)
+                left = len(self._spool)
+            self._count(e.delivered)
+            self._stats.update_output(self.name, spooled=left)
             raise e.cause from e
-        self._spool.commit(batch)
-        if batch.frames:
-            self._stats.update_output(self.name, sent=len(batch.frames), last_sent_at=time.time())
-        self._stats.update_output(self.name, spooled=len(self._spool))
-        if not self._spool:
+        with self._spool_lock:
+            self._spool.commit(batch)
+            left = len(self._spool)
+        self._count(len(batch.frames), refused)
+        self._stats.update_output(self.name, spooled=left)
+        if not left:
             _LOG.info("output %s: spool replayed", self.name)
+
+    def _send_queued(self, frames: list[Frame]) -> None:
+        """Deliver frames from the head of the queue and pop them; raises like ``send`` after popping what went
+        through, so that the failed frame is still at the head."""
+        try:
+            refused = self._deliver(frames)
+        except PartialDelivery as e:
+            self._pop(frames[: e.delivered])
+            self._count(e.delivered)
+            raise e.cause from e
+        self._pop(frames)
+        self._count(len(frames), refused)
 
     def _run(self) -> None:
         backoff = self._backoff_initial
@@ -242,24 +333,22 @@ class OutputWorker:
                         self._pause(backoff)
                         backoff = min(backoff * 2, self._backoff_max)
                         continue
-                frame = None
+                frames: list[Frame] = []
                 try:
                     if self._spool is not None and len(self._spool):
                         self._replay()
                     else:
-                        frame = self._next()
-                        if frame is None:
+                        frames = self._head()
+                        if not frames:
                             break
-                        self.output.send(frame)
-                        self._pop(frame)
-                        self._stats.update_output(self.name, sent=1, last_sent_at=time.time())
+                        self._send_queued(frames)
                 except Exception as e:
                     self._stats.update_output(self.name, failed=1)
                     self._set_state("failing", e)
                     if self._spool is not None:
                         self._to_spool()  # the failed frame (still at the head) and every later one
-                    elif frame is not None and not self.output.durable:
-                        self._pop(frame)
+                    elif not self.output.durable:
+                        self._pop_failed(frames)  # best effort: a frame that could not leave now is worthless
                     if self._stop.is_set():
                         if self._spool is None and not self.output.durable:
                             continue
@@ -271,8 +360,11 @@ class OutputWorker:
                 self._set_state("up")
         finally:
             if self._spool is not None:
-                self._to_spool()  # nothing accepted is lost across a restart
-                self._spool.close()
+                with self._spool_lock:
+                    try:
+                        self._to_spool()  # nothing accepted is lost across a restart
+                    finally:
+                        self._spool.close()
             try:
                 self.output.close()
             except Exception:
@@ -282,10 +374,22 @@ class OutputWorker:
             if left:
                 _LOG.warning("output %s stopped with %d frames undelivered", self.name, left)
 
-    def _pop(self, frame: Frame) -> None:
+    def _pop_failed(self, frames: list[Frame]) -> None:
+        """Remove the frame that failed: the first of ``frames`` still at the head (delivered ones are gone)."""
         with self._cond:
-            if self._queue and self._queue[0] is frame:
-                self._queue.popleft()
+            for frame in frames:
+                if self._queue and self._queue[0] is frame:
+                    self._queue.popleft()
+                    break
+            queued = len(self._queue)
+        self._stats.update_output(self.name, queued=queued)
+
+    def _pop(self, frames: list[Frame]) -> None:
+        """Remove delivered frames from the head (those the overflow already dropped are no longer there)."""
+        with self._cond:
+            for frame in frames:
+                if self._queue and self._queue[0] is frame:
+                    self._queue.popleft()
             queued = len(self._queue)
         self._stats.update_output(self.name, queued=queued)
 

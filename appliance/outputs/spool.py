@@ -21,6 +21,7 @@ successful send and the cursor update; InfluxDB deduplicates such points (same s
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ class Batch:
     end: tuple[int, int]  # (segment, offset) just after the last record read
     skipped: int = 0  # corrupt records passed over
     ends: tuple[tuple[int, int, int], ...] = ()  # per frame: segment, offset after it, corrupt records before it
+    start: tuple[int, int] = (0, 0)  # the cursor when it was read
 
 
 class Spool:
@@ -119,15 +121,16 @@ class Spool:
             self._clear()
 
     def _count_from(self, cursor: tuple[int, int]) -> int:
-        n = 0
-        for seq in self._segments:
-            if seq < cursor[0]:
-                continue
-            with open(self._path(seq), "rb") as f:
-                if seq == cursor[0]:
-                    f.seek(cursor[1])
-                n += sum(chunk.count(b"\n") for chunk in iter(lambda f=f: f.read(1 << 16), b""))  # type: ignore[misc]
-        return n
+        """Records from ``cursor`` to the end of the spool."""
+        return sum(
+            self._count_in(seq, cursor[1] if seq == cursor[0] else 0) for seq in self._segments if seq >= cursor[0]
+        )
+
+    def _count_in(self, seq: int, offset: int) -> int:
+        """Complete records of segment ``seq`` from byte ``offset`` on (a record cut by a crash is not one)."""
+        with open(self._path(seq), "rb") as f:
+            f.seek(offset)
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 16), b""))
 
     # --- writing -------------------------------------------------------------------------------------------
     def append(self, frame: Frame) -> None:
@@ -138,8 +141,13 @@ class Spool:
         assert self._wfd is not None
         written = os.write(self._wfd, line)
         if written != len(line):  # a short write to a regular file means the disk is full
-            os.ftruncate(self._wfd, self._sizes[self._wseq])
-            raise OSError(28, "No space left on device (short write to the spool)")
+            try:
+                os.ftruncate(self._wfd, self._sizes[self._wseq])
+            except OSError:  # the cut record stays: never append after it, the next record starts a segment
+                self._sizes[self._wseq] += written
+                os.close(self._wfd)
+                self._wfd = None
+            raise OSError(errno.ENOSPC, "No space left on device (short write to the spool)")
         self._sizes[self._wseq] += written
         self._pending += 1
         self._dirty = True
@@ -150,10 +158,17 @@ class Spool:
             self._enforce_bound()
 
     def sync(self) -> None:
+        """fsync the segment being written (for power cuts; kill -9 needs nothing: records are in the kernel)."""
         if self._wfd is not None and self._dirty:
             os.fsync(self._wfd)
             self._dirty = False
         self._last_sync = time.monotonic()
+
+    def sync_if_due(self) -> None:
+        """:meth:`sync` if records are waiting and ``fsync_interval`` has passed: the end of a burst is synced
+        too, not only when the next record comes."""
+        if self._dirty and time.monotonic() - self._last_sync >= self.fsync_interval:
+            self.sync()
 
     def _rotate(self) -> None:
         if self._wfd is not None:
@@ -161,19 +176,19 @@ class Spool:
             os.close(self._wfd)
             self._wfd = None
         self.dir.mkdir(parents=True, exist_ok=True)
+        seq = self._segments[-1] + 1 if self._segments else self._wseq + 1
+        # Opened before it is registered: a failed open (full or read-only disk) leaves no phantom segment.
+        fd = os.open(self._path(seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         if not self._segments:
-            self._wseq += 1
-            self._cursor = (self._wseq, 0)
-        else:
-            self._wseq = self._segments[-1] + 1
-        self._segments.append(self._wseq)
-        self._sizes[self._wseq] = 0
-        self._wfd = os.open(self._path(self._wseq), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            self._cursor = (seq, 0)
+        self._wseq, self._wfd = seq, fd
+        self._segments.append(seq)
+        self._sizes[seq] = 0
 
     def _enforce_bound(self) -> None:
         while self.size > self.max_bytes and len(self._segments) > 1:
             seq = self._segments[0]
-            lost = self._count_from(self._cursor) - self._count_from((self._segments[1], 0))
+            lost = self._count_in(seq, self._cursor[1] if self._cursor[0] == seq else 0)
             self._segments.pop(0)
             self._unlink(seq)
             self._cursor = (self._segments[0], 0)
@@ -190,7 +205,9 @@ class Spool:
         frames: list[Frame] = []
         ends: list[tuple[int, int, int]] = []
         skipped = 0
-        seq, off = self._cursor
+        if self._segments and self._cursor[0] not in self._sizes:
+            self._resync()
+        start = seq, off = self._cursor
         idx = self._segments.index(seq) if seq in self._segments else len(self._segments)
         while len(frames) < n and idx < len(self._segments):
             seq = self._segments[idx]
@@ -211,7 +228,7 @@ class Spool:
                 break
             idx += 1
             off = 0
-        return Batch(frames, (seq, off), skipped, tuple(ends))
+        return Batch(frames, (seq, off), skipped, tuple(ends), start)
 
     def commit(self, batch: Batch, count: int | None = None) -> None:
         """The batch (or its first ``count`` frames) was delivered: move the cursor past it, delete replayed
@@ -223,8 +240,13 @@ class Spool:
         else:
             seq, off, corrupt = batch.ends[count - 1]
             consumed = count + corrupt
-        self._pending = max(0, self._pending - consumed)
-        self.corrupt += corrupt
+        if batch.start != self._cursor:  # the bound dropped the oldest records meanwhile (counted as dropped)
+            self._cursor = max(self._cursor, (seq, off))
+            self._resync()
+            seq, off = self._cursor
+        else:
+            self._pending = max(0, self._pending - consumed)
+            self.corrupt += corrupt
         while self._segments and self._segments[0] < seq:
             self._unlink(self._segments.pop(0))
         self._cursor = (seq, off)
@@ -232,6 +254,12 @@ class Spool:
             self._clear()
         else:
             self._save_cursor()
+
+    def _resync(self) -> None:
+        """Put the cursor on an existing segment and recount the records from it (rare: see :meth:`commit`)."""
+        if self._segments and self._cursor < (self._segments[0], 0):
+            self._cursor = (self._segments[0], 0)
+        self._pending = self._count_from(self._cursor)
 
     def _save_cursor(self) -> None:
         tmp = self.dir / "cursor.tmp"

@@ -1,0 +1,316 @@
+"""InfluxDB: every frame as one point, written through ``/api/v2/write`` (``docs/DATA_FORMAT.md`` §2).
+
+``/api/v2/write`` is what InfluxDB 1.8+, 2.x and 3.x and VictoriaMetrics all accept, so one code path serves
+them all; dashboards read the data back with InfluxQL, which all of them answer too.  Points carry whole-second
+timestamps (the meter's DATE when sane, else the reception time: :func:`appliance.lineproto.frame_time`) and
+are written with ``precision=s``.
+
+Division of labour.  The :class:`~appliance.outputs.base.OutputWorker` owns the queue, the on-disk spool, the
+ordered replay in batches (``batch_size``) and the capped exponential backoff.  So the client is used in
+SYNCHRONOUS mode only: every write either succeeds or raises here, at once.  influxdb-client's batching mode
+would hide failures in a background thread (errors only reach callbacks), retry on its own schedule, and
+``close()`` it waits up to ``max_close_wait`` (5 minutes by default) for a dead server.  urllib3 retries are off
+too (``retries=False``): one attempt per write, the worker decides what happens next.
+
+What a failed write does (the worker's spool keeps every frame that is retried, in order):
+
+============================================  ==================================================================
+connection refused / reset, DNS, TLS,          :class:`InfluxError` -> retried from the spool with backoff
+timeout, 5xx, 429
+401 / 403 (token), 404 (bucket, org, or a      :class:`InfluxError` -> retried: the user can fix the token or
+server without ``/api/v2/write``)              create the bucket, and nothing is lost meanwhile
+400 / 422 (bad line, field type conflict),     the batch is split in halves until the refused frames are
+413 (too large)                                isolated; those are dropped, logged (rate-limited) and counted as
+                                               failed (:class:`~appliance.outputs.base.Rejected`), the others
+                                               are delivered.  Retrying data the server refuses can never
+                                               succeed and would block the pipeline forever.
+============================================  ==================================================================
+
+Re-sending the good half of a refused batch can write a point twice; InfluxDB keeps one point per series and
+timestamp, so this is not a duplicate there.
+
+Credentials: ``token`` is sent as ``Authorization: Token <token>`` (InfluxDB 2.x/3.x tokens, and InfluxDB
+1.8's ``user:password`` form).  A token of the form ``user:password`` is sent as HTTP Basic instead, which
+InfluxDB 1.8 accepts too and which is the only scheme VictoriaMetrics (``-httpAuth.*``) and reverse proxies with
+basic authentication understand; InfluxDB 2.x and 3.x tokens never contain a colon.
+
+Time bounds: a connection attempt gives up after ``min(timeout, 2 s)``, a write after ``timeout`` seconds
+without an answer; :meth:`InfluxOutput.close` only drops pooled sockets and returns at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+from appliance.config import InfluxConfig
+from appliance.lineproto import frame_to_lines
+from appliance.outputs.base import PartialDelivery, Rejected
+from appliance.tic import Frame
+
+__all__ = ["CONNECT_TIMEOUT", "InfluxError", "InfluxOutput", "frame_lines"]
+
+_LOG = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT: Final = 2.0  # seconds: a host that does not answer SYN is down; no need to wait the full timeout
+MAX_LINE: Final = 64 * 1024  # one line per frame over HTTP (no datagram limit); every parser accepts 64 kB lines
+REJECT_LOG_INTERVAL: Final = 60.0  # at most one log line a minute about refused frames (the count is in stats)
+_DATA_REJECTED: Final = frozenset({400, 413, 422})
+
+
+def frame_lines(frame: Frame, measurement: str = "teleinfo") -> list[str]:
+    """The line protocol this output writes for ``frame``: one line, whole seconds (``precision=s``)."""
+    return frame_to_lines(frame, measurement, "s", max_line=MAX_LINE)
+
+
+class InfluxError(Exception):
+    """A write or ping failed for a reason that may go away (server down, token, bucket): retry later.
+
+    ``status`` is the HTTP status when the server answered, else None.
+    """
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _DataRejected(Exception):
+    """The server refused the data itself (400/413/422); internal to the bisection."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _reason(exc: BaseException, timeout: float) -> str:
+    """A short human reason for a transport error, from the chain urllib3 wraps it in."""
+    import urllib3.exceptions as u3
+
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        # urllib3 2.x makes NewConnectionError (refused, unreachable...) a subclass of ConnectTimeoutError for
+        # compatibility: look at the socket error it wraps instead of calling every failure a timeout.
+        if isinstance(e, u3.ConnectTimeoutError) and not isinstance(e, u3.NewConnectionError):
+            return f"no connection within {min(timeout, CONNECT_TIMEOUT):g} s"
+        if isinstance(e, (u3.ReadTimeoutError, TimeoutError, socket.timeout)):
+            return f"no answer within {timeout:g} s"
+        if isinstance(e, socket.gaierror):
+            return f"cannot resolve the host name ({e.strerror or e})"
+        if isinstance(e, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(e, ConnectionResetError):
+            return "connection reset"
+        if isinstance(e, (ssl.SSLError, u3.SSLError)):
+            return f"TLS error ({e})"
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror[0].lower() + e.strerror[1:]
+        nxt = getattr(e, "reason", None)
+        if not isinstance(nxt, BaseException):
+            nxt = e.__cause__ or e.__context__
+        e = nxt
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:200]
+
+
+def _body_message(exc: Any) -> str:
+    """The server's own explanation (JSON ``message`` or plain text), on one short line."""
+    msg = getattr(exc, "message", None) or getattr(exc, "body", None) or ""
+    if isinstance(msg, bytes):
+        msg = msg.decode("utf-8", "replace")
+    msg = " ".join(str(msg).split())
+    return msg[:300]
+
+
+class InfluxOutput:
+    """Writes frames to InfluxDB (or VictoriaMetrics) through ``/api/v2/write``; see the module docstring."""
+
+    name = "influxdb"
+    durable = True
+
+    def __init__(self, cfg: InfluxConfig) -> None:
+        self.cfg = cfg
+        self.url = cfg.url.rstrip("/")
+        self.rejected = 0  # frames the server refused for their content (dropped, never retried)
+        self._client: Any = None
+        self._write_api: Any = None
+        self._precision: Any = None
+        self._rejected_unlogged = 0
+        self._last_reject_log = -REJECT_LOG_INTERVAL
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+    def _connect(self) -> None:
+        """Create the client (no network traffic)."""
+        from influxdb_client import InfluxDBClient, WritePrecision
+        from influxdb_client.client.write_api import WriteOptions, WriteType
+
+        token = self.cfg.token.get() if self.cfg.token is not None else ""
+        timeout_ms = int(self.cfg.timeout * 1000)
+        kwargs: dict[str, Any] = {
+            "verify_ssl": self.cfg.verify_tls,
+            "retries": False,  # one attempt per write: the worker and its spool decide what happens next
+            "auth_basic": ":" in token,
+        }
+        if self.cfg.ca_file:
+            kwargs["ssl_ca_cert"] = self.cfg.ca_file
+        self._client = InfluxDBClient(
+            url=self.url,
+            token=token or None,
+            org=self.cfg.org or "-",  # InfluxDB 1.8 and 3.x ignore org, but the client insists on one
+            timeout=(min(timeout_ms, int(CONNECT_TIMEOUT * 1000)), timeout_ms),
+            debug=False,
+            **kwargs,
+        )
+        # SYNCHRONOUS: no background thread, errors raised here; the batching knobs are set anyway so that no
+        # code path of the client can ever retry on its own or wait minutes in close().
+        options = WriteOptions(write_type=WriteType.synchronous, max_retries=0, max_close_wait=1_000)
+        self._write_api = self._client.write_api(write_options=options)
+        self._precision = WritePrecision.S
+
+    def open(self) -> None:
+        """Check the server answers ``/ping`` (quickly: ``min(timeout, 2 s)`` to connect); raise a clear error."""
+        if self._client is None:
+            self._connect()
+        from influxdb_client.service.ping_service import PingService
+
+        try:
+            PingService(self._client.api_client).get_ping()
+        except Exception as e:
+            status = getattr(e, "status", None)
+            self.close()
+            if isinstance(status, int) and status:
+                raise self._http_error(e, status) from None
+            raise InfluxError(f"InfluxDB {self.url} unreachable: {_reason(e, self.cfg.timeout)}") from None
+
+    def close(self) -> None:
+        """Drop the client and its pooled sockets; never raises, never waits on the server."""
+        write_api, client = self._write_api, self._client
+        self._write_api = self._client = None
+        for obj in (write_api, client):
+            if obj is None:
+                continue
+            try:
+                obj.close()
+            except Exception as e:  # pragma: no cover - closing sockets does not fail in practice
+                _LOG.debug("influxdb: error while closing: %s", e)
+
+    # --- writing -------------------------------------------------------------------------------------------
+    def send(self, frame: Frame) -> None:
+        """Write one frame; raises :class:`InfluxError` (retry) or :class:`Rejected` (dropped, counted)."""
+        self.send_batch([frame])
+
+    def send_batch(self, frames: Sequence[Frame]) -> None:
+        """Write frames in one request, in order.
+
+        Raises :class:`InfluxError` when nothing was written (the worker retries the whole batch),
+        :class:`PartialDelivery` when the bisection of a refused batch was cut short by a retryable error, and
+        :class:`Rejected` when every frame was dealt with but some were refused for their content.
+        """
+        bodies: list[bytes | None] = []
+        bad = 0
+        for frame in frames:
+            try:
+                lines = frame_lines(frame, self.cfg.measurement)
+            except ValueError as e:  # no usable timestamp: cannot become a point, ever
+                bodies.append(None)
+                bad += 1
+                self._note_rejected(1, f"frame not writable: {e}")
+                continue
+            bodies.append("\n".join(lines).encode() if lines else b"")
+        done = [0]
+        try:
+            bad += self._write(bodies, done)
+        except InfluxError as e:
+            if done[0]:
+                raise PartialDelivery(done[0], e) from e
+            raise
+        if bad:
+            raise Rejected(bad, f"InfluxDB {self.url} refused {bad} of {len(frames)} frame(s)")
+
+    def _write(self, bodies: list[bytes | None], done: list[int]) -> int:
+        """Write ``bodies`` (one per frame; None: not writable, b"": nothing to write); return how many the
+        server refused.  ``done[0]`` counts the frames dealt with, so a retryable error part-way is a partial
+        delivery."""
+        payload = b"\n".join(b for b in bodies if b)
+        if not payload:
+            done[0] += len(bodies)
+            return 0
+        try:
+            self._post(payload)
+        except _DataRejected as e:
+            n = sum(1 for b in bodies if b)
+            if n == 1:
+                self._note_rejected(1, str(e))
+                done[0] += len(bodies)
+                return 1
+            mid = len(bodies) // 2
+            return self._write(bodies[:mid], done) + self._write(bodies[mid:], done)
+        done[0] += len(bodies)
+        return 0
+
+    def _post(self, payload: bytes) -> None:
+        """One POST /api/v2/write; raises :class:`InfluxError` or :class:`_DataRejected`."""
+        if self._write_api is None:
+            self._connect()
+        try:
+            self._write_api.write(
+                bucket=self.cfg.bucket, org=self.cfg.org or "-", record=payload, write_precision=self._precision
+            )
+        except Exception as e:
+            status = getattr(e, "status", None)
+            if not (isinstance(status, int) and status):
+                resp = getattr(e, "response", None)
+                status = getattr(resp, "status", None)
+            if isinstance(status, int) and status:
+                if status in _DATA_REJECTED:
+                    raise _DataRejected(f"{status} {_status_text(status)}: {_body_message(e)}", status) from None
+                raise self._http_error(e, status) from None
+            raise InfluxError(f"InfluxDB {self.url} unreachable: {_reason(e, self.cfg.timeout)}") from None
+
+    def _http_error(self, exc: BaseException, status: int) -> InfluxError:
+        detail = _body_message(exc)
+        head = f"InfluxDB {self.url}"
+        code = f"{status} {_status_text(status)}"
+        if status == 401:
+            msg = f"{head} rejected the token ({code})"
+        elif status == 403:
+            msg = f"{head} refused the write ({code}): may this token write to bucket {self.cfg.bucket!r}?"
+        elif status == 404:
+            msg = (
+                f"{head} answered {code} for bucket {self.cfg.bucket!r}: no such bucket or org, or a server "
+                "without /api/v2/write (InfluxDB older than 1.8)"
+            )
+        else:
+            msg = f"{head} answered {code}"
+        return InfluxError(f"{msg}: {detail}" if detail else msg, status)
+
+    def _note_rejected(self, n: int, reason: str) -> None:
+        """Count refused frames; log the first at once and then at most one summary a minute (no flood)."""
+        self.rejected += n
+        self._rejected_unlogged += n
+        now = time.monotonic()
+        if now - self._last_reject_log < REJECT_LOG_INTERVAL:
+            return
+        count, self._rejected_unlogged = self._rejected_unlogged, 0
+        self._last_reject_log = now
+        _LOG.warning(
+            "InfluxDB %s refused %d frame(s) for their content (%s); dropped, not retried (%d in all)",
+            self.url,
+            count,
+            reason,
+            self.rejected,
+        )
+
+
+def _status_text(status: int) -> str:
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "HTTP error"
