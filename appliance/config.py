@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 import types
 import typing
@@ -363,6 +364,165 @@ class ControlConfig:
         return errors
 
 
+def _nmap_ports(value: str) -> str | None:
+    """An nmap ``-p`` list: digits, commas and ranges only (no option can be smuggled in)."""
+    if not re.fullmatch(r"\d{1,5}(-\d{1,5})?(,\d{1,5}(-\d{1,5})?)*", value):
+        return f'must be an nmap port list such as "22,80,8000-8100" (got {value!r})'
+    for part in value.split(","):
+        bounds = [int(p) for p in part.split("-")]
+        if not all(1 <= b <= 65535 for b in bounds) or bounds != sorted(bounds):
+            return f"bad port range {part!r} (ports are 1-65535, low-high)"
+    return None
+
+
+def _host(value: str) -> str | None:
+    """An IP address or a DNS name: never empty, never starting with '-' (it would be read as an option)."""
+    try:
+        ipaddress.ip_address(value)
+        return None
+    except ValueError:
+        pass
+    labels = value.rstrip(".").split(".")
+    if (
+        not value
+        or value.startswith("-")
+        or not all(label and len(label) <= 63 and label.replace("-", "").replace("_", "").isalnum() for label in labels)
+    ):
+        return f"neither an IP address nor a host name: {value!r}"
+    return None
+
+
+def _urls(value: list[str]) -> str | None:
+    for url in value:
+        msg = _url(url)
+        if msg:
+            return msg
+    return None
+
+
+def _ports_list(value: list[int]) -> str | None:
+    if any(not 1 <= p <= 65535 for p in value):
+        return f"ports are 1-65535 (got {value!r})"
+    return None
+
+
+def _name(value: str) -> str | None:
+    if not value or any(c in value for c in ' ,=\\"\n'):
+        return f"invalid name {value!r} (no spaces, commas, quotes or '=': it becomes an InfluxDB tag)"
+    return None
+
+
+@dataclass(frozen=True)
+class PublicIpCheckConfig:
+    """The public IP address in use, asked of HTTP services that answer it in plain text."""
+
+    interval: float = opt(900.0, "Seconds between two scheduled checks (0 = not scheduled).", lo=0, hi=604800)
+    providers: list[str] = opt(
+        ["https://api.ipify.org", "https://ipv4.icanhazip.com", "https://ifconfig.me/ip"],
+        "URLs answering the caller's address as plain text, tried in random order until one answers validly.",
+        check=_urls,
+    )
+    timeout: float = opt(5.0, "Seconds to connect to a provider, and to get its whole answer.", lo=0.2, hi=60)
+    backoff: float = opt(
+        600.0, "Seconds a provider that answered 429 is left alone (at least; Retry-After wins).", lo=1, hi=86400
+    )
+
+
+@dataclass(frozen=True)
+class PortsTargetConfig:
+    """A machine whose open TCP ports are watched."""
+
+    host: str = opt("", "IP address or host name to scan.", check=_host, example='"192.168.1.1"')
+    ports: str = opt("1-1024", "Ports to scan, nmap's -p syntax (digits, commas, ranges).", check=_nmap_ports)
+    expected: list[int] = opt(
+        [],
+        "Ports expected open; any other open port, or one of these closed, is reported.",
+        check=_ports_list,
+        example="[22, 80]",
+    )
+
+
+@dataclass(frozen=True)
+class PortsCheckConfig:
+    """Open TCP ports of the targets (nmap connect scan), compared with the expected ones."""
+
+    interval: float = opt(3600.0, "Seconds between two scheduled checks (0 = not scheduled).", lo=0, hi=604800)
+    nmap: str = opt("nmap", "The nmap program (a name looked up in PATH, or a path).")
+    timeout: float = opt(120.0, "Seconds one nmap run may take before it is killed.", lo=1, hi=3600)
+    targets: list[PortsTargetConfig] = opt([], "A target to scan (repeat the table for more).")
+
+
+@dataclass(frozen=True)
+class PeerConfig:
+    """A machine reached over SSH that scans the same targets, to compare what each vantage point sees."""
+
+    name: str = opt("", "Name of the peer in reports and InfluxDB tags.", check=_name, example='"office"')
+    host: str = opt("", "Address or host name of the peer.", check=_host, example='"192.168.1.20"')
+    port: int = opt(22, "SSH port.", lo=1, hi=65535)
+    user: str = opt("teleinfo", "User to log in as.")
+    key_file: str = opt("", "Private key (Ed25519 recommended) to log in with.", example='"/etc/teleinfo/id_ed25519"')
+    nmap: str = opt("nmap", "The nmap program on the peer.")
+
+
+@dataclass(frozen=True)
+class PeersCheckConfig:
+    """SSH peers that scan every ports target; every port seen open from one side only is reported."""
+
+    interval: float = opt(3600.0, "Seconds between two scheduled checks (0 = not scheduled).", lo=0, hi=604800)
+    known_hosts: str = opt(
+        "",
+        'Host keys of the peers, written by "teleinfo peers enroll" ("" = known_hosts in the state directory). '
+        "Unknown or changed keys are refused.",
+    )
+    connect_timeout: float = opt(10.0, "Seconds for each of: TCP connect, SSH banner, authentication.", lo=0.5, hi=300)
+    command_timeout: float = opt(180.0, "Seconds the remote scan may take.", lo=1, hi=3600)
+    hosts: list[PeerConfig] = opt([], "A peer (repeat the table for more).")
+
+    def validate(self) -> list[tuple[str, str]]:
+        names = [p.name for p in self.hosts]
+        errors: list[tuple[str, str]] = []
+        if len(set(names)) != len(names):
+            errors.append(("hosts", f"peer names must be unique (got {names})"))
+        errors.extend(
+            (f"hosts[{i}].{key}", "is required")
+            for i, p in enumerate(self.hosts)
+            for key in ("name", "host", "key_file")
+            if not getattr(p, key)
+        )
+        return errors
+
+
+@dataclass(frozen=True)
+class ChecksConfig:
+    """Network self-checks: public IP, open ports (nmap), SSH peers comparing the ports they see.  Results go to
+    InfluxDB (outputs.influxdb, when enabled), to the health socket's /status and to "teleinfo check"."""
+
+    enabled: bool = opt(False, "Run the checks periodically inside the service (teleinfo check works either way).")
+    deadline: float = opt(
+        300.0, "Hard limit of one check run (s): past it the run is reported as failed and abandoned.", lo=5, hi=7200
+    )
+    backlog: int = opt(1000, "Result points kept in memory while InfluxDB cannot be written.", lo=0, hi=100_000)
+    public_ip: PublicIpCheckConfig = section(PublicIpCheckConfig)
+    ports: PortsCheckConfig = section(PortsCheckConfig)
+    peers: PeersCheckConfig = section(PeersCheckConfig)
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors: list[tuple[str, str]] = []
+        for i, t in enumerate(self.ports.targets):
+            if not t.host:
+                errors.append((f"ports.targets[{i}].host", "is required"))
+            if _nmap_ports(t.ports) is None:
+                ranges = [[int(b) for b in part.split("-")] for part in t.ports.split(",")]
+                outside = [p for p in t.expected if not any(r[0] <= p <= r[-1] for r in ranges)]
+                if outside:
+                    errors.append((f"ports.targets[{i}].expected", f"{outside} not in the scanned ports {t.ports!r}"))
+        if self.peers.hosts and not self.ports.targets:
+            errors.append(
+                ("peers.hosts", "peers scan the ports targets: configure at least one [[checks.ports.targets]]")
+            )
+        return errors
+
+
 @dataclass(frozen=True)
 class StateConfig:
     """Files the service keeps (systemd's StateDirectory)."""
@@ -379,6 +539,99 @@ class LoggingConfig:
     level: Literal["debug", "info", "warning", "error"] = opt("info", "Minimum level logged.")
 
 
+TEMPO_COLOURS = ("blue", "white", "red")
+UART_PINS = (14, 15)  # GPIO14 (TXD) and GPIO15 (RXD) carry the TIC (firmware/)
+
+
+def _gpio_pin(value: int) -> str | None:
+    if value in UART_PINS:
+        return f"GPIO{value} is the TIC's UART (GPIO14 TXD, GPIO15 RXD); pick another pin"
+    return None
+
+
+@dataclass(frozen=True)
+class GpioOutputConfig:
+    """A relay or contactor on a GPIO pin, switched by a rule on the decoded data.  ON means the pin is active
+    (the relay energised, the load powered); the safe state, on start, stop and when data is missing, is OFF."""
+
+    name: str = opt("", "Name used by the control socket (gpio force <name> on 600).", example='"water_heater"')
+    pin: int = opt(-1, "BCM GPIO number (2-27 on the 40-pin header).", lo=-1, hi=27, check=_gpio_pin, example="17")
+    rule: Literal["off_peak", "tempo", "load_shedding", "relais"] = opt(
+        "off_peak",
+        "off_peak: ON during off-peak hours (HC); tempo: ON on the listed Tempo colours; load_shedding: ON while "
+        "apparent power stays under the subscribed power, OFF (shed) above it; relais: follows a RELAIS bit.",
+        example='"off_peak"',
+    )
+    active_high: bool = opt(True, "true: the pin is high when ON; false: low when ON (active-low relay boards).")
+    colours: list[str] = opt(
+        [],
+        "off_peak: only on Tempo days of these colours ([] = every day); tempo: the colours that switch ON. Colours: "
+        '"blue", "white", "red".',
+        example='["blue", "white"]',
+    )
+    day: Literal["today", "tomorrow"] = opt("today", "tempo: the colour of today, or of tomorrow once announced.")
+    shed_above: float = opt(90.0, "load_shedding: shed (OFF) at this % of the subscribed power.", lo=10, hi=200)
+    restore_below: float = opt(75.0, "load_shedding: back ON at or under this % of the subscribed power.", lo=0, hi=200)
+    subscribed_va: int = opt(
+        0, "load_shedding: subscribed power in VA (0: from the meter, PREF kVA or ISOUSC A x 200).", lo=0, hi=1_000_000
+    )
+    relay: int = opt(1, "relais: relay number 1-8 (RELAIS bit n-1; relay 1 is the dry contact).", lo=1, hi=8)
+    min_on: float = opt(0.0, "Seconds an output stays ON before the rule may switch it OFF.", lo=0, hi=86400)
+    min_off: float = opt(0.0, "Seconds an output stays OFF (from start too) before it may switch ON.", lo=0, hi=86400)
+    stale_after: float = opt(
+        30.0, "Seconds without the data the rule needs before the output goes to its safe state (OFF).", lo=1, hi=86400
+    )
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors: list[tuple[str, str]] = []
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", self.name):
+            errors.append(("name", f"required: 1-32 letters, digits, '_' or '-' (got {self.name!r})"))
+        if self.pin < 0:
+            errors.append(("pin", "required: the BCM GPIO number the relay is wired to"))
+        bad = [c for c in self.colours if c not in TEMPO_COLOURS]
+        if bad:
+            errors.append(("colours", f"unknown colour(s) {bad} (expected blue, white, red)"))
+        if self.rule == "tempo" and not self.colours:
+            errors.append(("colours", "a tempo rule needs the colours that switch it ON"))
+        if self.rule == "load_shedding" and self.restore_below >= self.shed_above:
+            errors.append(("restore_below", f"must be under shed_above ({self.shed_above:g}): that is the hysteresis"))
+        return errors
+
+
+@dataclass(frozen=True)
+class GpioConfig:
+    """GPIO (Raspberry Pi header): a status LED and rule-driven relays.  Off by default: nothing GPIO-related is
+    even loaded then, so the simulator and CI need no hardware."""
+
+    enabled: bool = opt(False, "Drive the status LED and the outputs below.")
+    pin_factory: Literal["auto", "lgpio", "rpigpio", "pigpio", "native", "mock"] = opt(
+        "auto",
+        "gpiozero pin library. auto: on a Raspberry Pi, lgpio on a Pi 5 and gpiozero's own choice on the others; "
+        "elsewhere it must be named (mock: simulated pins, for tests and demos).",
+    )
+    led_pin: int = opt(-1, "BCM GPIO number of the status LED (-1: no LED).", lo=-1, hi=27, check=_gpio_pin)
+    led_active_high: bool = opt(True, "true: the LED lights when its pin is high.")
+    no_data_after: float = opt(
+        10.0, "Seconds without a valid frame before the LED shows the no-meter-data pattern.", lo=1, hi=3600
+    )
+    outputs: list[GpioOutputConfig] = opt([], "A relay driven by a rule ([[gpio.outputs]], one table per relay).")
+
+    def validate(self) -> list[tuple[str, str]]:
+        errors: list[tuple[str, str]] = []
+        pins: dict[int, str] = {self.led_pin: "led_pin"} if self.led_pin >= 0 else {}
+        names: set[str] = set()
+        for i, o in enumerate(self.outputs):
+            if o is None:  # already reported
+                continue
+            if o.pin >= 0 and o.pin in pins:
+                errors.append((f"outputs[{i}].pin", f"GPIO{o.pin} is already used by {pins[o.pin]}"))
+            pins.setdefault(o.pin, f"outputs[{i}]")
+            if o.name in names:
+                errors.append((f"outputs[{i}].name", f"duplicate output name {o.name!r}"))
+            names.add(o.name)
+        return errors
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration."""
@@ -389,6 +642,8 @@ class Config:
     control: ControlConfig = section(ControlConfig)
     state: StateConfig = section(StateConfig)
     logging: LoggingConfig = section(LoggingConfig)
+    checks: ChecksConfig = section(ChecksConfig)
+    gpio: GpioConfig = section(GpioConfig)
 
 
 # --- loading -----------------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from appliance.config import Config, ConfigError
 from appliance.console import LiveView
@@ -32,6 +32,10 @@ from appliance.outputs.spool import Spool
 from appliance.stats import Stats
 from appliance.systemd import Notifier
 from appliance.tic import Decoder, Frame
+
+if TYPE_CHECKING:
+    from appliance.checks.scheduler import CheckScheduler
+    from appliance.gpio import GpioController
 
 __all__ = ["Service", "Source", "build_source", "build_workers"]
 
@@ -103,6 +107,7 @@ def simulated(cfg: Config) -> Config:
         outputs=outputs,
         health=replace(cfg.health, bind="127.0.0.1"),
         control=replace(cfg.control, bind="127.0.0.1"),
+        checks=replace(cfg.checks, enabled=False),  # the demo never scans nor calls a public-IP service
     )
 
 
@@ -132,6 +137,8 @@ class Service:
         self._known_meter: str | None = None
         self.health: HealthServer | None = None
         self.control: ControlServer | None = None
+        self.checks: CheckScheduler | None = None
+        self.gpio: GpioController | None = None
 
     # --- control -----------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -172,6 +179,9 @@ class Service:
             self.control = ControlServer(
                 self.cfg.control, self.stats, reload=self.request_reload, health=self.cfg.health
             )
+            self.control.register_command("check now", self._check_now, help="run the network self-checks now")
+            if self.gpio is not None:
+                self.gpio.register(self.control)
             self.control.start()
 
     def _stop_servers(self, timeout: float) -> None:
@@ -180,6 +190,41 @@ class Service:
                 server.stop(timeout)
         self.health = self.control = None
 
+    def _start_gpio(self) -> None:
+        """The status LED and the relays; with gpio disabled nothing GPIO-related is even imported."""
+        if self.cfg.gpio.enabled:
+            from appliance import gpio
+
+            self.gpio = gpio.start(self.cfg.gpio, self.stats)
+            if self.gpio is not None:
+                self.add_frame_listener(self.gpio.on_frame)
+
+    def _stop_gpio(self) -> None:
+        """Every output to its safe state (OFF) and the pins released."""
+        if self.gpio is not None:
+            self._frame_listeners.remove(self.gpio.on_frame)
+            self.gpio.close()
+            self.gpio = None
+
+    def _start_checks(self) -> None:
+        """The self-checks' scheduler thread (appliance.checks.scheduler says why not a systemd timer)."""
+        if self.cfg.checks.enabled:
+            from appliance.checks.scheduler import CheckScheduler
+
+            self.checks = CheckScheduler(self.cfg, self.stats)
+            self.checks.start()
+
+    def _stop_checks(self) -> None:
+        if self.checks is not None:
+            self.checks.stop(0.5)  # a running check is abandoned, never waited for
+            self.checks = None
+
+    def _check_now(self, _session: object, _args: str) -> str:
+        checks = self.checks
+        if checks is None:
+            return "error check now: the self-checks are disabled (checks.enabled = false)"
+        return checks.check_now()
+
     def _stop_outputs(self, timeout: float) -> None:
         if self.fanout is not None:
             self.fanout.stop(timeout)
@@ -187,13 +232,16 @@ class Service:
 
     def run(self) -> int:
         """Run until stopped; returns the exit status."""
+        self._start_gpio()
         try:
             self._start_servers()
         except OSError as e:
             _LOG.error("cannot open a listening socket: %s", e)
             self._stop_servers(1.0)
+            self._stop_gpio()
             return 1
         self._start_outputs()
+        self._start_checks()
         self.source = build_source(self.cfg, self.stats, self._stop)
         ready = False
         last_ping = 0.0
@@ -222,6 +270,8 @@ class Service:
         finally:
             self._notifier.stopping()
             self.source.close()
+            self._stop_gpio()
+            self._stop_checks()
             self._stop_outputs(STOP_TIMEOUT)
             self._stop_servers(0.5)
             _LOG.info("stopped: %s", self.summary())
@@ -292,12 +342,18 @@ class Service:
             assert self.fanout is not None
             for name in before - {w.name for w in self.fanout.workers}:
                 self.stats.remove_output(name)
-        if (new.health, new.control) != (old.health, old.control):
+        if new.gpio != old.gpio:  # the control socket restarts too: its gpio commands name the new outputs
+            self._stop_gpio()
+            self._start_gpio()
+        if (new.health, new.control, new.gpio) != (old.health, old.control, old.gpio):
             self._stop_servers(1.0)
             try:
                 self._start_servers()
             except OSError as e:
                 _LOG.error("cannot open a listening socket after reload: %s", e)
+        if (new.checks, new.outputs.influxdb, new.state) != (old.checks, old.outputs.influxdb, old.state):
+            self._stop_checks()
+            self._start_checks()
         if new.source != old.source:
             assert self.source is not None
             self.source.close()
