@@ -1,0 +1,411 @@
+"""Check results in InfluxDB and in the service: the line protocol (documented in docs/DATA_FORMAT.md section 5)
+lands in VictoriaMetrics through influxdb-client and is accepted by influxd 1.6.7's strict parser with stable
+field types; an unreachable server keeps a bounded backlog; a hung or crashing check is abandoned or reported
+without stopping anything; ``teleinfo run`` runs the checks on the control socket's ``check now`` and shows them
+in the health socket's /status, while meter frames keep flowing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from appliance.checks import scheduler
+from appliance.checks.peers import _compare
+from appliance.checks.ports import ScanReport, check_target
+from appliance.checks.public_ip import PublicIpChecker
+from appliance.checks.results import ERROR, CheckResult, to_lines
+from appliance.checks.scheduler import CheckRunner
+from appliance.checks.writer import InfluxWriter
+from appliance.commands.status import fetch
+from appliance.config import (
+    Config,
+    InfluxConfig,
+    PeerConfig,
+    PortsCheckConfig,
+    PortsTargetConfig,
+    PublicIpCheckConfig,
+    parse_config,
+)
+from appliance.service import simulated
+
+from .servers import InfluxD
+from .test_checks_public_ip import Providers
+from .util import free_port, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+class VM:
+    """victoria-metrics on 127.0.0.1 with a throwaway data directory; stop() then start() is an outage."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        binary = shutil.which("victoria-metrics")
+        if binary is None:
+            pytest.skip("victoria-metrics not installed (apt-get install -y victoria-metrics)")
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"-storageDataPath={self.root}",
+                f"-httpListenAddr=127.0.0.1:{self.port}",
+                "-selfScrapeInterval=0",
+                "-retentionPeriod=100y",
+                "-loggerLevel=ERROR",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._ping, timeout=10)
+
+    def _ping(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as r:  # noqa: S310 - http:// on loopback
+                return int(r.status) == 204
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+    def export(self, match: str) -> list[dict[str, Any]]:
+        """Every series matching ``match`` (force-flushed first; ``end`` far ahead, NETWORK.md section 4.1)."""
+        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=5).close()  # noqa: S310 - http://
+        data = urllib.parse.urlencode({"match[]": match, "start": "0", "end": str(int(time.time()) + 86400)})
+        with urllib.request.urlopen(f"{self.url}/api/v1/export", data=data.encode(), timeout=5) as r:  # noqa: S310
+            return [json.loads(line) for line in r.read().decode().splitlines() if line.strip()]
+
+    def values(self, match: str) -> dict[tuple[tuple[str, str], ...], list[float]]:
+        """``{sorted labels: sorted values}`` of the series matching ``match`` (one second's points: any order)."""
+        return {tuple(sorted(s["metric"].items())): sorted(s["values"]) for s in self.export(match)}
+
+
+@pytest.fixture
+def vm(tmp_path: Path) -> Iterator[VM]:
+    server = VM(tmp_path / "vm")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def providers() -> Iterator[Providers]:
+    p = Providers()
+    p.thread.start()
+    yield p
+    p.release.set()
+    p.server.shutdown()
+    p.server.server_close()
+
+
+@pytest.fixture
+def listener() -> Iterator[int]:
+    s = socket.create_server(("127.0.0.1", 0))
+    yield s.getsockname()[1]
+    s.close()
+
+
+def sample_results(providers: Providers, port: int) -> list[CheckResult]:
+    """Real results of every kind: public IP ok and error, ports ok and error, a peer discrepancy and a refusal."""
+    ip_ok = PublicIpChecker(PublicIpCheckConfig(providers=[providers.url("/valid")])).run(time.monotonic() + 5)
+    ip_err = PublicIpChecker(PublicIpCheckConfig(providers=[providers.url("/html")])).run(time.monotonic() + 5)
+    ports = PortsCheckConfig()
+    t = PortsTargetConfig(host="127.0.0.1", ports=str(port), expected=[port])
+    ports_ok = check_target(ports, t, time.monotonic() + 30)
+    ports_err = check_target(replace(ports, nmap="/nonexistent/nmap"), t, time.monotonic() + 5)
+    peer = PeerConfig(name="office", host="192.0.2.1", key_file="/k")
+    here = ScanReport("127.0.0.1", frozenset({22, port}), {}, 0.1)
+    there = ScanReport("127.0.0.1", frozenset({22}), {}, 0.1)
+    diff = _compare(peer, "127.0.0.1", here, there, 0.5)
+    refused = CheckResult("peers", "office", ERROR, "office: host key CHANGED", {"host_key_refused": True})
+    return [*ip_ok, *ip_err, ports_ok, ports_err, diff, refused]
+
+
+def test_results_land_in_victoriametrics(vm: VM, providers: Providers, listener: int) -> None:
+    results = sample_results(providers, listener)
+    writer = InfluxWriter(InfluxConfig(url=vm.url, timeout=2.0), backlog=100)
+    assert writer.write(to_lines(results))
+    assert writer.counters() == {
+        "written": len(to_lines(results)),
+        "failed": 0,
+        "dropped": 0,
+        "backlog": 0,
+        "last_error": None,
+    }
+    codes = vm.values('{__name__="teleinfo_check_code"}')
+    by_target = {dict(k)["check"] + ":" + dict(k)["target"]: v for k, v in codes.items()}
+    assert by_target["public_ip:public"] == [0, 2]  # ok, then no provider gave a valid address
+    assert by_target["ports:127.0.0.1"] == [0, 2]
+    assert by_target["peers:office/127.0.0.1"] == [1]
+    assert by_target["peers:office"] == [2]
+    (opened,) = vm.values('{__name__="teleinfo_ports_open"}').values()
+    assert opened == [1]
+    only_local = vm.values('{__name__="teleinfo_peer_ports_only_local"}')
+    assert only_local == {
+        (("__name__", "teleinfo_peer_ports_only_local"), ("peer", "office"), ("target", "127.0.0.1")): [1]
+    }
+    assert list(vm.values('{__name__="teleinfo_public_ip_version"}').values()) == [[4]]
+
+
+def test_unreachable_server_keeps_a_bounded_backlog(vm: VM, providers: Providers, listener: int) -> None:
+    lines = to_lines(sample_results(providers, listener))
+    assert len(lines) == 9
+    vm.stop()
+    writer = InfluxWriter(InfluxConfig(url=vm.url, timeout=1.0), backlog=6)
+    start = time.monotonic()
+    assert not writer.write(lines[:5])
+    assert not writer.write(lines[5:])
+    assert time.monotonic() - start < 5
+    c = writer.counters()
+    assert c["failed"] == 9
+    assert c["backlog"] == 6
+    assert c["dropped"] == 3  # the oldest
+    assert c["last_error"] == "connection refused"
+    vm.start()  # same port, same data: the next run writes the backlog first
+    assert writer.write([])
+    assert writer.counters()["written"] == 6
+    assert writer.counters()["backlog"] == 0
+    assert len(vm.export('{__name__=~"teleinfo_.*"}')) > 0
+
+
+def test_line_protocol_is_accepted_by_influxd_with_stable_types(
+    tmp_path: Path, providers: Providers, listener: int
+) -> None:
+    server = InfluxD()
+    http_port, _ = server.start(tmp_path)
+    try:
+        server.execute('CREATE DATABASE "checks"')
+        first = sample_results(providers, listener)
+        providers.address = "81.56.1.3"
+        second = sample_results(providers, listener)  # other values, same types (empty strings, zeros...)
+        for batch in (first, second):
+            body = "\n".join(to_lines(batch)).encode()
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{http_port}/write?db=checks&precision=s", data=body, method="POST"
+            )
+            with urllib.request.urlopen(req, timeout=5) as r:  # noqa: S310 - an http:// URL built above
+                assert r.status == 204
+        types: dict[str, dict[str, str]] = {}
+        for result in server.query("checks", "SHOW FIELD KEYS")["results"]:
+            for series in result["series"]:
+                types[series["name"]] = dict(series["values"])
+        assert types["teleinfo_check"] == {
+            "code": "integer",
+            "duration_s": "float",
+            "message": "string",
+            "status": "string",
+        }
+        assert types["teleinfo_public_ip"] == {
+            "address": "string",
+            "changed": "boolean",
+            "previous": "string",
+            "provider": "string",
+            "version": "integer",
+        }
+        assert types["teleinfo_ports"] == {
+            "missing": "integer",
+            "missing_ports": "string",
+            "open": "integer",
+            "ports": "string",
+            "unexpected": "integer",
+            "unexpected_ports": "string",
+        }
+        assert types["teleinfo_peer_ports"] == {
+            "only_local": "integer",
+            "only_local_ports": "string",
+            "only_peer": "integer",
+            "only_peer_ports": "string",
+            "open": "integer",
+            "ports": "string",
+        }
+        rows = server.rows("checks", "SELECT status, code FROM teleinfo_check WHERE \"check\" = 'peers'")
+        assert sorted((r["status"], r["code"]) for r in rows) == [("error", 2), ("problem", 1)]
+    finally:
+        server.stop()
+
+
+def ports_config(tmp_path: Path, port: int, **checks: Any) -> Config:
+    cfg = parse_config(
+        f'[state]\ndirectory = "{tmp_path}"\n[checks.public_ip]\nproviders = []\n'
+        f'[[checks.ports.targets]]\nhost = "127.0.0.1"\nports = "{port}"\nexpected = [{port}]\n'
+    )
+    return replace(cfg, checks=replace(cfg.checks, **checks))
+
+
+def test_a_hung_check_is_abandoned_at_the_deadline(
+    tmp_path: Path, listener: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check that ignores every timeout (a library bug): only a fake can hang on demand."""
+
+    def hang(*_args: object) -> CheckResult:
+        time.sleep(3)
+        raise AssertionError("never reported")
+
+    monkeypatch.setattr(scheduler, "check_target", hang)
+    runner = CheckRunner(ports_config(tmp_path, listener, deadline=0.3), persist=False)
+    start = time.monotonic()
+    (result,) = runner.run("ports")
+    assert time.monotonic() - start < scheduler.GRACE + 1.5
+    assert result.status == ERROR
+    assert result.message == "did not finish within 0.3 s (abandoned)"
+    (again,) = runner.run("ports")  # the abandoned thread still sleeps: no second one is started
+    assert "previous run, abandoned after the deadline, is still running" in again.message
+
+
+def test_a_crashing_check_is_an_error_result(tmp_path: Path, listener: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    def crash(*_args: object) -> CheckResult:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(scheduler, "check_target", crash)
+    (result,) = CheckRunner(ports_config(tmp_path, listener), persist=False).run("ports")
+    assert result.status == ERROR
+    assert result.message == "crashed: RuntimeError: boom"
+
+
+def test_the_simulator_demo_never_runs_checks(tmp_path: Path, listener: int) -> None:
+    cfg = ports_config(tmp_path, listener, enabled=True)
+    assert cfg.checks.enabled
+    assert simulated(cfg).checks.enabled is False
+
+
+class Control:
+    """A line client of the control socket."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        self.file = self.sock.makefile("r", encoding="utf-8")
+        assert self.file.readline().strip() == "hello principal"
+
+    def ask(self, line: str) -> str:
+        self.sock.sendall(line.encode() + b"\n")
+        return self.file.readline().strip()
+
+    def close(self) -> None:
+        self.file.close()
+        self.sock.close()
+
+
+def test_service_runs_checks_on_check_now(vm: VM, providers: Providers, listener: int, tmp_path: Path) -> None:
+    health, control = free_port(), free_port()
+    conf = tmp_path / "teleinfo.toml"
+    conf.write_text(
+        f'[source]\nkind = "simulator"\n[outputs.multicast]\nenabled = false\n'
+        f'[outputs.influxdb]\nenabled = true\nurl = "{vm.url}"\n'
+        f'[health]\nbind = "127.0.0.1"\nport = {health}\n[control]\nport = {control}\n'
+        f'[state]\ndirectory = "{tmp_path / "state"}"\n'
+        f'[checks]\nenabled = true\n[checks.public_ip]\nproviders = ["{providers.url("/valid")}"]\n'
+        f'[[checks.ports.targets]]\nhost = "127.0.0.1"\nports = "{listener}"\nexpected = []\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "run", "--config", str(conf), "--no-view"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    client: Control | None = None
+    try:
+        status: dict[str, Any] = {}
+
+        def up() -> bool:
+            nonlocal status
+            try:
+                status = fetch("127.0.0.1", health, 1.0)
+            except (OSError, ValueError):
+                return False
+            return bool(status.get("frames"))
+
+        wait_until(up, timeout=20)
+        assert status["checks"]["runs"] == 0  # the first scheduled run waits for the service to settle
+        client = Control(control)
+        answer = client.ask("check now")
+        assert answer == "ok check now: public_ip, ports started; results in status (checks)"
+
+        def checked() -> bool:
+            return up() and status["checks"]["runs"] >= 2
+
+        wait_until(checked, timeout=30)
+        frames = status["frames"]
+        last = status["checks"]["last"]
+        assert last["public_ip"]["status"] == "ok"
+        assert last["public_ip"]["results"][0]["address"] == "81.56.1.2"
+        assert last["ports"]["status"] == "problem"  # the listener's port is open but not expected
+        assert last["ports"]["results"][0]["unexpected"] == [listener]
+        assert status["checks"]["status"] == "problem"
+        assert status["checks"]["influxdb"]["written"] == 4
+        assert set(status["checks"]["next_in_s"]) == {"public_ip", "ports"}
+        codes = vm.values('{__name__="teleinfo_check_code"}')
+        assert sorted(dict(k)["check"] for k in codes) == ["ports", "public_ip"]
+        wait_until(lambda: up() and status["frames"] > frames, timeout=10)  # the meter pipeline went on
+    finally:
+        if client is not None:
+            client.close()
+        proc.terminate()
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, err = proc.communicate(timeout=5)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"check ports problem" in err
+
+
+def test_check_now_when_checks_are_disabled(tmp_path: Path) -> None:
+    health, control = free_port(), free_port()
+    conf = tmp_path / "teleinfo.toml"
+    conf.write_text(
+        f'[source]\nkind = "simulator"\n[outputs.multicast]\nenabled = false\n'
+        f'[health]\nbind = "127.0.0.1"\nport = {health}\n[control]\nport = {control}\n'
+        f'[state]\ndirectory = "{tmp_path / "state"}"\n'
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "appliance", "run", "--config", str(conf), "--no-view"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+
+        def connect() -> Control | None:
+            try:
+                return Control(control)
+            except OSError:
+                return None
+
+        client: Control | None = None
+
+        def connected() -> bool:
+            nonlocal client
+            client = connect()
+            return client is not None
+
+        wait_until(connected, timeout=20)
+        assert client is not None
+        assert client.ask("check now") == "error check now: the self-checks are disabled (checks.enabled = false)"
+        client.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
