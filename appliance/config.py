@@ -393,10 +393,18 @@ def _host(value: str) -> str | None:
 
 
 def _urls(value: list[str]) -> str | None:
+    from urllib.parse import urlsplit
+
     for url in value:
         msg = _url(url)
         if msg:
             return msg
+        try:
+            if not urlsplit(url).hostname:
+                return f"no host name in {url!r}"
+            urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
+        except ValueError as e:
+            return f"invalid URL {url!r} ({e})"
     return None
 
 

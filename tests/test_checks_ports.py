@@ -212,3 +212,20 @@ def test_cli_named_check_not_configured_and_bad_config(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "checks.ports.targets[0].host: neither an IP address nor a host name: '-iL/etc/passwd'" in proc.stderr
+
+
+def test_config_rejects_what_nmap_would_misread() -> None:
+    from appliance.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(
+            '[[checks.ports.targets]]\nhost = "10.0.0.1"\nports = "20-25,80"\nexpected = [22, 443]\n'
+            '[[checks.ports.targets]]\nhost = "10.0.0.2"\nports = "-sV,22"\n'
+            '[[checks.peers.hosts]]\nname = "a b"\nhost = "10.0.0.3"\n'
+        )
+    assert info.value.errors == [
+        "checks.ports.targets[1].ports: must be an nmap port list such as \"22,80,8000-8100\" (got '-sV,22')",
+        "checks.peers.hosts[0].name: invalid name 'a b' (no spaces, commas, quotes or '=': it becomes an InfluxDB tag)",
+        "checks.peers.hosts[0].key_file: is required",
+        "checks.ports.targets[0].expected: [443] not in the scanned ports '20-25,80'",
+    ]

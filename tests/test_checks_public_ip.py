@@ -206,3 +206,21 @@ def test_deadline_stops_asking_further_providers(providers: Providers) -> None:
     assert result.status == ERROR
     assert "deadline passed" in result.message
     assert providers.hits["/valid"] == 0
+
+
+@pytest.mark.parametrize(
+    ("providers", "error"),
+    [
+        ('["ftp://x/ip"]', "must be an http:// or https:// URL"),
+        ('["https://"]', "no host name in 'https://'"),
+        ('["http://a:99999/ip"]', "invalid URL 'http://a:99999/ip'"),
+    ],
+)
+def test_provider_urls_are_validated(providers: str, error: str) -> None:
+    from appliance.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"[checks.public_ip]\nproviders = {providers}\n")
+    (only,) = info.value.errors
+    assert only.startswith("checks.public_ip.providers: ")
+    assert error in only
