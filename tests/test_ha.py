@@ -218,3 +218,28 @@ def test_state_payload_moves_dropped_labels_to_invalid() -> None:
     assert out["invalid"] == [*original["invalid"], "EAST"]
     assert json.dumps(original) == before
     assert ha.state_payload(original, []) is original
+
+
+def test_data_format_section_4_matches_the_code() -> None:
+    """The discovery example of docs/DATA_FORMAT.md §4 is what the code publishes, byte for byte in meaning."""
+    from pathlib import Path
+
+    from appliance import __version__
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "DATA_FORMAT.md").read_text(encoding="utf-8")
+    section = doc[doc.index("## 4. MQTT") : doc.index("## 5.")]
+    example = json.loads(section[section.index("```json") + 7 : section.index("```", section.index("```json") + 7)])
+    example["o"]["sw"] = __version__
+    meter = example["dev"]["sn"]
+    labels = [c["name"].rsplit("(", 1)[1].rstrip(")") for c in example["cmps"].values()]
+    assert example == ha.discovery_payload(
+        meter,
+        "standard",
+        labels,
+        state=example["state_topic"],
+        availability=example["availability_topic"],
+    )
+    for topic in ("`<base>/<meter>/state`", "`<base>/bridge/<client_id>/status`", "device/linky_<meter>/config"):
+        assert topic in section
+    assert ha.state_topic("teleinfo", meter) == example["state_topic"]
+    assert ha.availability_topic("teleinfo", "teleinfo-pi") == example["availability_topic"]
