@@ -351,7 +351,7 @@ class Service:
                 self._start_servers()
             except OSError as e:
                 _LOG.error("cannot open a listening socket after reload: %s", e)
-        if (new.checks, new.outputs.influxdb, new.state) != (old.checks, old.outputs.influxdb, old.state):
+        if (new.checks, new.outputs, new.state) != (old.checks, old.outputs, old.state):
             self._stop_checks()
             self._start_checks()
         if new.source != old.source:

@@ -27,7 +27,7 @@ from appliance.checks.peers import _compare
 from appliance.checks.ports import ScanReport, check_target
 from appliance.checks.public_ip import PublicIpChecker
 from appliance.checks.results import ERROR, CheckResult, to_lines
-from appliance.checks.scheduler import CheckRunner
+from appliance.checks.scheduler import CheckRunner, CheckScheduler
 from appliance.checks.writer import InfluxWriter
 from appliance.commands.status import fetch
 from appliance.config import (
@@ -40,6 +40,7 @@ from appliance.config import (
     parse_config,
 )
 from appliance.service import simulated
+from appliance.stats import Stats
 
 from .servers import InfluxD
 from .test_checks_public_ip import Providers
@@ -397,3 +398,75 @@ def test_check_now_when_checks_are_disabled(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[int]:
+    """A real mosquitto on 127.0.0.1 (anonymous, no persistence), stopped by its PID."""
+    binary = shutil.which("mosquitto") or shutil.which("mosquitto", path="/usr/sbin")
+    if binary is None or shutil.which("mosquitto_sub") is None:
+        pytest.skip("mosquitto not installed (apt-get install -y mosquitto mosquitto-clients)")
+    port = free_port()
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([binary, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def accepts() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(accepts, timeout=10)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def retained(port: int, topic: str) -> dict[str, Any]:
+    """The retained message of ``topic``, read by mosquitto_sub."""
+    out = subprocess.run(
+        ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", topic, "-C", "1", "-W", "5"],
+        capture_output=True,
+        text=True,
+        timeout=10,
+        check=True,
+    ).stdout
+    return dict(json.loads(out))
+
+
+def test_scheduler_publishes_latest_results_to_mqtt(broker: int, tmp_path: Path, listener: int) -> None:
+    cfg = ports_config(tmp_path, listener, enabled=True)
+    cfg = replace(
+        cfg,
+        outputs=replace(cfg.outputs, mqtt=replace(cfg.outputs.mqtt, enabled=True, host="127.0.0.1", port=broker)),
+    )
+    stats = Stats()
+    checks = CheckScheduler(cfg, stats, first_delay=3600)
+    checks.start()
+    try:
+        assert checks.check_now() == "ok check now: ports started; results in status (checks)"
+        wait_until(lambda: stats.snapshot()["checks"]["runs"] == 1, timeout=30)
+        doc = stats.snapshot()["checks"]
+        assert doc["mqtt"] == {"published": 1, "failed": 0, "last_error": None}
+        assert "influxdb" not in doc  # not enabled
+        message = retained(broker, "teleinfo/checks/ports")
+        assert message["status"] == "ok"
+        assert message["results"][0]["open"] == [listener]
+        assert message == doc["last"]["ports"]
+    finally:
+        assert checks.stop(2.0)
+
+
+def test_mqtt_broker_down_is_counted(tmp_path: Path) -> None:
+    from appliance.checks.mqtt import MqttPublisher
+    from appliance.config import MqttConfig
+
+    publisher = MqttPublisher(MqttConfig(enabled=True, host="127.0.0.1", port=free_port()), timeout=1.0)
+    start = time.monotonic()
+    assert not publisher.publish("ports", {"status": "ok"})
+    assert time.monotonic() - start < 3
+    assert publisher.counters() == {"published": 0, "failed": 1, "last_error": "connection refused"}

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
+from appliance.checks.mqtt import MqttPublisher
 from appliance.checks.peers import check_peers, known_hosts_path
 from appliance.checks.ports import check_target
 from appliance.checks.public_ip import PublicIpChecker
@@ -103,7 +104,7 @@ def _error(name: str, message: str, duration: float = 0.0) -> CheckResult:
 
 
 class CheckScheduler:
-    """The periodic checks of the service: results to InfluxDB, to ``Stats`` (``checks`` in /status) and the log.
+    """The periodic checks of the service: results to InfluxDB, MQTT, ``Stats`` (``checks`` in /status), the log.
 
     ::
 
@@ -119,6 +120,7 @@ class CheckScheduler:
         self.stats = stats
         self.runner = CheckRunner(cfg, persist=True)
         self.writer = InfluxWriter(cfg.outputs.influxdb, cfg.checks.backlog) if cfg.outputs.influxdb.enabled else None
+        self.mqtt = MqttPublisher(cfg.outputs.mqtt) if cfg.outputs.mqtt.enabled else None
         self._first_delay = first_delay
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -201,6 +203,8 @@ class CheckScheduler:
             log("check %s %s: %s", r.check, r.status, r.message)
         if self.writer is not None:
             self.writer.write(to_lines(results))
+        if self.mqtt is not None:
+            self.mqtt.publish(name, self._last[name])
         self._publish()
 
     def _publish(self) -> None:
@@ -217,4 +221,6 @@ class CheckScheduler:
         }
         if self.writer is not None:
             doc["influxdb"] = self.writer.counters()
+        if self.mqtt is not None:
+            doc["mqtt"] = self.mqtt.counters()
         self.stats.set_extra("checks", doc)
