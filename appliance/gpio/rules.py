@@ -6,7 +6,7 @@ or invalid).  A :class:`Channel` then applies what every output shares:
 * **Safe state.**  Every output starts OFF, goes back to OFF when its rule has had no usable data for
   ``stale_after`` seconds, and is switched OFF before the service stops.  ON always means "pin active" (relay
   energised, load powered), so OFF is also what the hardware does when the process dies and the line is released
-  (with the relay board's pull resistor holding it inactive, see ``docs``/the README's GPIO section).  Per rule:
+  (with the relay board's pull resistor holding it inactive: README, "On a Raspberry Pi").  Per rule:
 
   ============== =================================================================================================
   rule           OFF (the safe state) means
