@@ -640,6 +640,74 @@ class GpioConfig:
         return errors
 
 
+def _client_name(value: str) -> str | None:
+    if value and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
+        return f"must be 1-64 letters, digits, '_' or '-' (got {value!r}): it names a directory on the server"
+    return None
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """Raw capture journal: the meter's bytes exactly as received, each chunk with its reception time, in
+    compressed segments that "teleinfo replay" turns back into the same points.  Written in large batches (one
+    write per flush) to spare the SD card."""
+
+    enabled: bool = opt(False, "Keep the journal.")
+    directory: str = opt("", 'Where segments are written ("" = journal/ in the state directory).')
+    segment_seconds: int = opt(3600, "A new segment at least this often (s; 3600 = hourly).", lo=60, hi=86400)
+    segment_max_mb: float = opt(16.0, "A new segment once the current one reaches this size (MB).", lo=0.01, hi=4096)
+    flush_interval: float = opt(60.0, "Buffered bytes are written at least this often (s).", lo=0.05, hi=3600)
+    flush_kb: int = opt(256, "...or as soon as this much is buffered (kB).", lo=1, hi=65536)
+    buffer_max_mb: float = opt(
+        16.0, "Memory kept while the disk cannot be written; beyond it the oldest chunks are dropped (MB).", lo=1, hi=1024
+    )
+    keep_days: float = opt(31.0, "Segments older than this are deleted (days; 0 = no age limit).", lo=0, hi=36500)
+    max_total_mb: float = opt(
+        512.0, "Oldest segments are deleted while the journal is bigger than this (MB).", lo=1, hi=1_000_000
+    )
+
+
+@dataclass(frozen=True)
+class SyncServerConfig:
+    """teleinfo sync-server: receives every client's tree (docs/SYNC.md)."""
+
+    bind: str = opt("127.0.0.1", "Address to listen on (0.0.0.0: every IPv4 interface).", check=_ip_address)
+    port: int = opt(4243, "TCP port.", lo=1, hi=65535)
+    root: str = opt("/srv/teleinfo-sync", "Each client's tree is stored in <root>/<client name>/.")
+    tokens_file: str = opt(
+        "/etc/teleinfo/sync-clients", 'One "name token" line per client (tokens at least 16 characters).'
+    )
+    tls_cert: str = opt("", 'Certificate chain file for TLS ("" = plain TCP).')
+    tls_key: str = opt("", "Private key of tls_cert.")
+    max_connections: int = opt(64, "Connections served at once; further ones are refused.", lo=1, hi=4096)
+    max_file_mb: float = opt(1024.0, "Largest file a client may declare (MB).", lo=0.001, hi=1_000_000)
+    max_tree_mb: float = opt(10240.0, "Largest tree a client may store (MB).", lo=0.001, hi=100_000_000)
+    max_files: int = opt(100_000, "Most files and directories a client may store.", lo=1, hi=100_000_000)
+    max_requests_per_second: float = opt(
+        200.0, "Requests a connection may make per second (burst: as many); a faster one is cut off.", lo=1, hi=100_000
+    )
+    idle_timeout: float = opt(300.0, "A connection silent this long is closed (s).", lo=1, hi=86400)
+
+    def validate(self) -> list[tuple[str, str]]:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            return [("tls_key" if self.tls_cert else "tls_cert", "TLS needs both tls_cert and tls_key")]
+        return []
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """teleinfo sync: mirror a directory (the journal by default) to a sync-server, live (inotify)."""
+
+    address: str = opt("", 'The sync-server, "host:port" ("" = not configured).', example='"nas.lan:4243"')
+    name: str = opt("", 'This client\'s name on the server ("" = the host name).', check=_client_name)
+    token: Secret | None = opt(None, "This client's token on the server.", example='{ env = "TELEINFO_SYNC_TOKEN" }')
+    directory: str = opt("", 'Directory to mirror ("" = the journal directory).')
+    tls: bool = opt(False, "Connect with TLS.")
+    ca_file: str = opt("", 'CA certificate to verify the server with ("" = the system\'s CAs).')
+    reconnect_max_backoff: float = opt(30.0, "Longest wait between two connection attempts (s).", lo=0.1, hi=3600)
+    server: SyncServerConfig = section(SyncServerConfig)
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration."""
@@ -652,6 +720,8 @@ class Config:
     logging: LoggingConfig = section(LoggingConfig)
     checks: ChecksConfig = section(ChecksConfig)
     gpio: GpioConfig = section(GpioConfig)
+    journal: JournalConfig = section(JournalConfig)
+    sync: SyncConfig = section(SyncConfig)
 
 
 # --- loading -----------------------------------------------------------------------------------------------
