@@ -422,12 +422,30 @@ def test_service_drives_gpio_end_to_end(tmp_path: Path) -> None:
         assert status["state"] == "on" and status["pin"] == 17
         assert "gpio force" in client.ask("help gpio force")
         client.close()
+        # SIGHUP with other outputs: the old ones go to their safe state, the new ones answer on the socket.
+        config.write_text(config.read_text().replace('name = "heater"', 'name = "boiler"'))
+        proc.send_signal(signal.SIGHUP)
+
+        def reloaded() -> bool:
+            try:
+                c = LineClient(port)
+            except ConnectionRefusedError:
+                return False
+            try:
+                return c.readline().startswith("hello ") and "boiler" in json.loads(c.ask("gpio"))["outputs"]
+            except (AssertionError, ValueError, OSError):
+                return False
+            finally:
+                c.close()
+
+        wait_until(reloaded, timeout=20, interval=0.3)
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0, out
     assert "gpio: LED GPIO27, outputs heater (GPIO17, tempo)" in out
-    assert "gpio: heater on" in out and "gpio: heater off" in out  # off again when the service stopped
+    assert "gpio: heater on" in out and "gpio: heater off" in out  # off again when reloaded away
+    assert "gpio: LED GPIO27, outputs boiler (GPIO17, tempo)" in out and "configuration reloaded" in out
 
 
 def _connect(port: int, timeout: float) -> LineClient:
