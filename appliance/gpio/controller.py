@@ -17,7 +17,7 @@ import threading
 import time
 from typing import Any, Final
 
-from gpiozero import LED, DigitalOutputDevice
+from gpiozero import LED, DigitalOutputDevice  # type: ignore[import-untyped, unused-ignore]
 
 from appliance.config import GpioConfig
 from appliance.gpio.factory import GpioError, make_factory
