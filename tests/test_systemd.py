@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,8 @@ pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason=
 
 
 def staged(tmp_path: Path, name: str, dropins: tuple[str, ...] = ()) -> Path:
-    teleinfo = shutil.which("teleinfo") or str(ROOT / ".venv" / "bin" / "teleinfo")
+    beside = Path(sys.executable).parent / "teleinfo"  # the console script of the interpreter running the tests
+    teleinfo = str(beside) if beside.exists() else shutil.which("teleinfo") or str(ROOT / ".venv" / "bin" / "teleinfo")
     unit = tmp_path / name
     unit.write_text((UNITS / name).read_text().replace(INSTALLED, teleinfo))
     if dropins:
