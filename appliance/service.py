@@ -36,6 +36,7 @@ from appliance.tic import Decoder, Frame
 if TYPE_CHECKING:
     from appliance.checks.scheduler import CheckScheduler
     from appliance.gpio import GpioController
+    from appliance.journal import Journal
 
 __all__ = ["Service", "Source", "build_source", "build_workers"]
 
@@ -122,8 +123,10 @@ class Service:
         view: LiveView | None = None,
         notifier: Notifier | None = None,
         stats: Stats | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.cfg = cfg
+        self._clock = clock  # stamps each read: frames and journal chunks get the same reception time
         self.stats = stats or Stats()
         self._reload_config = reload
         self._view = view
@@ -134,11 +137,14 @@ class Service:
         self.source: Source | None = None
         self.fanout: Fanout | None = None
         self.decoder = Decoder(cfg.source.mode)
+        self._last_rejects: Counter[str] = Counter()  # the decoder's counts already added to stats
+        self._reject_epoch = self.decoder.epoch
         self._known_meter: str | None = None
         self.health: HealthServer | None = None
         self.control: ControlServer | None = None
         self.checks: CheckScheduler | None = None
         self.gpio: GpioController | None = None
+        self.journal: Journal | None = None
 
     # --- control -----------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -225,6 +231,25 @@ class Service:
             return "error check now: the self-checks are disabled (checks.enabled = false)"
         return checks.check_now()
 
+    def _start_journal(self) -> None:
+        """The raw capture journal (appliance.journal): its own thread writes, the reader only appends."""
+        if self.cfg.journal.enabled:
+            from appliance.journal import Journal, journal_directory
+
+            directory = journal_directory(self.cfg.journal, self.cfg.state.directory)
+            journal = Journal(self.cfg.journal, directory, self.cfg.source.mode, self.stats)
+            try:
+                journal.start()
+            except OSError as e:  # the meter's data still flows to the outputs: an error, not a stop
+                _LOG.error("journal disabled: cannot create %s: %s", directory, e)
+                return
+            self.journal = journal
+
+    def _stop_journal(self) -> None:
+        if self.journal is not None:
+            self.journal.close()
+            self.journal = None
+
     def _stop_outputs(self, timeout: float) -> None:
         if self.fanout is not None:
             self.fanout.stop(timeout)
@@ -242,16 +267,16 @@ class Service:
             return 1
         self._start_outputs()
         self._start_checks()
+        self._start_journal()
         self.source = build_source(self.cfg, self.stats, self._stop)
         ready = False
         last_ping = 0.0
         last_status = 0.0
-        last_rejects: Counter[str] = Counter()
         try:
             while not self._stop.is_set():
                 data = self.source.read()
                 if data:
-                    last_rejects = self._handle(data, last_rejects)
+                    self._handle(data)
                 now = time.monotonic()
                 if not ready and self.source.first_open.is_set():
                     ready = True
@@ -272,13 +297,16 @@ class Service:
             self.source.close()
             self._stop_gpio()
             self._stop_checks()
+            self._stop_journal()
             self._stop_outputs(STOP_TIMEOUT)
             self._stop_servers(0.5)
             _LOG.info("stopped: %s", self.summary())
         return 0
 
-    def _handle(self, data: bytes, last_rejects: Counter[str]) -> Counter[str]:
-        now = time.time()
+    def _handle(self, data: bytes) -> None:
+        now = self._clock()
+        if self.journal is not None:
+            self.journal.append(data, now)
         assert self.source is not None
         for frame in self.decoder.feed(data):
             frame.received_at = now
@@ -301,11 +329,15 @@ class Service:
                 fn(frame)
             if self._view is not None:
                 self._view.update(frame)
+        epoch = self.decoder.epoch
+        if epoch == self._reject_epoch:
+            return
+        self._reject_epoch = epoch
         rejects = self.decoder.rejects
-        delta = rejects - last_rejects
+        delta = rejects - self._last_rejects
         if delta:
             self.stats.rejected(delta)
-        return rejects
+        self._last_rejects = rejects
 
     def _healthy(self) -> bool:
         return self.fanout is None or all(w._thread.is_alive() for w in self.fanout.workers)
@@ -358,6 +390,11 @@ class Service:
             assert self.source is not None
             self.source.close()
             self.decoder = Decoder(new.source.mode)
+            self._last_rejects = Counter()
+            self._reject_epoch = self.decoder.epoch
             self.source = build_source(new, self.stats, self._stop)
+        if (new.journal, new.source, new.state) != (old.journal, old.source, old.state):
+            self._stop_journal()  # a new decoder or directory: a new journal session, so replay starts afresh too
+            self._start_journal()
         _LOG.info("configuration reloaded")
         self._notifier.ready()

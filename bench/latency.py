@@ -12,7 +12,7 @@ each frame as an InfluxDB line-protocol datagram to a multicast group on 127.0.0
 process gets the datagram.
 
 * **Latency** runs from the moment the frame's ETX byte is written into the pty master (``time.monotonic_ns()``
-  right after the ``os.write`` of the ETX alone) to the moment the receiver thread has the datagram (the same
+  just before the ``os.write`` of the ETX alone) to the moment the receiver thread has the datagram (the same
   clock).  A frame is not complete before its ETX, so this is the delay the appliance adds.
 * **CPU** is the service's share of one core, from the ``utime + stime`` of ``/proc/<pid>/stat`` (every thread
   of the process), between the first datagram received (start-up excluded) and the end of the measured frames.
@@ -429,8 +429,10 @@ class Writer(threading.Thread):
                 if p.starts_frame and p.frame == self.end_frame:
                     self.window_over.set()
                 if p.etx:
-                    self._write(b"\x03")
+                    # Stamped just before the write: stamped after it, a writer thread preempted between the
+                    # write and the stamp (2 cores, the service busy) would date the ETX after the datagram.
                     self.etx_ns[p.frame] = time.monotonic_ns()
+                    self._write(b"\x03")
                 else:
                     self._write(p.data)
         except BaseException as e:  # reported by the main thread

@@ -30,6 +30,7 @@ import errno
 import logging
 import math
 import os
+import select
 import threading
 import time
 from collections.abc import Callable
@@ -62,6 +63,7 @@ A standard frame lasts about 1 s at 9600 Bd and a historique one 1.5-2.5 s at 12
 so each window holds about two frames: the partial one that is skipped and a whole one that verifies."""
 
 READ_TIMEOUT: Final = 0.2  # pyserial read timeout: bounds how long read() blocks on a silent port
+READ_CHUNK: Final = 4096  # bytes per read at most: several frames, far more than a UART queues between reads
 MAX_WAIT: Final = 0.25  # longest read() waits for a reopen attempt that is not due yet
 INITIAL_BACKOFF: Final = 0.5
 BAD_FRAMES_TO_SWITCH: Final = 2  # frames in one detection window, none verified: wrong speed, try the other now
@@ -71,6 +73,25 @@ STABLE_AFTER: Final = 10.0  # a port that stayed open this long was healthy: the
 # What a failing port raises.  pyserial lets termios.error (not an OSError) escape from tcsetattr/tcflush, e.g.
 # when (re)configuring a pty or a vanished USB device.
 _IO_ERRORS: Final = (serial.SerialException, OSError, _TermiosError)
+
+
+def _read_available(ser: serial.Serial) -> bytes:
+    """What the port holds, or the first bytes within READ_TIMEOUT; ``b""`` if none came.
+
+    A UART delivers a frame in dozens of small pieces, so this runs hundreds of times a minute: on a POSIX port
+    it is one ``select`` and one ``read`` (pyserial's ``read(in_waiting)`` adds an ioctl, timers and a second
+    select per call, about three times the CPU).  Other ports (pyserial URL handlers) use pyserial's read.
+    """
+    fd = getattr(ser, "fd", None)
+    if not isinstance(fd, int):
+        return bytes(ser.read(max(1, ser.in_waiting)))
+    ready, _, _ = select.select([fd], [], [], READ_TIMEOUT)
+    if not ready:
+        return b""
+    data = os.read(fd, READ_CHUNK)
+    if not data:  # readable but empty: what a vanished USB adapter looks like (pyserial says the same)
+        raise serial.SerialException("device reports readiness to read but returned no data (device disconnected?)")
+    return data
 
 
 class _Serial(serial.Serial):  # type: ignore[misc, unused-ignore]
@@ -214,7 +235,7 @@ class SerialSource:
             try:
                 # Whatever is queued, or block (at most READ_TIMEOUT) for the first byte: never a sleep while
                 # data flows, so an ETX reaches the decoder as soon as the kernel has it.
-                data: bytes = ser.read(max(1, ser.in_waiting))
+                data = _read_available(ser)
             except _IO_ERRORS as e:
                 self._lose(_describe(e))
                 return b""

@@ -250,6 +250,8 @@ class Decoder:
         # frame to frame (ids, tariff names, slowly moving indexes), so decoded lines are memoised per mode.
         self._cache_size = cache_size
         self._caches: dict[str, dict[bytes, _Parsed]] = {m: {} for m in MODES}
+        # The same, for the valid groups with a value and no horodate only (most of them): (label, value).
+        self._plain: dict[str, dict[bytes, tuple[str, Value]]] = {m: {} for m in MODES}
 
     @property
     def rejects(self) -> Counter[str]:
@@ -261,6 +263,16 @@ class Decoder:
         if st.overflow:
             c["overflow"] += st.overflow
         return c
+
+    @property
+    def epoch(self) -> tuple[int, int, int]:
+        """A value that changes whenever :attr:`rejects` may have: cheap enough to poll after every read.
+
+        Rejections only happen while a frame body is decoded or when the framer drops a frame, so the framer's
+        counters say when building the :attr:`rejects` Counter again is worth it (a serial read every few ms).
+        """
+        st = self.assembler.stats
+        return (st.frames, st.interrupted, st.overflow)
 
     def reset(self) -> None:
         """Drop any partial frame (call after a reconnect); counters are kept."""
@@ -293,13 +305,25 @@ class Decoder:
         if lines[0] not in (b"", b"\r"):
             rejects["malformed"] += 1
             invalid.append(_label_text(lines[0].split(b"\t" if mode == "standard" else b" ", 1)[0]))
+        plain = self._plain[mode]
         for line in lines[1:]:
+            kv = plain.get(line)
+            if kv is not None:  # the common case: a valid group seen before, with a value and no horodate
+                values[kv[0]] = kv[1]
+                ok += 1
+                continue
             r = cache.get(line)
             if r is None:
                 r = _SKIP if line in (b"", b"\r") else parse(line)
                 if len(cache) >= self._cache_size:
                     cache.clear()
+                    plain.clear()
                 cache[line] = r
+                if len(r) == 4 and r[2] is None and r[1] is not _NO_VALUE:
+                    plain[line] = (r[0], r[1])
+                    values[r[0]] = r[1]
+                    ok += 1
+                    continue
             if len(r) == 4:
                 ok += 1
                 name, value, stamp, deg = r

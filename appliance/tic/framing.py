@@ -106,21 +106,24 @@ class FrameAssembler:
                 self._in_frame = False
                 pos = stop  # resynchronise on the next control byte (or the next chunk)
                 continue
-            buf += data[pos:stop]
             if m is None:
+                buf += data[pos:stop]
                 break
             c = data[stop]
-            pos = stop + 1
             if c == 0x03:
-                out.append(bytes(buf))
+                if buf:
+                    buf += data[pos:stop]
+                    out.append(bytes(buf))
+                    buf.clear()
+                else:  # the whole frame is in this chunk: one copy instead of two
+                    out.append(data[pos:stop])
                 stats.frames += 1
-                buf.clear()
                 self._in_frame = False
-            elif c == 0x02:
-                stats.interrupted += 1
-                buf.clear()
-            else:  # EOT
-                stats.interrupted += 1
-                buf.clear()
+                pos = stop + 1
+                continue
+            pos = stop + 1
+            stats.interrupted += 1  # STX before ETX (the frame restarts) or EOT (the frame is dropped)
+            buf.clear()
+            if c != 0x02:
                 self._in_frame = False
         return out
