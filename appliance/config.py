@@ -659,7 +659,7 @@ class JournalConfig:
     flush_interval: float = opt(60.0, "Buffered bytes are written at least this often (s).", lo=0.05, hi=3600)
     flush_kb: int = opt(256, "...or as soon as this much is buffered (kB).", lo=1, hi=65536)
     buffer_max_mb: float = opt(
-        16.0, "Memory kept while the disk cannot be written; beyond it the oldest chunks are dropped (MB).", lo=1, hi=1024
+        16.0, "Memory kept while the disk cannot be written; past it the oldest chunks are dropped (MB).", lo=1, hi=1024
     )
     keep_days: float = opt(31.0, "Segments older than this are deleted (days; 0 = no age limit).", lo=0, hi=36500)
     max_total_mb: float = opt(

@@ -1,0 +1,200 @@
+"""``teleinfo replay``: a simulated day journaled by the live service, replayed into VictoriaMetrics, gives the same
+points; replaying again sends nothing twice; a growing segment is replayed from where the last run stopped."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from appliance.config import Config, InfluxConfig, JournalConfig
+from appliance.journal import Journal, segment_files
+from appliance.service import Service
+from appliance.simulator import PARIS, MeterSimulator
+
+from .servers import VictoriaMetrics
+from .util import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+DAY = datetime(2025, 1, 15, tzinfo=PARIS)
+STEP = 60.0  # one frame a simulated minute: a day is 1440 frames, a few seconds of work
+
+
+@pytest.fixture
+def two_vms(tmp_path: Path) -> Iterator[tuple[VictoriaMetrics, VictoriaMetrics]]:
+    live, replayed = VictoriaMetrics(), VictoriaMetrics()
+    live.start(tmp_path / "live")
+    try:
+        replayed.start(tmp_path / "replayed")
+        try:
+            yield live, replayed
+        finally:
+            replayed.stop()
+    finally:
+        live.stop()
+
+
+class DaySource:
+    """A meter replaying a simulated day as fast as it is read, in odd-sized chunks (frames straddle reads and
+    the journal's hourly segments).  ``now`` is the simulated time of the chunk just read: the service's clock."""
+
+    def __init__(self, data: list[tuple[float, bytes]], stop: threading.Event) -> None:
+        self.data = data
+        self.stop = stop
+        self.now = data[0][0]
+        self.first_open = threading.Event()
+        self.first_open.set()
+
+    def read(self) -> bytes:
+        if not self.data:
+            self.stop.set()
+            return b""
+        self.now, chunk = self.data.pop(0)
+        return chunk
+
+    def frame_ok(self, mode: str) -> None:
+        """Nothing to lock."""
+
+    def frame_bad(self) -> None:
+        """Nothing to reopen."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def simulated_day(mode: str, contract: str) -> tuple[list[tuple[float, bytes]], int]:
+    """A day of chunks ``(reception time, bytes)`` and how many frames they hold."""
+    sim = MeterSimulator(start=DAY, mode=mode, contract=contract, seed=7)  # type: ignore[arg-type]
+    out: list[tuple[float, bytes]] = []
+    n = int(86400 / STEP)
+    for i, f in zip(range(n), sim.frames(step=STEP), strict=False):
+        t = f.at.timestamp()
+        cut = 50 + (i * 37) % 120  # a chunk boundary inside every frame
+        out.append((t + 0.4, f.data[:cut]))
+        out.append((t + 0.9, f.data[cut:]))
+    return out, n
+
+
+def teleinfo(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def live_config(tmp_path: Path, url: str) -> Config:
+    cfg = Config()
+    return replace(
+        cfg,
+        source=replace(cfg.source, mode="auto"),
+        outputs=replace(
+            cfg.outputs,
+            multicast=replace(cfg.outputs.multicast, enabled=False),
+            influxdb=InfluxConfig(enabled=True, url=url, queue_size=100_000, batch_size=500),
+        ),
+        health=replace(cfg.health, enabled=False),
+        control=replace(cfg.control, enabled=False),
+        state=replace(cfg.state, directory=str(tmp_path / "state")),
+        journal=JournalConfig(enabled=True, flush_interval=0.2, flush_kb=16),
+    )
+
+
+@pytest.mark.parametrize(("mode", "contract"), [("historique", "HCHP"), ("standard", "TEMPO")])
+def test_a_replayed_day_gives_the_live_points_and_a_second_replay_adds_none(
+    two_vms: tuple[VictoriaMetrics, VictoriaMetrics],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+    contract: str,
+) -> None:
+    from appliance import service as service_module
+
+    live_vm, replay_vm = two_vms
+    data, frames = simulated_day(mode, contract)
+    cfg = live_config(tmp_path, live_vm.url)
+    source = DaySource(list(data), threading.Event())
+
+    def build(_cfg: Config, _stats: object, stop: threading.Event) -> DaySource:
+        source.stop = stop
+        return source
+
+    monkeypatch.setattr(service_module, "build_source", build)
+    svc = Service(cfg, clock=lambda: source.now)
+    runner = threading.Thread(target=svc.run)
+    runner.start()
+    wait_until(lambda: svc.stats.snapshot()["outputs"].get("influxdb", {}).get("sent") == frames, 60)
+    runner.join(10)
+    assert not runner.is_alive()
+    live = live_vm.samples()
+    assert sum(len(v) for v in live.values()) > frames * 5  # every frame's integer fields are there
+
+    journal = tmp_path / "state" / "journal"
+    assert len(segment_files(journal)) in (24, 25)  # hourly segments (a frame's tail may open the 25th)
+    toml = tmp_path / "replay.toml"
+    toml.write_text(f'[outputs.influxdb]\nurl = "{replay_vm.url}"\n[state]\ndirectory = "{tmp_path / "state"}"\n')
+    first = teleinfo("replay", "--config", str(toml), str(journal))
+    assert first.returncode == 0, first.stderr
+    assert f"{frames} frame(s) decoded, {frames} sent" in first.stderr
+    assert replay_vm.samples() == live  # same series, same timestamps, same values, same count
+
+    second = teleinfo("replay", "--config", str(toml), *map(str, segment_files(journal)))
+    assert second.returncode == 0, second.stderr
+    assert f"0 sent to {replay_vm.url}" in second.stderr and f"{frames} already replayed" in second.stderr
+    assert replay_vm.samples() == live  # nothing twice, although VictoriaMetrics keeps duplicates
+
+
+def test_a_growing_segment_is_replayed_from_where_the_last_run_stopped(tmp_path: Path) -> None:
+    vm = VictoriaMetrics()
+    vm.start(tmp_path)
+    try:
+        data, _ = simulated_day("historique", "BASE")
+        part = data[:100]  # 50 frames, all in the first hour's segment
+        j = Journal(JournalConfig(enabled=True, flush_kb=4096, flush_interval=3600), tmp_path / "j", "auto")
+        j.start()
+        for t, d in part[:60]:
+            j.append(d, t)
+        j.flush()  # the service's periodic write: the open segment is readable as it is
+        ledger = tmp_path / "ledger.json"
+        args = ("replay", "--url", vm.url, "--ledger", str(ledger), str(tmp_path / "j"))
+        r = teleinfo(*args)
+        assert r.returncode == 0 and "30 sent" in r.stderr, r.stderr
+        for t, d in part[60:]:
+            j.append(d, t)
+        j.close()
+        r = teleinfo(*args)
+        assert r.returncode == 0 and "50 frame(s) decoded, 20 sent" in r.stderr, r.stderr
+        samples = vm.samples()
+        assert samples and all(len(v) == 50 == len({t for t, _ in v}) for v in samples.values())
+        forced = teleinfo(*args, "--force")  # --force resends everything: VictoriaMetrics then holds duplicates
+        assert forced.returncode == 0 and "50 sent" in forced.stderr
+        assert all(len(v) == 100 for v in vm.samples().values())
+    finally:
+        vm.stop()
+
+
+def test_bad_segments_and_a_dead_server_are_clear_errors(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.gz"
+    garbage.write_bytes(b"\x1f\x8b not really gzip")
+    r = teleinfo("replay", "--dry-run", str(garbage), str(tmp_path / "missing.gz"))
+    assert r.returncode == 1
+    assert "skipped" in r.stderr and "no such file or directory" in r.stderr and "1 unreadable" in r.stderr
+    j = Journal(JournalConfig(enabled=True), tmp_path / "j", "auto")
+    data, _ = simulated_day("historique", "BASE")
+    for t, d in data[:20]:
+        j.append(d, t)
+    j.start()
+    j.close()
+    r = teleinfo("replay", "--dry-run", str(tmp_path / "j"))
+    assert r.returncode == 0 and "10 frame(s) decoded, 0 sent to nowhere (dry run)" in r.stderr
+    from .util import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    r = teleinfo("replay", "--url", dead, "--ledger", str(tmp_path / "l.json"), str(tmp_path / "j"))
+    assert r.returncode == 1 and "unreachable" in r.stderr and "Traceback" not in r.stderr
+    assert teleinfo("replay", "--url", "ftp://x", str(tmp_path / "j")).returncode == 2
