@@ -41,7 +41,7 @@ def _binary(name: str) -> str | None:
 class TestCA:
     """A CA, a server certificate for 127.0.0.1/localhost and a client certificate, made by ``openssl``.
 
-    ``other`` makes a second, unrelated CA (for "certificate not trusted" tests).
+    Each instance is a new CA: a second one is the "certificate not trusted" case.
     """
 
     __test__ = False  # not a pytest test class despite its name
@@ -237,7 +237,6 @@ class Subscriber:
         self.redelivered: list[tuple[str, bytes]] = []  # DUP flag set: the broker resent a message
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
-        self.subscriptions = 0
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean)
         self.client.reconnect_delay_set(1, 1)
         if username:
@@ -250,7 +249,6 @@ class Subscriber:
         wait_until(self._subscribed.is_set, 5)
 
     def _on_subscribe(self, *_args: object) -> None:
-        self.subscriptions += 1
         self._subscribed.set()
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
