@@ -16,6 +16,7 @@ import base64
 import json
 import shutil
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -146,22 +147,27 @@ class VictoriaMetrics:
     and the same data, so points written before are still there.  With ``username``/``password`` every write
     and read needs HTTP basic authentication (``-httpAuth.*``; ``/ping`` stays open).  Retention is 100 years
     (the default month would silently drop older test timestamps), and identical timestamps are kept, not
-    deduplicated, so a test sees every duplicate.
+    deduplicated, so a test sees every duplicate.  ``tls=(certificate, key)`` serves https only.
     """
 
     BINARY = "victoria-metrics"
     START_TIMEOUT = 10.0
 
-    def __init__(self, username: str = "", password: str = "") -> None:
+    def __init__(self, username: str = "", password: str = "", tls: tuple[Path, Path] | None = None) -> None:
         self.username, self.password = username, password
+        self.tls = tls
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.root: Path | None = None
         self.log_path: Path | None = None
+        # The test reads its own loopback server back: no need to verify the certificate it was given.
+        self._context = ssl.create_default_context()
+        self._context.check_hostname = False
+        self._context.verify_mode = ssl.CERT_NONE
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def start(self, tmp_path: Path) -> int:
         """Start (again, on the same port and data, if it ran before); return the HTTP port."""
@@ -173,7 +179,8 @@ class VictoriaMetrics:
             self.root.mkdir(parents=True, exist_ok=True)
             self.log_path = self.root / "vm.log"
         assert self.log_path is not None
-        for _attempt in range(3):
+        restart = bool(self.port)
+        for _attempt in range(1 if restart else 3):
             self.port = self.port or free_port()
             argv = [
                 binary,
@@ -185,6 +192,8 @@ class VictoriaMetrics:
             ]
             if self.username:
                 argv += [f"-httpAuth.username={self.username}", f"-httpAuth.password={self.password}"]
+            if self.tls:
+                argv += ["-tls", f"-tlsCertFile={self.tls[0]}", f"-tlsKeyFile={self.tls[1]}"]
             with self.log_path.open("ab") as log:
                 self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
             deadline = time.monotonic() + self.START_TIMEOUT
@@ -193,24 +202,23 @@ class VictoriaMetrics:
                     return self.port
                 time.sleep(0.02)
             self.stop()
-            self.port = 0  # taken meanwhile: a new one (only on a first start; a restart keeps failing loudly)
+            if not restart:
+                self.port = 0  # taken meanwhile: try another one (a restart must keep its port: fail loudly)
         raise RuntimeError(f"victoria-metrics did not start; log:\n{self.log_path.read_text()[-3000:]}")
 
     def _ping(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/ping", timeout=1) as r:
+            with urllib.request.urlopen(f"{self.url}/ping", timeout=1, context=self._context) as r:  # noqa: S310
                 return int(r.status) == 204
         except (OSError, urllib.error.URLError):
             return False
 
     def _request(self, path: str, data: dict[str, str] | None = None) -> bytes:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}{path}", data=urllib.parse.urlencode(data or {}).encode()
-        )
+        req = urllib.request.Request(f"{self.url}{path}", data=urllib.parse.urlencode(data or {}).encode())  # noqa: S310
         if self.username:
             token = base64.b64encode(f"{self.username}:{self.password}".encode()).decode()
             req.add_header("Authorization", f"Basic {token}")
-        with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310 - an http:// URL built above
+        with urllib.request.urlopen(req, timeout=10, context=self._context) as r:  # noqa: S310 - http(s) above
             return bytes(r.read())
 
     def export(self, match: str = '{__name__=~"teleinfo_.*"}') -> list[dict[str, Any]]:

@@ -100,10 +100,11 @@ def missing(sent: dict[Key, list[int]], got: dict[Key, list[int]]) -> list[Key]:
 class ServiceProc:
     """``python -m appliance run`` in its own process; its log in a file; stopped by its own PID."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, **extra_env: str) -> None:
         self.log_path = log
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "TELEINFO_CONFIG")}
         env["PYTHONPATH"] = str(REPO)
+        env.update(extra_env)
         with log.open("ab") as f:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "appliance", "run", "--config", str(config), "--no-view"],
@@ -134,11 +135,16 @@ class ServiceProc:
 
 
 class Rig:
-    """victoria-metrics, the receiver and the service processes of one test; all stopped after it."""
+    """victoria-metrics, the receiver and the service processes of one test; all stopped after it.
 
-    def __init__(self, tmp: Path) -> None:
+    With a ``password``, victoria-metrics wants HTTP basic authentication and the service gets its token
+    (``teleinfo:<password>``) from the environment, as under systemd.
+    """
+
+    def __init__(self, tmp: Path, password: str = "") -> None:
         self.tmp = tmp
-        self.vm = VictoriaMetrics()
+        self.password = password
+        self.vm = VictoriaMetrics("teleinfo" if password else "", password)
         self.vm.start(tmp)
         self.group, self.port = (
             f"239.255.{random.randint(100, 250)}.{random.randint(1, 254)}",
@@ -158,11 +164,13 @@ class Rig:
             f'[outputs.multicast]\ngroup = "{self.group}"\nport = {self.port}\ninterface = "127.0.0.1"\n'
             'format = "influx"\nprecision = "s"\nttl = 1\n'
             f'[outputs.influxdb]\nenabled = true\nurl = "http://127.0.0.1:{self.vm.port}"\ntimeout = 2.0\n'
-            "[health]\nenabled = false\n[control]\nenabled = false\n"
+            + ('token = { env = "TELEINFO_INFLUX_TOKEN" }\n' if self.password else "")
+            + "[health]\nenabled = false\n[control]\nenabled = false\n"
             f'[state]\ndirectory = "{self.state}"\n'
         )
         before = len(self.receiver.lines)
-        p = ServiceProc(config, self.tmp / f"service{len(self.procs)}.log")
+        env = {"TELEINFO_INFLUX_TOKEN": f"teleinfo:{self.password}"} if self.password else {}
+        p = ServiceProc(config, self.tmp / f"service{len(self.procs)}.log", **env)
         self.procs.append(p)
         wait_until(lambda: len(self.receiver.lines) > before or p.proc.poll() is not None, 15)
         assert p.proc.poll() is None, p.log()
@@ -212,15 +220,20 @@ def assert_clean(p: ServiceProc) -> None:
     assert "Traceback" not in log and "ERROR" not in log, log
 
 
-def test_points_written_by_the_service_arrive_and_nothing_touches_the_disk(rig: Rig) -> None:
-    svc = rig.service("standard")  # timestamps: the meter's DATE
-    wait_until(lambda: len(rig.receiver.times()) >= 6, 15)
-    rc, _ = svc.stop()
-    assert rc == 0
-    wait_stored(rig, 10)
-    assert len(rig.receiver.times()) >= 6
-    assert not rig.spool_dir.exists() or not any(rig.spool_dir.iterdir())  # healthy: no spool file, ever
-    assert_clean(svc)
+def test_points_written_by_the_service_arrive_and_nothing_touches_the_disk(tmp_path: Path) -> None:
+    rig = Rig(tmp_path, password="s3cret")  # the token from the environment, basic authentication
+    try:
+        svc = rig.service("standard")  # timestamps: the meter's DATE
+        wait_until(lambda: len(rig.receiver.times()) >= 6, 15)
+        rc, _ = svc.stop()
+        assert rc == 0
+        wait_stored(rig, 10)
+        assert len(rig.receiver.times()) >= 6
+        assert not rig.spool_dir.exists() or not any(rig.spool_dir.iterdir())  # healthy: no spool file, ever
+        assert "failing" not in svc.log()
+        assert_clean(svc)
+    finally:
+        rig.close()
 
 
 def test_a_60_s_outage_with_a_restart_of_the_service_loses_nothing(rig: Rig) -> None:

@@ -40,6 +40,7 @@ from appliance.simulator import PARIS, MeterSimulator
 from appliance.stats import Stats
 from appliance.tic import HISTORIQUE, STANDARD, Decoder, Frame, Kind
 
+from .mosquitto import TestCA
 from .servers import InfluxD, VictoriaMetrics
 from .util import free_port, wait_until
 
@@ -275,6 +276,33 @@ def test_https_against_a_plain_port_is_a_tls_error(vm: VictoriaMetrics, tmp_path
     out = InfluxOutput(influx_cfg(f"https://127.0.0.1:{vm.port}"))
     w, _ = run_failing(out, tmp_path, caplog, "unreachable: TLS error")
     assert w.stop(3)
+
+
+def test_https_with_a_ca_file_without_it_and_unverified(tmp_path: Path, caplog: Any, recwarn: Any) -> None:
+    ca = TestCA(tmp_path / "ca")
+    vm = VictoriaMetrics(tls=(ca.server_cert, ca.server_key))
+    vm.start(tmp_path)
+    try:
+        frames = sim_frames(3, "historique")
+        trusted = InfluxOutput(influx_cfg(vm.url, ca_file=str(ca.ca_cert)))
+        trusted.open()
+        trusted.send_batch(frames[:2])
+        trusted.close()
+        untrusted = InfluxOutput(influx_cfg(vm.url))  # the system's CAs do not know the test CA
+        with pytest.raises(InfluxError, match=r"TLS error.*certificate verify failed"):
+            untrusted.open()
+        insecure = InfluxOutput(influx_cfg(vm.url, verify_tls=False))
+        insecure.open()
+        insecure.send(frames[2])
+        insecure.close()
+        assert_stored(vm, frames)
+        # verify_tls = false is said once in the log, not warned by urllib3 on every request
+        assert [r.getMessage() for r in caplog.records if "not verified" in r.getMessage()] == [
+            f"InfluxDB {vm.url}: the server's TLS certificate is not verified (verify_tls = false)"
+        ]
+        assert not [w for w in recwarn if "Unverified HTTPS" in str(w.message)]
+    finally:
+        vm.stop()
 
 
 def test_a_server_that_never_answers_times_out_and_stop_is_bounded(tmp_path: Path, caplog: Any) -> None:

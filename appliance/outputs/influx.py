@@ -41,9 +41,11 @@ without an answer; :meth:`InfluxOutput.close` only drops pooled sockets and retu
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import ssl
 import time
+import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Final
 
@@ -141,6 +143,7 @@ class InfluxOutput:
         self._write_api: Any = None
         self._precision: Any = None
         self._rejected_unlogged = 0
+        self._insecure_logged = False
         self._last_reject_log = -REJECT_LOG_INTERVAL
 
     # --- lifecycle -----------------------------------------------------------------------------------------
@@ -158,6 +161,8 @@ class InfluxOutput:
         }
         if self.cfg.ca_file:
             kwargs["ssl_ca_cert"] = self.cfg.ca_file
+        if not self.cfg.verify_tls and self.url.startswith("https://"):
+            self._quiet_insecure()
         self._client = InfluxDBClient(
             url=self.url,
             token=token or None,
@@ -171,6 +176,18 @@ class InfluxOutput:
         options = WriteOptions(write_type=WriteType.synchronous, max_retries=0, max_close_wait=1_000)
         self._write_api = self._client.write_api(write_options=options)
         self._precision = WritePrecision.S
+
+    def _quiet_insecure(self) -> None:
+        """``verify_tls = false``: say it once, instead of urllib3's warning on every request to this host."""
+        import warnings
+
+        from urllib3.exceptions import InsecureRequestWarning
+
+        host = urllib.parse.urlsplit(self.url).hostname or ""
+        warnings.filterwarnings("ignore", f".*host '{re.escape(host)}'", InsecureRequestWarning)
+        if not self._insecure_logged:
+            self._insecure_logged = True
+            _LOG.warning("InfluxDB %s: the server's TLS certificate is not verified (verify_tls = false)", self.url)
 
     def open(self) -> None:
         """Check the server answers ``/ping`` (quickly: ``min(timeout, 2 s)`` to connect); raise a clear error."""
