@@ -277,6 +277,12 @@ class InfluxConfig:
     spool_max_mb: float = opt(
         64.0, "Disk space for frames kept while the server is unreachable (MB).", lo=0.1, hi=100_000
     )
+    health_interval: float = opt(
+        60.0,
+        "Seconds between two writes of the appliance's own counters (teleinfo_health*, 0 = never).",
+        lo=0,
+        hi=86_400,
+    )
 
 
 @dataclass(frozen=True)

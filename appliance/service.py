@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from appliance.checks.scheduler import CheckScheduler
     from appliance.gpio import GpioController
     from appliance.journal import Journal
+    from appliance.metrics import HealthReporter
 
 __all__ = ["Service", "Source", "build_source", "build_workers"]
 
@@ -144,6 +145,7 @@ class Service:
         self.control: ControlServer | None = None
         self.checks: CheckScheduler | None = None
         self.gpio: GpioController | None = None
+        self.metrics: HealthReporter | None = None  # the counters to InfluxDB (appliance.metrics)
         self.journal: Journal | None = None
 
     # --- control -----------------------------------------------------------------------------------------
@@ -175,6 +177,12 @@ class Service:
         self.fanout = Fanout(workers)
         self.fanout.start()
         _LOG.info("outputs: %s", ", ".join(w.name for w in workers) or "none")
+        influx = self.cfg.outputs.influxdb
+        if influx.enabled and influx.health_interval > 0:
+            from appliance.metrics import HealthReporter
+
+            self.metrics = HealthReporter(influx, self.stats)
+            self.metrics.start()
 
     def _start_servers(self) -> None:
         """The health and control sockets; a port already in use is a startup error (raised)."""
@@ -251,6 +259,9 @@ class Service:
             self.journal = None
 
     def _stop_outputs(self, timeout: float) -> None:
+        if self.metrics is not None:
+            self.metrics.stop(timeout)
+            self.metrics = None
         if self.fanout is not None:
             self.fanout.stop(timeout)
             self.fanout = None
