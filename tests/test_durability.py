@@ -333,3 +333,18 @@ def test_a_full_disk_for_the_spool_is_a_counted_state_then_everything_kept_arriv
     finally:
         vm.stop()
         subprocess.run(["umount", str(disk)], check=False)
+
+
+def test_an_unreadable_spool_segment_is_logged_and_frames_still_spool(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "spool" / "000000000001.spool").mkdir(parents=True)  # a segment that cannot be read, even by root
+    spool = Spool(tmp_path / "spool")  # the service must still start
+    assert len(spool) == 0
+    assert any("is not a file" in r.getMessage() and r.levelname == "ERROR" for r in caplog.records)
+    frames = sim_frames(3, "historique")
+    for f in frames:
+        spool.append(f)
+    spool.close()
+    again = Spool(tmp_path / "spool")
+    assert [frame_time(f) for f in again.peek(10).frames] == [frame_time(f) for f in frames]

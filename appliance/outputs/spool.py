@@ -73,7 +73,12 @@ class Spool:
         self._last_sync = 0.0
         self._dirty = False
         self._warned_full = False
-        self._recover()
+        try:
+            self._recover()
+        except OSError as e:  # unreadable directory or segment: the service must still start
+            _LOG.error("spool %s cannot be read (%s): its files are left alone, new frames go after them", self.dir, e)
+            self._segments, self._sizes, self._pending, self._cursor = [], {}, 0, (0, 0)
+            self._wseq = int(time.time())  # numbered after any segment left there, so a later replay keeps order
 
     # --- state ---------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -93,6 +98,10 @@ class Spool:
             return
         for p in self.dir.iterdir():
             if p.suffix == _SUFFIX and p.stem.isdigit():
+                self._wseq = max(self._wseq, int(p.stem))  # new segments never reuse a name, even a bad one
+                if not p.is_file():
+                    _LOG.error("spool %s: %s is not a file; left alone", self.dir, p.name)
+                    continue
                 self._segments.append(int(p.stem))
                 self._sizes[int(p.stem)] = p.stat().st_size
         self._segments.sort()
@@ -114,7 +123,6 @@ class Spool:
             if seq < cursor[0]:
                 self._unlink(seq)
         self._pending = self._count_from(cursor)
-        self._wseq = self._segments[-1]
         if self._pending:
             _LOG.info("spool %s: %d frames to replay from a previous run", self.dir, self._pending)
         else:
@@ -176,7 +184,7 @@ class Spool:
             os.close(self._wfd)
             self._wfd = None
         self.dir.mkdir(parents=True, exist_ok=True)
-        seq = self._segments[-1] + 1 if self._segments else self._wseq + 1
+        seq = self._wseq + 1  # the highest name seen or made so far, plus one
         # Opened before it is registered: a failed open (full or read-only disk) leaves no phantom segment.
         fd = os.open(self._path(seq), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         if not self._segments:
