@@ -155,15 +155,16 @@ class Rig:
         self.spool_dir = self.state / "spool" / "influxdb"
         self.procs: list[ServiceProc] = []
 
-    def service(self, mode: str = "historique") -> ServiceProc:
-        """Start the service and wait for its first frame on the multicast group."""
+    def service(self, mode: str = "historique", url: str = "", timeout: float = 2.0) -> ServiceProc:
+        """Start the service (InfluxDB: ``url``, else our victoria-metrics) and wait for its first frame on the
+        multicast group."""
         config = self.tmp / "teleinfo.toml"
         config.write_text(
             '[source]\nkind = "simulator"\n'
             f'[source.simulator]\nmode = "{mode}"\nseed = 3\n'
             f'[outputs.multicast]\ngroup = "{self.group}"\nport = {self.port}\ninterface = "127.0.0.1"\n'
             'format = "influx"\nprecision = "s"\nttl = 1\n'
-            f'[outputs.influxdb]\nenabled = true\nurl = "http://127.0.0.1:{self.vm.port}"\ntimeout = 2.0\n'
+            f'[outputs.influxdb]\nenabled = true\nurl = "{url or self.vm.url}"\ntimeout = {timeout}\n'
             + ('token = { env = "TELEINFO_INFLUX_TOKEN" }\n' if self.password else "")
             + "[health]\nenabled = false\n[control]\nenabled = false\n"
             f'[state]\ndirectory = "{self.state}"\n'
@@ -290,6 +291,22 @@ def test_sigkill_while_spooling_then_restart_loses_nothing(rig: Rig) -> None:
     b.stop()
     wait_stored(rig, 5)
     assert_clean(b)
+
+
+def test_stop_is_bounded_when_the_server_hangs_and_nothing_queued_is_lost(rig: Rig) -> None:
+    # A listening socket nobody accepts on: connections open, requests are never answered.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        svc = rig.service(url=f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=30)
+        wait_until(lambda: len(rig.receiver.times()) >= 3, 15)
+        rc, took = svc.stop()  # while the output waits for an answer that would take 30 s
+    assert rc == 0 and took < 5.5, took
+    assert "abandoning its thread" in svc.log() and "moved to the spool" in svc.log()
+    published = set(rig.receiver.times())
+    spooled = {frame_time(f) for f in Spool(rig.spool_dir).peek(1000).frames}
+    assert published <= spooled, (published, spooled)  # stuck or queued: everything went to the spool
+    assert "Traceback" not in svc.log()
 
 
 @pytest.mark.root
