@@ -31,8 +31,9 @@ _LOG = logging.getLogger(__name__)
 class Output(Protocol):
     """What an output module provides (see ``appliance/outputs/*.py``).
 
-    A durable output may also define ``send_batch(frames)``, used to replay the spool: it delivers the frames in
-    order or raises; :class:`PartialDelivery` says how many of them were delivered before the failure.
+    A durable output may also define ``send_batch(frames)``, used to replay the spool and to catch up when
+    several frames are queued: it delivers the frames in order or raises; :class:`PartialDelivery` says how many
+    of them were delivered before the failure.
     Either raises :class:`Rejected` for frames the server refused for their content: they are counted as failed
     and dropped instead of being retried forever.
     """
