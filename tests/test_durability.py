@@ -237,6 +237,7 @@ def test_points_written_by_the_service_arrive_and_nothing_touches_the_disk(tmp_p
         rig.close()
 
 
+@pytest.mark.slow
 def test_a_60_s_outage_with_a_restart_of_the_service_loses_nothing(rig: Rig) -> None:
     a = rig.service()
     wait_until(lambda: len(rig.receiver.times()) >= 3, 15)
