@@ -186,6 +186,17 @@ def test_structure() -> None:
             assert not missing, f"{p['title']}: {sorted(missing)} not documented for {measurement}"
 
 
+def test_energy_dashboard_covers_the_contract() -> None:
+    """Every energy index, power, current, voltage and Tempo field of section 2.1 that the issue asks for is read
+    by some panel of the energy dashboard."""
+    wanted = {"papp", "sinsts", "sinsti", "iinst", "isousc", "pref", "ptec", "ltarf", "demain", "stge", "smaxsn"}
+    wanted |= {f for f, _ in (*GEN.HIST_INDEXES, *GEN.STD_SUPPLIER, *GEN.STD_DISTRIBUTOR)} | {"eait"}
+    wanted |= {f"{name}{i}" for name in ("sinsts", "iinst", "irms", "urms") for i in (1, 2, 3)}
+    assert len(wanted) == 49
+    read = set().union(*(named_keys(t["query"])[1] for _, t in targets_of(dashboards()["teleinfo-energy.json"])))
+    assert wanted <= read, sorted(wanted - read)
+
+
 def test_tempo_mappings_cover_every_code() -> None:
     """Every STGE colour nibble maps to one text in each panel, PTEC and DEMAIN values too."""
     for nibble in "0123456789ABCDEF":
