@@ -81,6 +81,9 @@ TEMPO_TOMORROW: tuple[tuple[str, tuple[str, str]], ...] = (
     ("^.[C-Fc-f]" + _HEX6, RED),
     ("^.[0-3]" + _HEX6, UNKNOWN),
 )
+# Self-checks run every 15 minutes (public IP) to an hour (ports, peers): a result holds until the next one, and
+# only a longer silence (a missed run, the appliance down) is shown as a gap.  Milliseconds, Grafana's unit here.
+CHECK_SPAN_MS = 2 * 3600 * 1000
 CHECK_CODES = {"0": ("ok", "green"), "1": ("problem", "orange"), "2": ("error", "red")}
 
 
@@ -141,7 +144,7 @@ def unit_overrides(units: dict[str, str]) -> list[dict[str, Any]]:
     ]
 
 
-def _graph_style(bars: bool, stacked: bool, points: str) -> dict[str, Any]:
+def _graph_style(bars: bool, stacked: bool, points: str, span_nulls: bool | int) -> dict[str, Any]:
     return {
         "drawStyle": "bars" if bars else "line",
         "lineWidth": 1,
@@ -149,7 +152,7 @@ def _graph_style(bars: bool, stacked: bool, points: str) -> dict[str, Any]:
         "lineInterpolation": "linear",
         "showPoints": points,
         "pointSize": 4,
-        "spanNulls": False,  # a gap in the data stays a gap
+        "spanNulls": span_nulls,  # False: a gap in the data stays a gap
         "insertNulls": False,
         "stacking": {"mode": "normal" if stacked else "none", "group": "A"},
         "axisPlacement": "auto",
@@ -173,6 +176,7 @@ def panel(
     bars: bool = False,
     stacked: bool = False,
     points: str = "auto",
+    span_nulls: bool | int = False,
     time_from: str | None = None,
     time_shift: str | None = None,
     options: dict[str, Any] | None = None,
@@ -184,9 +188,9 @@ def panel(
     if decimals is not None:
         defaults["decimals"] = decimals
     if kind == "timeseries":
-        defaults["custom"] = _graph_style(bars, stacked, points)
+        defaults["custom"] = _graph_style(bars, stacked, points, span_nulls)
     elif kind == "state-timeline":
-        defaults["custom"] = {"fillOpacity": 80, "lineWidth": 0, "spanNulls": False}
+        defaults["custom"] = {"fillOpacity": 80, "lineWidth": 0, "spanNulls": span_nulls}
         defaults["color"] = {"mode": "thresholds"}
         defaults["thresholds"] = {"mode": "absolute", "steps": [{"color": "text", "value": None}]}
     elif kind in ("stat", "bargauge"):
@@ -612,6 +616,7 @@ def network() -> dict[str, Any]:
             ],
             w=24,
             mappings=value_mappings(CHECK_CODES),
+            span_nulls=CHECK_SPAN_MS,
             description="Every check and target: ok, problem (the check ran and found something wrong) or error "
             "(it could not run). Empty where no check ran.",
         ),
@@ -676,6 +681,7 @@ def network() -> dict[str, Any]:
             ],
             w=24,
             h=5,
+            span_nulls=CHECK_SPAN_MS,
         ),
         row("Open ports"),
         panel(
@@ -689,6 +695,7 @@ def network() -> dict[str, Any]:
                 )
             ],
             points="always",
+            span_nulls=CHECK_SPAN_MS,
             decimals=0,
             description="Open TCP ports found by nmap, those not expected, and expected ones found closed.",
         ),
@@ -715,6 +722,7 @@ def network() -> dict[str, Any]:
                 )
             ],
             points="always",
+            span_nulls=CHECK_SPAN_MS,
             decimals=0,
             description="Discrepancies between what the appliance and each SSH peer see open on a target "
             "(a firewall that filters one vantage point only).",
