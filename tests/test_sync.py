@@ -457,20 +457,22 @@ def test_hostile_clients_are_refused_logged_and_confined(
 
 @pytest.mark.integration
 @pytest.mark.timeout(60)
-def test_many_clients_at_once_and_abrupt_disconnects(inproc: SyncServer) -> None:
+def test_a_new_login_supersedes_the_old_and_a_reset_upload_resumes(inproc: SyncServer, tmp_path: Path) -> None:
     conns = []
     for i in range(12):
         r = Raw(inproc.port)
         name = ("alice", "bob")[i % 2]
         assert r.hello(name, TOKEN.format(name))["ok"] is True
         conns.append(r)
-    # a newer login of the same client supersedes the older one; vanished sockets free their threads
-    assert conns[-1].ask({"op": "ping"})["ok"] is True
+    # a newer login of the same client supersedes the older one (a link that died without a FIN)
+    assert conns[-1].ask({"op": "ping"})["ok"] is True and conns[-2].ask({"op": "ping"})["ok"] is True
+    assert all(r.closed() for r in conns[:-2])
     half = Raw(inproc.port)
     assert half.hello("alice", TOKEN.format("alice"))["ok"] is True
     half.conn.send({"op": "put", "path": "cut", "size": 500_000})
     assert half.conn.recv()["ok"] is True
     half.conn.send({"op": "data", "offset": 0}, b"z" * 100_000)
+    wait_until(lambda: staging_size(tmp_path, "alice") == 100_000, 10)  # the server wrote what it received
     half.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     half.sock.close()  # RST in the middle of an upload
     for r in conns:
@@ -479,6 +481,10 @@ def test_many_clients_at_once_and_abrupt_disconnects(inproc: SyncServer) -> None
     assert fresh.hello("alice", TOKEN.format("alice"))["ok"] is True
     reply = fresh.ask({"op": "put", "path": "cut", "size": 500_000})
     assert reply["ok"] is True and reply["offset"] == 100_000  # what arrived before the reset is resumable
+    assert reply["sha256"] == hashlib.sha256(b"z" * 100_000).hexdigest()
+    fresh.conn.send({"op": "data", "offset": 100_000}, b"z" * 400_000)
+    assert fresh.ask({"op": "commit", "sha256": hashlib.sha256(b"z" * 500_000).hexdigest()})["ok"] is True
+    assert (tmp_path / "srv" / "alice" / "cut").read_bytes() == b"z" * 500_000
 
 
 # --- TLS ------------------------------------------------------------------------------------------------------------

@@ -196,7 +196,6 @@ class SyncServer:
         self._sock: socket.socket | None = None
         self._tls: ssl.SSLContext | None = None
         self._thread: threading.Thread | None = None
-        self.refusals = 0  # requests refused, for the tests and the log summary
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -280,7 +279,6 @@ class SyncServer:
             sock.settimeout(self.cfg.idle_timeout)
             self._session(conn, name, who)
         except ProtocolError as e:
-            self.refusals += 1
             _LOG.warning("sync-server: %s (%s): protocol error, disconnected: %s", who, name or "not logged in", e)
             if conn is not None:
                 with contextlib.suppress(OSError, ProtocolError):
@@ -314,7 +312,6 @@ class SyncServer:
             expected = self._tokens.get(name)
         ok = isinstance(token, str) and expected is not None and hmac.compare_digest(token.encode(), expected.encode())
         if not ok:
-            self.refusals += 1
             _LOG.warning("sync-server: %s: authentication refused for client %r", who, name)
             time.sleep(AUTH_FAIL_DELAY)
             conn.send({"ok": False, "error": "authentication refused"})
@@ -364,7 +361,6 @@ class SyncServer:
                 try:
                     reply = self._dispatch(conn, tree, op, msg)
                 except Refused as e:
-                    self.refusals += 1
                     _LOG.warning("sync-server: %s (%s): refused %s: %s", who, name, op, e)
                     reply = {"ok": False, "error": str(e)}
                 except ProtocolError as e:
