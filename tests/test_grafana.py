@@ -226,18 +226,12 @@ def grafana_map(mappings: list[dict[str, Any]], value: str) -> str | None:
 # --- the simulated week in a real influxd ------------------------------------------------------------------------
 
 METERS: dict[str, dict[str, Any]] = {
-    "historique BASE": {"mode": "historique", "contract": "BASE"},
-    "historique HCHP": {"mode": "historique", "contract": "HCHP"},
-    "historique TEMPO": {"mode": "historique", "contract": "TEMPO"},
-    "historique EJP": {"mode": "historique", "contract": "EJP"},
-    "historique HCHP three-phase": {"mode": "historique", "contract": "HCHP", "phases": 3},
-    "standard BASE": {"mode": "standard", "contract": "BASE"},
-    "standard HCHP": {"mode": "standard", "contract": "HCHP"},
-    "standard TEMPO": {"mode": "standard", "contract": "TEMPO"},
-    "standard EJP": {"mode": "standard", "contract": "EJP"},
-    "standard TEMPO three-phase": {"mode": "standard", "contract": "TEMPO", "phases": 3},
-    "standard BASE producer": {"mode": "standard", "contract": "BASE", "producer": True},
+    f"{mode} {contract}{' three-phase' if phases == 3 else ''}": {"mode": mode, "contract": contract, "phases": phases}
+    for mode in ("historique", "standard")
+    for phases in (1, 3)
+    for contract in ("BASE", "HCHP", "TEMPO", "EJP")
 }
+METERS["standard BASE producer"] = {"mode": "standard", "contract": "BASE", "producer": True}
 
 
 @dataclass
