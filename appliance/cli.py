@@ -15,7 +15,20 @@ from collections.abc import Sequence
 from appliance import __version__
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("run", "check_config", "status", "doctor", "decode", "simulate", "listen", "check", "peers", "replay", "sync", "sync_server")
+COMMANDS = (
+    "run",
+    "check_config",
+    "status",
+    "doctor",
+    "decode",
+    "simulate",
+    "listen",
+    "check",
+    "peers",
+    "replay",
+    "sync",
+    "sync_server",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

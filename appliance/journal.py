@@ -277,8 +277,8 @@ class Journal:
         comp = zlib.compressobj(6, zlib.DEFLATED, 31)
         parts: list[bytes] = []
         if self._size == 0:
-            header = {"format": FORMAT, "version": VERSION, "mode": self.mode, "session": self.session}
-            header["seq"] = self._seq  # type: ignore[assignment]
+            header: dict[str, object] = {"format": FORMAT, "version": VERSION, "mode": self.mode}
+            header.update(session=self.session, seq=self._seq)
             parts.append(comp.compress(_record(b"H", batch[0][0], json.dumps(header).encode())))
         n = 0
         raw = 0

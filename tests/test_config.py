@@ -54,7 +54,8 @@ level = "debug"
 """
     )
     assert errs == [
-        "loging: unknown key (expected one of: source, outputs, health, control, state, logging, checks, gpio, journal, sync)",
+        "loging: unknown key (expected one of: source, outputs, health, control, state, logging, checks, gpio, "
+        "journal, sync)",
         "source.devise: unknown key (expected one of: kind, device, mode, framing, no_data_timeout, "
         "reconnect_max_backoff, simulator)",
         "source.kind: must be 'serial' or 'simulator' (got 'usb')",

@@ -105,7 +105,7 @@ class SyncClient:
         """Sync until stopped (or, with ``once``, reconcile once); returns the exit status."""
         self.directory.mkdir(parents=True, exist_ok=True)
         if not once:
-            from inotify_simple import INotify
+            from inotify_simple import INotify  # type: ignore[import-untyped, unused-ignore]
 
             self._inotify = INotify()
         backoff = 0.5
@@ -176,7 +176,7 @@ class SyncClient:
 
     def _watch_tree(self, rel: str) -> None:
         """Watch ``rel`` and every directory below it (before reading them: nothing created meanwhile is missed)."""
-        from inotify_simple import flags
+        from inotify_simple import flags  # type: ignore[import-untyped, unused-ignore]
 
         mask = (
             flags.CREATE
@@ -378,7 +378,7 @@ class SyncClient:
     # --- live --------------------------------------------------------------------------------------------
     def _follow(self, conn: Connection) -> None:
         """Apply inotify events until stopped; raises on a connection failure."""
-        from inotify_simple import flags
+        from inotify_simple import flags  # type: ignore[import-untyped, unused-ignore]
 
         last_sent = time.monotonic()
         while not self.stop.is_set():
