@@ -189,6 +189,7 @@ class Journal:
         self._buffer: deque[tuple[float, bytes]] = deque()
         self._buffered = 0
         self._cond = threading.Condition()
+        self._write_lock = threading.Lock()
         self._closing = False
         self._path: Path | None = None  # the open segment
         self._slot = 0
@@ -241,6 +242,10 @@ class Journal:
     # --- writing -----------------------------------------------------------------------------------------
     def flush(self) -> None:
         """Write every buffered chunk (one ``write`` per segment touched); keep them on a disk error."""
+        with self._write_lock:  # the thread's periodic flush and an explicit one never interleave
+            self._flush()
+
+    def _flush(self) -> None:
         with self._cond:
             batch = list(self._buffer)
             dropped_before = self.dropped
