@@ -527,3 +527,43 @@ def test_tls_from_the_configuration(tmp_path: Path) -> None:
         assert plain.closed()
     finally:
         server.stop()
+
+
+# --- the purpose: a live journal carried off to the server, replayable there ---------------------------------------
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_live_journal_is_mirrored_segment_by_segment_and_replays_from_the_server(tmp_path: Path) -> None:
+    from datetime import datetime
+
+    from appliance.config import JournalConfig
+    from appliance.journal import Journal, segment_files
+    from appliance.simulator import PARIS, MeterSimulator
+
+    tokens_file(tmp_path / "tokens", ["pi"])
+    port = free_port()
+    server = server_proc(tmp_path, port).start()
+    journal_dir = tmp_path / "src" / "pi"
+    journal_dir.mkdir(parents=True)
+    client = client_proc(tmp_path, "pi", f"127.0.0.1:{port}").start()
+    sim = MeterSimulator(start=datetime(2025, 6, 1, tzinfo=PARIS), mode="standard", phases=3, seed=3)
+    frames = 400
+    try:
+        wait_listening(server)
+        wait_until(lambda: "in step" in client.text(), 15)
+        j = Journal(JournalConfig(enabled=True, flush_interval=0.05, segment_max_mb=0.05), journal_dir, "standard")
+        j.start()
+        for f, _ in zip(sim.frames(step=15.0), range(frames), strict=False):
+            j.append(f.data, f.at.timestamp())
+            time.sleep(0.005)  # ~2 s of writing: each segment grows flush after flush while it is synced
+        j.close()
+        assert len(segment_files(journal_dir)) == 2  # 100 simulated minutes: two hourly segments
+        wait_until(lambda: tree(journal_dir) == tree(tmp_path / "srv" / "pi"), 30, interval=0.2)
+        assert "resuming at byte" in client.text()  # a grown segment: only its new flushes crossed
+        replayed = subprocess.run(
+            [sys.executable, "-m", "appliance", "replay", "--dry-run", str(tmp_path / "srv" / "pi")],
+            capture_output=True, text=True, timeout=30, check=False,
+        )  # fmt: skip
+        assert replayed.returncode == 0 and f"{frames} frame(s) decoded" in replayed.stderr, replayed.stderr
+    finally:
+        client.stop()
+        server.stop()
