@@ -297,10 +297,12 @@ class OutputWorker:
             self._count(e.delivered)
             self._stats.update_output(self.name, spooled=left)
             raise e.cause from e
+        # Counters first, as soon as the server has the frames: the commit below does file I/O.
+        self._count(len(batch.frames), refused)
+        self._stats.update_output(self.name, spooled=max(0, len(self._spool) - len(batch.frames) - batch.skipped))
         with self._spool_lock:
             self._spool.commit(batch)
             left = len(self._spool)
-        self._count(len(batch.frames), refused)
         self._stats.update_output(self.name, spooled=left)
         if not left:
             _LOG.info("output %s: spool replayed", self.name)
