@@ -567,3 +567,36 @@ def test_a_live_journal_is_mirrored_segment_by_segment_and_replays_from_the_serv
     finally:
         client.stop()
         server.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_moves_out_of_and_into_the_tree_symlinks_and_fifos(inproc: SyncServer, tmp_path: Path) -> None:
+    from appliance.sync.client import SyncClient
+
+    src = tmp_path / "src" / "alice"
+    (src / "d" / "e").mkdir(parents=True)
+    (src / "d" / "e" / "f").write_bytes(b"f" * 1000)
+    (src / "link").symlink_to(tmp_path / "srv")  # never followed, never sent
+    os.mkfifo(src / "fifo")  # never opened
+    client = SyncClient(src, "127.0.0.1", inproc.port, "alice", TOKEN.format("alice"))
+    worker = threading.Thread(target=client.run)
+    worker.start()
+    mirror = tmp_path / "srv" / "alice"
+    try:
+        wait_until(lambda: (mirror / "d" / "e" / "f").exists(), 10)
+        outside = tmp_path / "outside"
+        (src / "d").rename(outside)  # out of the tree: deleted on the server, no longer watched
+        wait_until(lambda: not (mirror / "d").exists(), 10)
+        (outside / "e" / "later").write_text("not synced")
+        (src / "new").write_text("synced")
+        wait_until(lambda: (mirror / "new").exists(), 10)
+        assert not (mirror / "d").exists() and not any(p.name == "later" for p in mirror.rglob("*"))
+        outside.rename(src / "back")  # into the tree: sent with everything below it
+        wait_until(lambda: (mirror / "back" / "e" / "later").exists(), 10)
+        assert tree(src / "back") == tree(mirror / "back")
+        assert sorted(tree(mirror)) == sorted(p for p in tree(src) if p not in ("link", "fifo"))
+    finally:
+        client.stop.set()
+        worker.join(10)
+    assert not worker.is_alive()

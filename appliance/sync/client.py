@@ -26,7 +26,15 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from appliance.sync.protocol import CHUNK, VERSION, Connection, ProtocolError, check_path, sha256_file_prefix
+from appliance.sync.protocol import (
+    CHUNK,
+    READ_FLAGS,
+    VERSION,
+    Connection,
+    ProtocolError,
+    check_path,
+    sha256_file_prefix,
+)
 
 __all__ = ["AuthError", "SyncClient"]
 
@@ -166,8 +174,10 @@ class SyncClient:
         key = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
         cached = self._hashes.get(key)
         if cached is None:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, READ_FLAGS)
             with os.fdopen(fd, "rb") as f:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    raise OSError(f"{path} is no longer a regular file")
                 cached = hashlib.file_digest(f, "sha256").hexdigest()
             if len(self._hashes) > 100_000:
                 self._hashes.clear()
@@ -254,7 +264,12 @@ class SyncClient:
                 self._skipped.add(rel)
                 _LOG.warning("sync: skipped %s: %d bytes, over the server limit (%d)", rel, st.st_size, self.max_file)
             return
-        if self.remote_files.get(rel) == (st.st_size, self._hash(path, st)):
+        try:
+            digest = self._hash(path, st)
+        except OSError as e:  # replaced or removed since it was listed: its own event follows
+            _LOG.debug("sync: %s changed while being read: %s", rel, e)
+            return
+        if self.remote_files.get(rel) == (st.st_size, digest):
             return
         if rel in self.remote_dirs:
             self._delete(conn, rel)
@@ -262,11 +277,14 @@ class SyncClient:
 
     def _put(self, conn: Connection, rel: str, path: Path) -> None:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, READ_FLAGS)
         except FileNotFoundError:
             return  # gone meanwhile: its deletion event follows
         with os.fdopen(fd, "rb") as f:
-            size = os.fstat(fd).st_size
+            fst = os.fstat(fd)
+            if not stat.S_ISREG(fst.st_mode):
+                return  # replaced by something else since it was checked: its own event follows
+            size = fst.st_size
             reply = self._request(conn, {"op": "put", "path": rel, "size": size})
             if not _ok(reply, f"put {rel}"):
                 return
@@ -420,7 +438,9 @@ class SyncClient:
                 if ev.mask & flags.ISDIR and ev.mask & (flags.CREATE | flags.MOVED_TO):
                     self._watch_tree(rel)
                 dirty.add(rel)
-            dirty.update(moved.values())  # moved out of the tree: deleted
+            for rel in moved.values():  # moved out of the tree: deleted here, and no longer watched
+                self._unwatch(rel)
+                dirty.add(rel)
             if overflow:
                 _LOG.warning("sync: inotify queue overflow: full reconciliation")
                 self._reconcile(conn)
@@ -432,6 +452,15 @@ class SyncClient:
                 for rel in sorted(dirty):
                     self._sync_path(conn, rel)
             last_sent = time.monotonic()
+
+    def _unwatch(self, rel: str) -> None:
+        for wd, path in list(self._watches.items()):
+            if path == rel or path.startswith(rel + "/"):
+                del self._watches[wd]
+                try:
+                    self._inotify.rm_watch(wd)
+                except OSError:
+                    pass  # already gone with its directory
 
     def _rewatch(self, src: str, dst: str) -> None:
         """A directory moved inside the tree keeps its watches: only their paths change."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import socket
 from typing import Any, Final
@@ -17,6 +18,7 @@ from typing import Any, Final
 __all__ = [
     "CHUNK",
     "MAX_LINE",
+    "READ_FLAGS",
     "VERSION",
     "Connection",
     "ProtocolError",
@@ -31,6 +33,9 @@ CHUNK: Final = 64 * 1024
 MAX_PATH_BYTES: Final = 1024
 MAX_DEPTH: Final = 32
 NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Opening a file to read it: never through a symlink, and never blocking on a FIFO that replaced a file since it
+#: was checked (callers then refuse anything fstat does not call a regular file).
+READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class ProtocolError(Exception):

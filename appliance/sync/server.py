@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from appliance.config import SyncServerConfig
-from appliance.sync.protocol import CHUNK, VERSION, Connection, ProtocolError, check_name, check_path
+from appliance.sync.protocol import CHUNK, READ_FLAGS, VERSION, Connection, ProtocolError, check_name, check_path
 
 __all__ = ["Refused", "SyncServer", "load_tokens"]
 
@@ -168,7 +168,7 @@ class _Tree:
         key = (rel, st.st_ino, st.st_size, st.st_mtime_ns)
         cached = self.hashes.get(key)
         if cached is None:
-            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            fd = os.open(name, READ_FLAGS, dir_fd=dfd)
             with os.fdopen(fd, "rb") as f:
                 cached = hashlib.file_digest(f, "sha256").hexdigest()
             self.hashes[key] = cached
@@ -469,11 +469,11 @@ class SyncServer:
         fd: int | None = None
         try:
             if staging.exists() and staging.stat().st_size <= size:
-                fd = os.open(staging, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(staging, READ_FLAGS)
                 candidate = "staging"
             elif existing is not None and 0 < existing.st_size <= size:
                 with tree.dir_fd(parts[:-1]) as d:
-                    fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+                    fd = os.open(parts[-1], READ_FLAGS, dir_fd=d)
                 candidate = "file"
             if fd is not None:
                 with os.fdopen(os.dup(fd), "rb") as f:
