@@ -600,3 +600,29 @@ def test_moves_out_of_and_into_the_tree_symlinks_and_fifos(inproc: SyncServer, t
         client.stop.set()
         worker.join(10)
     assert not worker.is_alive()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+def test_connections_beyond_the_limit_are_told_busy_and_slots_come_back(tmp_path: Path) -> None:
+    tokens_file(tmp_path / "tokens", ["pi"])
+    cfg = SyncServerConfig(port=0, root=str(tmp_path / "srv"), tokens_file=str(tmp_path / "tokens"), max_connections=2)
+    server = SyncServer(cfg)
+    server.start()
+    try:
+        held = [Raw(server.port), Raw(server.port)]
+        assert held[0].hello("pi", TOKEN.format("pi"))["ok"] is True
+        extra = Raw(server.port)
+        assert extra.conn.recv() == {"ok": False, "error": "server busy"}
+        for r in held:
+            r.sock.close()  # abrupt: no bye
+
+        def logs_in() -> bool:
+            try:
+                return Raw(server.port).hello("pi", TOKEN.format("pi")).get("ok") is True
+            except (OSError, ConnectionError):
+                return False  # still busy: told so and closed
+
+        wait_until(logs_in, 10)
+    finally:
+        server.stop()
