@@ -273,8 +273,15 @@ def test_ten_clients_in_their_namespaces_converge_while_their_trees_change(
 
 # --- kill -9 in the middle of a large upload -----------------------------------------------------------------
 def staging_size(tmp: Path, name: str) -> int:
+    """Bytes of the uploads in progress for ``name`` on the server (an upload may complete while we look)."""
+    total = 0
     partial = tmp / "srv" / ".partial" / name
-    return sum(p.stat().st_size for p in partial.iterdir()) if partial.is_dir() else 0
+    for p in partial.iterdir() if partial.is_dir() else ():
+        try:
+            total += p.stat().st_size
+        except FileNotFoundError:
+            continue
+    return total
 
 
 @pytest.mark.integration
