@@ -633,3 +633,31 @@ def test_connections_beyond_the_limit_are_told_busy_and_slots_come_back(tmp_path
         wait_until(logs_in, 10)
     finally:
         server.stop()
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(30)
+def test_abandoned_uploads_are_bounded_and_count_against_the_quota(inproc: SyncServer, tmp_path: Path) -> None:
+    for i in range(12):  # twelve uploads of 150 kB cut after 100 kB each
+        r = Raw(inproc.port)
+        assert r.hello("alice", TOKEN.format("alice"))["ok"] is True
+        assert r.ask({"op": "put", "path": f"cut{i}", "size": 150_000})["ok"] is True
+        r.conn.send({"op": "data", "offset": 0}, b"x" * 100_000)
+        wait_until(
+            lambda i=i: (
+                (tmp_path / "srv" / ".partial" / "alice").is_dir()
+                and staging_size(tmp_path, "alice") >= min(i + 1, 9) * 100_000
+            ),
+            10,
+        )
+        r.sock.close()
+    partial = list((tmp_path / "srv" / ".partial" / "alice").iterdir())
+    assert len(partial) <= 9  # the eight most recent besides the current one
+    r = Raw(inproc.port)
+    assert r.hello("alice", TOKEN.format("alice"))["ok"] is True
+    ok = r.ask({"op": "put", "path": "big", "size": 999_000})  # quota 2 MB: 0.9 MB pending + 1 MB fits
+    assert ok["ok"] is True
+    r.conn.send({"op": "data", "offset": 0}, b"y" * 999_000)
+    assert r.ask({"op": "commit", "sha256": hashlib.sha256(b"y" * 999_000).hexdigest()})["ok"] is True
+    refused = r.ask({"op": "put", "path": "big2", "size": 999_000})  # 1 MB stored + 0.9 MB pending + 1 MB
+    assert refused["ok"] is False and "quota" in refused["error"]

@@ -44,6 +44,7 @@ _LOG = logging.getLogger(__name__)
 HELLO_TIMEOUT: Final = 10.0  # seconds a new connection has to log in
 AUTH_FAIL_DELAY: Final = 0.5  # seconds before answering a wrong token: slows guessing
 PARTIAL: Final = ".partial"
+MAX_PARTIAL: Final = 8  # interrupted uploads kept per client besides the current one
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -173,6 +174,25 @@ class _Tree:
                 cached = hashlib.file_digest(f, "sha256").hexdigest()
             self.hashes[key] = cached
         return cached
+
+    def prune_partial(self, keep: Path) -> int:
+        """Forget the oldest interrupted uploads beyond :data:`MAX_PARTIAL` (a well-behaved client has one at a
+        time, plus those of files it deleted meanwhile); return the bytes the others hold, which count against
+        the quota so that abandoned uploads cannot fill the disk."""
+        entries = []
+        for p in self.partial.iterdir():
+            if p == keep:
+                continue
+            try:
+                st = p.stat()
+            except FileNotFoundError:
+                continue
+            entries.append((st.st_mtime, st.st_size, p))
+        entries.sort()
+        while len(entries) > MAX_PARTIAL:
+            _, _, p = entries.pop(0)
+            p.unlink(missing_ok=True)
+        return sum(size for _, size, _ in entries)
 
     def staging(self, rel: str) -> Path:
         return self.partial / hashlib.sha256(rel.encode("utf-8", "surrogatepass")).hexdigest()[:40]
@@ -457,11 +477,12 @@ class SyncServer:
                 raise Refused(f"{rel} is a directory on the server (delete it first)")
             raise Refused(f"{rel} is neither a file nor a directory on the server")
         old = existing.st_size if existing is not None else 0
-        if tree.usage - old + size > self.cfg.max_tree_mb * 1e6:
+        staging = tree.staging(rel)
+        pending = tree.prune_partial(staging)
+        if tree.usage - old + pending + size > self.cfg.max_tree_mb * 1e6:
             raise Refused(f"quota: the tree would exceed max_tree_mb ({self.cfg.max_tree_mb:g} MB)")
         if existing is None:
             tree._count(1)
-        staging = tree.staging(rel)
         # What can be resumed: an interrupted upload of this path, else the current file (a file that grew).
         candidate: str | None = None
         prefix = hashlib.sha256()
