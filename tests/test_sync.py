@@ -661,3 +661,28 @@ def test_abandoned_uploads_are_bounded_and_count_against_the_quota(inproc: SyncS
     assert r.ask({"op": "commit", "sha256": hashlib.sha256(b"y" * 999_000).hexdigest()})["ok"] is True
     refused = r.ask({"op": "put", "path": "big2", "size": 999_000})  # 1 MB stored + 0.9 MB pending + 1 MB
     assert refused["ok"] is False and "quota" in refused["error"]
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_command_line_errors_are_clear(inproc: SyncServer, tmp_path: Path) -> None:
+    def teleinfo(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [sys.executable, "-m", "appliance", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+    tok = str(tmp_path / "alice.token")
+    common = ("--token-file", tok, "--directory", str(tmp_path / "d"), "--once")
+    cases = [
+        (("sync", "--server", "127.0.0.1:1", "--name", "bad.name", *common), 2, "invalid client name"),
+        (("sync", "--server", "nohost", "--name", "alice", *common), 2, "HOST:PORT"),
+        (("sync", "--server", f"127.0.0.1:{free_port()}", "--name", "alice", *common), 1, "cannot connect"),
+        (("sync", "--server", f"127.0.0.1:{inproc.port}", "--name", "bob", *common), 2, "authentication refused"),
+        (
+            ("sync-server", "--port", "0", "--tokens", str(tmp_path / "none"), "--root", str(tmp_path)),
+            2,
+            "cannot start",
+        ),
+    ]
+    for args, status, text in cases:
+        r = teleinfo(*args)
+        assert r.returncode == status and text in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)

@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from appliance.journal import journal_directory
     from appliance.logs import setup_logging
     from appliance.sync.client import SyncClient
+    from appliance.sync.protocol import ProtocolError, check_name
 
     err = sys.stderr
     try:
@@ -84,6 +85,11 @@ def run(args: argparse.Namespace) -> int:
         print("teleinfo sync: no token (sync.token, --token-file or $TELEINFO_SYNC_TOKEN)", file=err)
         return 2
     name = args.name or s.name or socket.gethostname().split(".")[0]
+    try:
+        check_name(name)
+    except ProtocolError as e:
+        print(f"teleinfo sync: {e}; set sync.name or --name", file=err)
+        return 2
     directory = Path(args.directory or s.directory or journal_directory(cfg.journal, cfg.state.directory))
     if args.max_rate < 0:
         print("teleinfo sync: --max-rate must not be negative", file=err)
