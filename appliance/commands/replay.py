@@ -158,11 +158,9 @@ def replay(
     ordered = sorted(segments, key=lambda s: (s.chunks[0][0] if s.chunks else 0.0, s.session, s.seq))
     decoder: Decoder | None = None
     previous: tuple[str, int] | None = None
-    known_meter: str | None = None
     for seg in ordered:
         if decoder is None or previous != (seg.session, seg.seq - 1):
             decoder = Decoder(mode or seg.mode)
-            known_meter = None
         previous = (seg.session, seg.seq)
         key = f"{seg.session}-{seg.seq}"
         done, digest = ledger.get(key) if ledger is not None else (0, "")
@@ -173,9 +171,7 @@ def replay(
             for frame in decoder.feed(data):
                 frame.received_at = t  # as the service stamped it
                 if frame.meter is None:
-                    frame.known_meter = known_meter
                     continue  # the service only publishes frames that name their meter
-                known_meter = frame.meter
                 totals.frames += 1
                 if i < done:
                     totals.skipped += 1
