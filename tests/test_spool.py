@@ -18,8 +18,12 @@ from .util import wait_until
 
 
 def frame(i: int) -> Frame:
-    return Frame("standard", {"ADSC": "012345678901", "EAST": i}, {"DATE": "2024-01-15T08:00:00+01:00"},
-                 received_at=1_700_000_000.0 + i)
+    return Frame(
+        "standard",
+        {"ADSC": "012345678901", "EAST": i},
+        {"DATE": "2024-01-15T08:00:00+01:00"},
+        received_at=1_700_000_000.0 + i,
+    )
 
 
 def east(frames: list[Frame]) -> list[int]:
