@@ -90,7 +90,7 @@ def _built(image_dir: Path, arch: str) -> dict[str, object]:
         started = time.monotonic()
         build = subprocess.run(
             [str(REPO / "image" / "build"), "--arch", arch, "--output", str(image_dir)],
-            capture_output=True, text=True, timeout=1500, check=False,
+            capture_output=True, text=True, timeout=1100, check=False,
         )  # fmt: skip
         if build.returncode != 0:
             pytest.fail(f"image/build --arch {arch} failed:\n{build.stderr[-6000:]}")
