@@ -89,7 +89,7 @@ def opt(
     """A schema field: default, documentation, range and an optional check returning an error message."""
     meta = {"doc": doc, "lo": lo, "hi": hi, "check": check, "example": example}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: default, metadata=meta)  # type: ignore[misc]
+        return field(default_factory=lambda: default, metadata=meta)
     return field(default=default, metadata=meta)
 
 
@@ -915,6 +915,16 @@ def _wrap(text: str, indent: str = "# ") -> list[str]:
     return [indent + line for line in textwrap.wrap(text, 116)] or [indent.rstrip()]
 
 
+def _field_default(f: dataclasses.Field[Any]) -> Any:
+    """The value a key takes when the file leaves it out: every schema field is built by opt() or section(),
+    which always give a default or a default factory."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"schema field {f.name!r} has neither a default nor a default factory")
+
+
 def render_example() -> str:
     """A complete, commented configuration holding every key at its default value."""
     lines = [
@@ -930,7 +940,7 @@ def render_example() -> str:
         tables = []
         for f in dataclasses.fields(cls):
             t = hints[f.name]
-            if dataclasses.is_dataclass(t):
+            if isinstance(t, type) and dataclasses.is_dataclass(t):
                 subs.append((f, t))
                 continue
             args = typing.get_args(t)
@@ -941,7 +951,7 @@ def render_example() -> str:
             allowed = typing.get_args(t) if typing.get_origin(t) is Literal else None
             if allowed and len(allowed) > 1:
                 lines.append("# one of: " + ", ".join(_toml_value(a) for a in allowed))
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            default = _field_default(f)
             if default is None:
                 example = f.metadata.get("example")
                 lines.append(f"# {f.name} = {example}" if example else f"# {f.name} =")
@@ -953,7 +963,7 @@ def render_example() -> str:
             lines.extend(_wrap(f.metadata.get("doc", "")))
             lines.append(f"# [[{name}]]")
             for g in dataclasses.fields(item):
-                default = g.default if g.default is not dataclasses.MISSING else g.default_factory()  # type: ignore[misc]
+                default = _field_default(g)
                 example = g.metadata.get("example") or ("" if default is None else _toml_value(default))
                 doc = g.metadata.get("doc", "")
                 lines.append(f"# {g.name} = {example}" + (f"    # {doc}" if doc else ""))

@@ -97,7 +97,9 @@ def frame_to_lines(
     head = f"{_escape_tag(measurement)},meter={_escape_tag(meter)},mode={frame.mode} "
     tail = f" {frame_time(frame) * PRECISIONS[precision]}"
     room = max_line - len(head.encode()) - len(tail.encode())
-    lines, current, size = [], [], 0
+    lines: list[str] = []
+    current: list[str] = []
+    size = 0
     for f in fields:
         n = len(f.encode()) + (1 if current else 0)
         if current and size + n > room:

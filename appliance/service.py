@@ -46,7 +46,12 @@ STOP_TIMEOUT = 4.0  # seconds the outputs get to deliver what they hold on SIGTE
 
 
 class Source(Protocol):
-    first_open: threading.Event
+    """Where the TIC bytes come from: the serial port or the simulator."""
+
+    @property
+    def first_open(self) -> threading.Event:
+        """Set once the source is first open: the service then tells systemd it is ready (the source sets it)."""
+        ...
 
     def read(self) -> bytes: ...
     def frame_ok(self, mode: str) -> None: ...

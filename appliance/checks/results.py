@@ -91,10 +91,10 @@ def _line(measurement: str, tags: dict[str, str], fields: dict[str, FieldValue],
 
 def to_lines(results: list[CheckResult]) -> list[str]:
     """Line protocol with second precision: a ``teleinfo_check`` point per result, plus its own point."""
-    lines = []
+    lines: list[str] = []
     for r in results:
         ts = int(r.at)
-        common = {
+        common: dict[str, FieldValue] = {
             "status": r.status,
             "code": r.code,
             "duration_s": float(r.duration_s),

@@ -71,8 +71,9 @@ class InfluxWriter:
         return True
 
     def _post(self, lines: list[str]) -> None:
-        from influxdb_client import InfluxDBClient, WritePrecision
+        from influxdb_client.client.influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
+        from influxdb_client.domain.write_precision import WritePrecision
 
         token = self.cfg.token.get() if self.cfg.token is not None else ""
         timeout_ms = int(self.cfg.timeout * 1000)
@@ -81,7 +82,7 @@ class InfluxWriter:
             kwargs["ssl_ca_cert"] = self.cfg.ca_file
         with InfluxDBClient(
             url=self.cfg.url.rstrip("/"),
-            token=token or None,
+            token=token,  # "" sends no Authorization header, like None: the client only tests its truth
             org=self.cfg.org or "-",  # InfluxDB 1.8 and 3.x ignore org, but the client insists on one
             timeout=(min(timeout_ms, CONNECT_TIMEOUT_MS), timeout_ms),
             **kwargs,

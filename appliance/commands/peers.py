@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,7 @@ def enroll(args: argparse.Namespace) -> int:
         return FAILED
     name = host_key_name(host, port)
     print(f"{name} host key: {key.get_name()} {fingerprint(key)}")
-    known = hostkeys.lookup(name) or {}
+    known: Mapping[str, paramiko.PKey] = hostkeys.lookup(name) or {}
     if known.get(key.get_name()) == key:
         print(f"already enrolled in {store}")
         return OK

@@ -149,8 +149,9 @@ class InfluxOutput:
     # --- lifecycle -----------------------------------------------------------------------------------------
     def _connect(self) -> None:
         """Create the client (no network traffic)."""
-        from influxdb_client import InfluxDBClient, WritePrecision
+        from influxdb_client.client.influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import WriteOptions, WriteType
+        from influxdb_client.domain.write_precision import WritePrecision
 
         token = self.cfg.token.get() if self.cfg.token is not None else ""
         timeout_ms = int(self.cfg.timeout * 1000)
@@ -165,7 +166,7 @@ class InfluxOutput:
             self._quiet_insecure()
         self._client = InfluxDBClient(
             url=self.url,
-            token=token or None,
+            token=token,  # "" sends no Authorization header, like None: the client only tests its truth
             org=self.cfg.org or "-",  # InfluxDB 1.8 and 3.x ignore org, but the client insists on one
             timeout=(min(timeout_ms, int(CONNECT_TIMEOUT * 1000)), timeout_ms),
             debug=False,
@@ -196,7 +197,8 @@ class InfluxOutput:
         from influxdb_client.service.ping_service import PingService
 
         try:
-            PingService(self._client.api_client).get_ping()
+            # the generated service has no annotations; the client's own ping() would swallow the HTTP status
+            PingService(self._client.api_client).get_ping()  # type: ignore[no-untyped-call]
         except Exception as e:
             status = getattr(e, "status", None)
             self.close()
