@@ -449,8 +449,14 @@ def test_hostile_clients_are_refused_logged_and_confined(
     # a request flood: cut off
     flood = Raw(port)
     assert flood.hello("alice", TOKEN.format("alice"))["ok"] is True
-    for _ in range(200):
-        flood.conn.send({"op": "ping"})
+    sent = 0
+    try:
+        while sent < 200:
+            flood.conn.send({"op": "ping"})
+            sent += 1
+    except (BrokenPipeError, ConnectionResetError):  # the server may cut the flood before the last ping is out
+        pass
+    assert sent > 1
     assert flood.closed()
     assert any("requests a second" in m for m in caplog.messages)
 

@@ -1,1 +1,25 @@
 """One module per ``teleinfo`` subcommand; see :mod:`appliance.cli`."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from appliance.config import Config
+
+
+def load_config_or_report(command: str, config: str | None) -> Config | None:
+    """The configuration a one-shot command runs with, or None after printing every error to stderr.
+
+    Every command resolves the file the same way as ``teleinfo run`` (``--config``, ``$TELEINFO_CONFIG``, the
+    default path, which may be absent) and words a refusal the same way; the caller exits with status 2.
+    """
+    from appliance.config import ConfigError, config_path, load_config
+
+    path, required = config_path(config)
+    try:
+        return load_config(path, required=required)
+    except ConfigError as e:
+        print(f"teleinfo {command}: invalid configuration.\n{e}", file=sys.stderr)
+        return None

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import Any
 
 CHOICES = {"public-ip": ["public_ip"], "ports": ["ports"], "peers": ["peers"], "all": []}
@@ -35,14 +34,13 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from appliance.checks.results import ERROR, CheckResult, exit_status
     from appliance.checks.scheduler import CHECKS, CheckRunner
-    from appliance.config import ConfigError, config_path, load_config
+    from appliance.commands import load_config_or_report
+    from appliance.config import config_path
 
-    path, explicit = config_path(args.config)
-    try:
-        cfg = load_config(path, required=explicit)
-    except ConfigError as e:
-        print(e, file=sys.stderr)
+    cfg = load_config_or_report("check", args.config)
+    if cfg is None:
         return 2
+    path, _ = config_path(args.config)
     runner = CheckRunner(cfg, persist=False)
     names = CHOICES[args.which] or [n for n in CHECKS if runner.configured(n)]
     results: list[CheckResult] = []

@@ -82,13 +82,10 @@ def enroll(args: argparse.Namespace) -> int:
     import paramiko
 
     from appliance.checks.peers import PeerError, fetch_host_key, fingerprint, host_key_name, known_hosts_path
-    from appliance.config import ConfigError, config_path, load_config
+    from appliance.commands import load_config_or_report
 
-    path, explicit = config_path(args.config)
-    try:
-        cfg = load_config(path, required=explicit)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
+    cfg = load_config_or_report("peers enroll", args.config)
+    if cfg is None:
         return FAILED
     named = {p.name: p for p in cfg.checks.peers.hosts}
     if args.peer in named:

@@ -196,16 +196,13 @@ def _target(cfg: InfluxConfig, args: argparse.Namespace) -> InfluxConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from appliance.config import ConfigError, config_path, load_config
+    from appliance.commands import load_config_or_report
     from appliance.journal import JournalError, read_segment
     from appliance.outputs.influx import InfluxError, InfluxOutput
 
     err = sys.stderr
-    try:
-        path, required = config_path(args.config)
-        cfg = load_config(path, required=required)
-    except ConfigError as e:
-        print(f"teleinfo replay: invalid configuration.\n{e}", file=err)
+    cfg = load_config_or_report("replay", args.config)
+    if cfg is None:
         return 2
     if args.url and not args.url.startswith(("http://", "https://")):
         print(f"teleinfo replay: --url must be an http:// or https:// URL (got {args.url!r})", file=err)

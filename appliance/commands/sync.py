@@ -51,18 +51,15 @@ def _address(text: str) -> tuple[str, int]:
 def run(args: argparse.Namespace) -> int:
     import ssl
 
-    from appliance.config import ConfigError, config_path, load_config
+    from appliance.commands import load_config_or_report
     from appliance.journal import journal_directory
     from appliance.logs import setup_logging
     from appliance.sync.client import SyncClient
     from appliance.sync.protocol import ProtocolError, check_name
 
     err = sys.stderr
-    try:
-        path, required = config_path(args.config)
-        cfg = load_config(path, required=required)
-    except ConfigError as e:
-        print(f"teleinfo sync: invalid configuration.\n{e}", file=err)
+    cfg = load_config_or_report("sync", args.config)
+    if cfg is None:
         return 2
     setup_logging(cfg.logging.level)
     s = cfg.sync

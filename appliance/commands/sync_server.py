@@ -33,16 +33,13 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from appliance.config import ConfigError, config_path, load_config
+    from appliance.commands import load_config_or_report
     from appliance.logs import setup_logging
     from appliance.sync.server import SyncServer
 
     err = sys.stderr
-    try:
-        path, required = config_path(args.config)
-        cfg = load_config(path, required=required)
-    except ConfigError as e:
-        print(f"teleinfo sync-server: invalid configuration.\n{e}", file=err)
+    cfg = load_config_or_report("sync-server", args.config)
+    if cfg is None:
         return 2
     setup_logging(cfg.logging.level)
     overrides = {
