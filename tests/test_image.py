@@ -72,12 +72,28 @@ def _require(*tools: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where the images are: TELEINFO_IMAGE_DIR, or a fresh directory image/build fills per architecture."""
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Where the images are: TELEINFO_IMAGE_DIR, or a fresh directory image/build fills (removed afterwards)."""
     if os.geteuid() != 0:
         pytest.skip("image/build needs root (mmdebstrap --mode=root)")
     given = os.environ.get("TELEINFO_IMAGE_DIR")
-    return Path(given) if given else tmp_path_factory.mktemp("images")
+    if given:
+        yield Path(given)
+        return
+    built = tmp_path_factory.mktemp("images")
+    yield built
+    shutil.rmtree(built)  # about 2.5 GB per architecture
+
+
+@pytest.fixture(params=sorted(ARCHES))
+def arch(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def info(arch: str, image_dir: Path) -> dict[str, object]:
+    """The image description image/build wrote (building the image first unless it is there already)."""
+    return _built(image_dir, arch)
 
 
 def _built(image_dir: Path, arch: str) -> dict[str, object]:
@@ -184,7 +200,8 @@ def _children_of(pid: int) -> list[int]:
 
 
 @pytest.fixture
-def servers(tmp_path: Path) -> Iterator[tuple[Mosquitto, VictoriaMetrics]]:
+def servers(info: dict[str, object], tmp_path: Path) -> Iterator[tuple[Mosquitto, VictoriaMetrics]]:
+    """mosquitto and victoria-metrics on 127.0.0.1, started once the image is built (not idle during the build)."""
     _require("mosquitto", "victoria-metrics", "socat", "ssh", "mcopy")
     broker = Mosquitto(tmp_path / "mosquitto").start()
     vm = VictoriaMetrics()
@@ -196,17 +213,16 @@ def servers(tmp_path: Path) -> Iterator[tuple[Mosquitto, VictoriaMetrics]]:
         broker.stop()
 
 
-@pytest.mark.parametrize("arch", sorted(ARCHES))
 def test_image_boots_and_publishes(
     arch: str,
     image_dir: Path,
+    info: dict[str, object],
     servers: tuple[Mosquitto, VictoriaMetrics],
     tmp_path: Path,
     record_property: object,
 ) -> None:
     spec = ARCHES[arch]
     _require(str(spec["qemu"]))
-    info = _built(image_dir, arch)
     broker, vm = servers
     image = image_dir / str(info["image"])
     sizes = {

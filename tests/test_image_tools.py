@@ -40,6 +40,8 @@ def test_build_refuses_without_root_and_says_why() -> None:
         (["--arch", "riscv64"], "--arch must be arm64 or amd64"),
         (["--base", "ubuntu"], "--base must be debian or raspios"),
         (["--frobnicate"], "unknown argument: --frobnicate"),
+        (["--arch", "amd64", "--base", "raspios"], "--base raspios is arm64 only"),
+        (["--arch", "arm64", "--base", "raspios"], "--base raspios needs RASPIOS_MIRROR"),
     ],
 )
 def test_build_rejects_bad_arguments(args: list[str], message: str) -> None:
