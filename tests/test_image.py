@@ -309,6 +309,7 @@ def test_image_boots_and_publishes(
         assert "root file system grown by 256 MiB" in log()
         assert "SSH host keys generated" in log()
         assert "ERROR: locale.timezone 'Mars/Olympus_Mons' is not a time zone" in log()
+        assert "ERROR: locale.timezone 'Mars/Olympus_Mons'" in ssh("journalctl -b -u teleinfo-firstboot --no-pager")
         wait_until(lambda: bool(vm.export()), 60)
 
         state = json.loads(subscriber.messages[0][1])
