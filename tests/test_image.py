@@ -241,7 +241,9 @@ def test_image_boots_and_publishes(
     key = tmp_path / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
     pub = (tmp_path / "id_ed25519.pub").read_text().strip()
-    custom = f'config_version = 1\n[system]\nhostname = "linky-{arch}"\n[ssh]\nauthorized_keys = ["{pub}"]\n'
+    custom = f'config_version = 1\n[system]\nhostname = "linky-{arch}"\n'
+    custom += f'[ssh]\nenabled = true\nauthorized_keys = ["{pub}"]\n'
+    custom += '[wlan]\nssid = "Maison"\npassword = "correct horse"\ncountry = "FR"\n'  # no wlan0 here: written only
     custom += '[locale]\ntimezone = "Mars/Olympus_Mons"\n'  # invalid on purpose: reported, the boot goes on
     _write_boot_file(disk, offset, "custom.toml", custom)
 
@@ -306,6 +308,7 @@ def test_image_boots_and_publishes(
         assert ssh("systemctl is-enabled serial-getty@ttyAMA0.service") == "masked"
         assert {"teleinfo", "dialout"} <= set(ssh("id -nG teleinfo").split())
         assert ssh("command -v nmap ssh") == "/usr/bin/nmap\n/usr/bin/ssh"
+        assert ssh("grep -c 'ssid=\"Maison\"' /etc/wpa_supplicant/wpa_supplicant-wlan0.conf") == "1"
         assert "root file system grown by 256 MiB" in log()
         assert "SSH host keys generated" in log()
         assert "ERROR: locale.timezone 'Mars/Olympus_Mons' is not a time zone" in log()
