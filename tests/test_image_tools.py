@@ -139,3 +139,26 @@ def test_invalid_teleinfo_toml_keeps_the_previous_configuration(
     (tmp_path / "boot" / "teleinfo.toml").write_text('[source]\nkind = "simulator"\n')
     firstboot.teleinfo_config()
     assert target.read_text() == '[source]\nkind = "simulator"\n'
+
+
+def test_image_pins_satisfy_every_runtime_dependency() -> None:
+    """The image installs offline from image/requirements.txt: a dependency added to setup.cfg without a pin
+    there would only fail inside the image build, minutes in; this says so at once."""
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    wanted = [Requirement(r) for r in cfg["options"]["install_requires"].split("\n") if r.strip()]
+    pins: dict[str, str] = {}
+    for line in (REPO / "image" / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            pin = Requirement(line)
+            (spec,) = pin.specifier
+            pins[pin.name.lower().replace("_", "-")] = spec.version
+    for req in wanted:
+        name = req.name.lower().replace("_", "-")
+        assert name in pins, f"{req.name} is in install_requires but not pinned in image/requirements.txt"
+        assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is outside {req.specifier}"
