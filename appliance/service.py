@@ -227,11 +227,13 @@ class Service:
 
     def _start_checks(self) -> None:
         """The self-checks' scheduler thread (appliance.checks.scheduler says why not a systemd timer)."""
-        if self.cfg.checks.enabled:
-            from appliance.checks.scheduler import CheckScheduler
+        if not self.cfg.checks.enabled:
+            self.stats.remove_extra("checks")  # disabled by a reload: the last results would look current
+            return
+        from appliance.checks.scheduler import CheckScheduler
 
-            self.checks = CheckScheduler(self.cfg, self.stats)
-            self.checks.start()
+        self.checks = CheckScheduler(self.cfg, self.stats)
+        self.checks.start()
 
     def _stop_checks(self) -> None:
         if self.checks is not None:

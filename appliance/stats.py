@@ -127,6 +127,11 @@ class Stats:
         with self._lock:
             self._extra[key] = value
 
+    def remove_extra(self, key: str) -> None:
+        """Drop a section whose producer is gone (self-checks disabled by a reload), so no stale result shows."""
+        with self._lock:
+            self._extra.pop(key, None)
+
     # --- readers -----------------------------------------------------------------------------------------
     @property
     def frames(self) -> int:

@@ -470,3 +470,17 @@ def test_mqtt_broker_down_is_counted(tmp_path: Path) -> None:
     assert not publisher.publish("ports", {"status": "ok"})
     assert time.monotonic() - start < 3
     assert publisher.counters() == {"published": 0, "failed": 1, "last_error": "connection refused"}
+
+
+def test_checks_disabled_by_a_reload_leave_no_stale_results() -> None:
+    """/status must not show the last results of checks a reload switched off as if they were current."""
+    from appliance.config import parse_config
+    from appliance.service import Service
+
+    stats = Stats()
+    stats.set_extra("checks", {"public_ip": {"status": "ok"}})
+    assert "checks" in stats.snapshot()
+    service = Service(parse_config("[checks]\nenabled = false\n"), stats=stats)
+    service._start_checks()
+    assert "checks" not in stats.snapshot()
+    assert service.checks is None
