@@ -32,6 +32,7 @@ class OutputStats:
     last_error: str | None = None
     last_sent_at: float | None = None
     since: float = field(default_factory=time.time)
+    details: dict[str, int] = field(default_factory=dict)  # the output's own counters (Output.counters())
 
 
 @dataclass(slots=True)
@@ -180,6 +181,7 @@ class Stats:
                         "last_error": o.last_error,
                         "last_sent_at": o.last_sent_at,
                         "since": o.since,
+                        **({"details": dict(o.details)} if o.details else {}),
                     }
                     for name, o in self._outputs.items()
                 },

@@ -161,3 +161,28 @@ def test_stop_delivers_what_is_queued() -> None:
     w.start()
     w.stop(3)
     assert rec.got == list(range(100))
+
+
+class Counting(Recorder):
+    """An output with counters of its own (as MQTT's reconnects and skipped frames)."""
+
+    def counters(self) -> dict[str, int]:
+        return {"seen": len(self.got)}
+
+
+def test_an_outputs_own_counters_reach_the_snapshot() -> None:
+    stats = Stats()
+    out = Counting()
+    w = OutputWorker(out, stats, queue_size=10)
+    w.start()
+    for i in range(3):
+        w.submit(frame(i))
+    wait_until(lambda: stats.snapshot()["outputs"]["rec"].get("details") == {"seen": 3}, 5)
+    w.stop(2.0)
+    plain = Stats()
+    w2 = OutputWorker(Recorder(), plain, queue_size=10)
+    w2.start()
+    w2.submit(frame(0))
+    wait_until(lambda: plain.snapshot()["outputs"]["rec"]["sent"] == 1, 5)
+    w2.stop(2.0)
+    assert "details" not in plain.snapshot()["outputs"]["rec"]  # outputs without counters add nothing

@@ -36,6 +36,8 @@ class Output(Protocol):
     of them were delivered before the failure.
     Either raises :class:`Rejected` for frames the server refused for their content: they are counted as failed
     and dropped instead of being retried forever.
+    An output may also define ``counters()``, its own counts (reconnects, frames skipped on purpose...), which the
+    worker copies into :class:`~appliance.stats.Stats` (``details``) so /status and ``teleinfo status`` show them.
     """
 
     name: str
@@ -174,10 +176,13 @@ class OutputWorker:
     def _set_state(self, state: str, error: BaseException | None = None) -> None:
         before = self._stats.output(self.name).state
         detail = None if error is None else f"{type(error).__name__}: {error}"
-        if detail is None:  # last_error stays: the last problem seen, refused frames included
-            self._stats.update_output(self.name, state=state)
-        else:
-            self._stats.update_output(self.name, state=state, last_error=detail)
+        changes: dict[str, object] = {"state": state}
+        if detail is not None:  # else last_error stays: the last problem seen, refused frames included
+            changes["last_error"] = detail
+        counters = getattr(self.output, "counters", None)
+        if counters is not None:
+            changes["details"] = counters()
+        self._stats.update_output(self.name, **changes)
         if state == before:
             return
         if state == "failing":

@@ -190,6 +190,10 @@ class InfluxOutput:
             self._insecure_logged = True
             _LOG.warning("InfluxDB %s: the server's TLS certificate is not verified (verify_tls = false)", self.url)
 
+    def counters(self) -> dict[str, int]:
+        """Counts the worker shows in /status: frames the server refused for their content."""
+        return {"rejected": self.rejected}
+
     def open(self) -> None:
         """Check the server answers ``/ping`` (quickly: ``min(timeout, 2 s)`` to connect); raise a clear error."""
         if self._client is None:

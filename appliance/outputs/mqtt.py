@@ -109,6 +109,15 @@ class MqttOutput:
         self.dropped_values = 0  # energy indexes filtered out of states (lower than published, or implausible)
 
     # --- the Output protocol -----------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        """Counts the worker shows in /status: connections, frames skipped on purpose, values filtered out."""
+        return {
+            "connects": self.connects,
+            "connect_failures": self.connect_failures,
+            "skipped": self.skipped,
+            "dropped_values": self.dropped_values,
+        }
+
     def open(self) -> None:
         """Connect, or raise :class:`MqttError` saying why (refused, login refused with its reason, TLS...)."""
         self._ensure_connected()
