@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from .netns import netns, veth_pair  # noqa: F401 - fixtures shared by the tests that need namespaces
+
 REPO = Path(__file__).resolve().parent.parent
 CAPTURES = REPO.parent / "shared" / "captures"
 

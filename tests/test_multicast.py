@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import secrets
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,10 +17,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
@@ -41,6 +39,7 @@ from appliance.simulator.model import PARIS, MeterSimulator
 from appliance.stats import Stats
 from appliance.tic import HISTORIQUE, STANDARD, Decoder, Frame, Kind
 
+from .netns import VethPair
 from .servers import InfluxD, MulticastRelay
 from .util import free_port, wait_until
 
@@ -472,66 +471,6 @@ def test_listen_stops_cleanly_on_ctrl_c() -> None:
     finally:
         p.kill()
     assert not any("Traceback" in line for line in p.err), p.err
-
-
-# --- two network namespaces joined by a veth pair (root) ----------------------------------------------------
-@dataclass
-class VethPair:
-    """Namespaces ``a`` (198.51.100.1 on ``va``) and ``b`` (198.51.100.2 on ``vb``), TEST-NET-2."""
-
-    a: str
-    b: str
-    va: str
-    vb: str
-    addr_a: ClassVar[str] = "198.51.100.1"
-    addr_b: ClassVar[str] = "198.51.100.2"
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-def needs_root_and_ip() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates network namespaces and a veth pair")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2's ip command is not installed (apt-get install -y iproute2)")
-
-
-@pytest.fixture
-def netns() -> Iterator[str]:
-    """One empty namespace with lo up and no route for multicast; deleted afterwards."""
-    needs_root_and_ip()
-    name = f"tmc{os.getpid() % 100000}{secrets.token_hex(3)}"
-    try:
-        _ip("netns", "add", name)
-        _ip("-n", name, "link", "set", "lo", "up")
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=10)
-
-
-@pytest.fixture
-def veth_pair() -> Iterator[VethPair]:
-    needs_root_and_ip()
-    tag = f"{os.getpid() % 100000}{secrets.token_hex(2)}"
-    pair = VethPair(f"tmca{tag}", f"tmcb{tag}", f"va{tag}", f"vb{tag}")  # interface names stay under 16 bytes
-    try:
-        _ip("netns", "add", pair.a)
-        _ip("netns", "add", pair.b)
-        try:
-            _ip("link", "add", pair.va, "netns", pair.a, "type", "veth", "peer", "name", pair.vb, "netns", pair.b)
-        except subprocess.CalledProcessError as e:
-            pytest.skip(f"cannot create a veth pair here: {e.stderr.decode().strip()}")
-        _ip("-n", pair.a, "addr", "add", f"{pair.addr_a}/24", "dev", pair.va)
-        _ip("-n", pair.b, "addr", "add", f"{pair.addr_b}/24", "dev", pair.vb)
-        for ns, dev in ((pair.a, pair.va), (pair.b, pair.vb)):
-            _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("-n", ns, "link", "set", dev, "up")
-        yield pair
-    finally:
-        for ns in (pair.a, pair.b):  # deleting a namespace removes its end of the veth pair
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
 
 
 SENDER = """

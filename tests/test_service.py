@@ -38,10 +38,9 @@ import termios
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import pytest
 
@@ -50,6 +49,7 @@ from appliance.outputs.multicast import JsonReassembler, Point, open_receiver, p
 from appliance.simulator import BAUDRATES, PARIS, MeterSimulator, SimFrame
 from appliance.tic import HISTORIQUE, STANDARD, Kind
 
+from .netns import VethPair
 from .ptyutil import PtyMeter
 from .util import free_port, wait_until
 
@@ -536,47 +536,6 @@ def test_every_frame_reaches_two_receivers_exactly_once(
 
 
 # --- 2. from one network namespace to another ---------------------------------------------------------------
-@dataclass
-class VethPair:
-    """Namespaces ``a`` (198.51.100.1 on ``va``) and ``b`` (198.51.100.2 on ``vb``): TEST-NET-2, our own."""
-
-    a: str
-    b: str
-    va: str
-    vb: str
-    addr_a: ClassVar[str] = "198.51.100.1"
-    addr_b: ClassVar[str] = "198.51.100.2"
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=10)
-
-
-@pytest.fixture
-def veth_pair() -> Iterator[VethPair]:
-    """Two fresh namespaces joined by a veth pair, deleted afterwards (which removes the veth too)."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root: creates network namespaces and a veth pair")
-    if shutil.which("ip") is None:
-        pytest.skip("iproute2's ip command is not installed (apt-get install -y iproute2)")
-    tag = f"{os.getpid() % 100000}{secrets.token_hex(2)}"
-    pair = VethPair(f"tsva{tag}", f"tsvb{tag}", f"sa{tag}", f"sb{tag}")  # interface names stay under 16 bytes
-    try:
-        _ip("netns", "add", pair.a)
-        _ip("netns", "add", pair.b)
-        try:
-            _ip("link", "add", pair.va, "netns", pair.a, "type", "veth", "peer", "name", pair.vb, "netns", pair.b)
-        except subprocess.CalledProcessError as e:
-            pytest.skip(f"cannot create a veth pair here: {e.stderr.decode().strip()}")
-        _ip("-n", pair.a, "addr", "add", f"{pair.addr_a}/24", "dev", pair.va)
-        _ip("-n", pair.b, "addr", "add", f"{pair.addr_b}/24", "dev", pair.vb)
-        for ns, dev in ((pair.a, pair.va), (pair.b, pair.vb)):
-            _ip("-n", ns, "link", "set", "lo", "up")
-            _ip("-n", ns, "link", "set", dev, "up")
-        yield pair
-    finally:
-        for ns in (pair.a, pair.b):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=10)
 
 
 @pytest.mark.root
