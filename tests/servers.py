@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from .util import free_port, wait_until
+from .util import free_port, stop_process, wait_until
 
 __all__ = ["InfluxD", "MulticastRelay", "VictoriaMetrics"]
 
@@ -130,14 +130,7 @@ class InfluxD:
     def stop(self) -> None:
         """Terminate our influxd by its PID (never by name)."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 10)
 
 
 class VictoriaMetrics:
@@ -169,12 +162,16 @@ class VictoriaMetrics:
     def url(self) -> str:
         return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
-    def start(self, tmp_path: Path) -> int:
-        """Start (again, on the same port and data, if it ran before); return the HTTP port."""
+    def start(self, tmp_path: Path | None = None) -> int:
+        """Start (again, on the same port and data, if it ran before); return the HTTP port.
+
+        ``tmp_path`` holds the data and log; a restart may omit it.
+        """
         binary = shutil.which(self.BINARY)
         if binary is None:
             pytest.skip("victoria-metrics not installed (apt-get install -y victoria-metrics)")
         if self.root is None:
+            assert tmp_path is not None, "the first start needs a directory for the data"
             self.root = tmp_path / "victoria-metrics"
             self.root.mkdir(parents=True, exist_ok=True)
             self.log_path = self.root / "vm.log"
@@ -242,14 +239,7 @@ class VictoriaMetrics:
     def stop(self) -> None:
         """Terminate our victoria-metrics by its PID (never by name); its data stays for a restart."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 10)
 
 
 def _igmp_hex(group: str) -> str:
@@ -319,12 +309,6 @@ class MulticastRelay:
         if self._thread is not None:
             self._thread.join(5)
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+        stop_process(proc, 5)
         if proc is not None and proc.stderr is not None:
             proc.stderr.close()

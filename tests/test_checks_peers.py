@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .util import wait_until
+from .util import stop_process, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
@@ -162,12 +162,7 @@ def topo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Topology]:
         yield Topology(peer, target, root, keys / "id_ed25519", keys / "host_ed25519.pub", log)
     finally:
         for proc in procs:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
+            stop_process(proc, 5)
         for ns in (peer, target):
             subprocess.run(["ip", "netns", "del", ns], check=False, capture_output=True)
 

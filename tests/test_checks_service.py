@@ -42,66 +42,15 @@ from appliance.config import (
 from appliance.service import simulated
 from appliance.stats import Stats
 
-from .servers import InfluxD
+from .servers import InfluxD, VictoriaMetrics
 from .test_checks_public_ip import Providers
 from .util import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 
 
-class VM:
-    """victoria-metrics on 127.0.0.1 with a throwaway data directory; stop() then start() is an outage."""
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        binary = shutil.which("victoria-metrics")
-        if binary is None:
-            pytest.skip("victoria-metrics not installed (apt-get install -y victoria-metrics)")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"-storageDataPath={self.root}",
-                f"-httpListenAddr=127.0.0.1:{self.port}",
-                "-selfScrapeInterval=0",
-                "-retentionPeriod=100y",
-                "-loggerLevel=ERROR",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_until(self._ping, timeout=10)
-
-    def _ping(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as r:  # noqa: S310 - http:// on loopback
-                return int(r.status) == 204
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-    def export(self, match: str) -> list[dict[str, Any]]:
-        """Every series matching ``match`` (force-flushed first; ``end`` far ahead, NETWORK.md section 4.1)."""
-        urllib.request.urlopen(f"{self.url}/internal/force_flush", timeout=5).close()  # noqa: S310 - http://
-        data = urllib.parse.urlencode({"match[]": match, "start": "0", "end": str(int(time.time()) + 86400)})
-        with urllib.request.urlopen(f"{self.url}/api/v1/export", data=data.encode(), timeout=5) as r:  # noqa: S310
-            return [json.loads(line) for line in r.read().decode().splitlines() if line.strip()]
+class VM(VictoriaMetrics):
+    """victoria-metrics on 127.0.0.1 (tests/servers.py); stop() then start() is an outage."""
 
     def values(self, match: str) -> dict[tuple[tuple[str, str], ...], list[float]]:
         """``{sorted labels: sorted values}`` of the series matching ``match`` (one second's points: any order)."""
@@ -110,8 +59,8 @@ class VM:
 
 @pytest.fixture
 def vm(tmp_path: Path) -> Iterator[VM]:
-    server = VM(tmp_path / "vm")
-    server.start()
+    server = VM()
+    server.start(tmp_path)
     yield server
     server.stop()
 

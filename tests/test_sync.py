@@ -29,7 +29,7 @@ from appliance.config import SyncServerConfig
 from appliance.sync.protocol import Connection, ProtocolError, check_path
 from appliance.sync.server import SyncServer, load_tokens
 
-from .util import free_port, wait_until
+from .util import free_port, stop_process, wait_until
 
 TOKEN = "tok-{}-0123456789abcdef"
 
@@ -79,14 +79,7 @@ class Proc:
 
     def stop(self) -> None:
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop_process(proc, 5)
 
 
 def tokens_file(path: Path, names: list[str]) -> Path:
