@@ -18,7 +18,6 @@ from appliance.config import InfluxConfig
 __all__ = ["InfluxWriter"]
 
 _LOG = logging.getLogger(__name__)
-CONNECT_TIMEOUT_MS = 2000
 
 
 class InfluxWriter:
@@ -71,22 +70,12 @@ class InfluxWriter:
         return True
 
     def _post(self, lines: list[str]) -> None:
-        from influxdb_client.client.influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import SYNCHRONOUS
         from influxdb_client.domain.write_precision import WritePrecision
 
-        token = self.cfg.token.get() if self.cfg.token is not None else ""
-        timeout_ms = int(self.cfg.timeout * 1000)
-        kwargs: dict[str, Any] = {"verify_ssl": self.cfg.verify_tls, "retries": False, "auth_basic": ":" in token}
-        if self.cfg.ca_file:
-            kwargs["ssl_ca_cert"] = self.cfg.ca_file
-        with InfluxDBClient(
-            url=self.cfg.url.rstrip("/"),
-            token=token,  # "" sends no Authorization header, like None: the client only tests its truth
-            org=self.cfg.org or "-",  # InfluxDB 1.8 and 3.x ignore org, but the client insists on one
-            timeout=(min(timeout_ms, CONNECT_TIMEOUT_MS), timeout_ms),
-            **kwargs,
-        ) as client:
+        from appliance.outputs.influx import make_client
+
+        with make_client(self.cfg) as client:
             client.write_api(write_options=SYNCHRONOUS).write(
                 bucket=self.cfg.bucket,
                 org=self.cfg.org or "-",

@@ -54,7 +54,7 @@ from appliance.lineproto import frame_to_lines
 from appliance.outputs.base import PartialDelivery, Rejected
 from appliance.tic import Frame
 
-__all__ = ["CONNECT_TIMEOUT", "InfluxError", "InfluxOutput", "frame_lines"]
+__all__ = ["CONNECT_TIMEOUT", "InfluxError", "InfluxOutput", "frame_lines", "make_client"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -67,6 +67,30 @@ _DATA_REJECTED: Final = frozenset({400, 413, 422})
 def frame_lines(frame: Frame, measurement: str = "teleinfo") -> list[str]:
     """The line protocol this output writes for ``frame``: one line, whole seconds (``precision=s``)."""
     return frame_to_lines(frame, measurement, "s", max_line=MAX_LINE)
+
+
+def make_client(cfg: InfluxConfig) -> Any:
+    """An influxdb-client set up the one way this project writes to InfluxDB (no network traffic yet).
+
+    One attempt per request (``retries=False``: the caller decides what happens next), a connection attempt bounded
+    by ``min(timeout, 2 s)``, a ``user:password`` token sent as HTTP Basic; the self-checks and the health counters
+    write through the same settings as the frames.
+    """
+    from influxdb_client.client.influxdb_client import InfluxDBClient
+
+    token = cfg.token.get() if cfg.token is not None else ""
+    timeout_ms = int(cfg.timeout * 1000)
+    kwargs: dict[str, Any] = {"verify_ssl": cfg.verify_tls, "retries": False, "auth_basic": ":" in token}
+    if cfg.ca_file:
+        kwargs["ssl_ca_cert"] = cfg.ca_file
+    return InfluxDBClient(
+        url=cfg.url.rstrip("/"),
+        token=token,  # "" sends no Authorization header, like None: the client only tests its truth
+        org=cfg.org or "-",  # InfluxDB 1.8 and 3.x ignore org, but the client insists on one
+        timeout=(min(timeout_ms, int(CONNECT_TIMEOUT * 1000)), timeout_ms),
+        debug=False,
+        **kwargs,
+    )
 
 
 class InfluxError(Exception):
@@ -149,29 +173,12 @@ class InfluxOutput:
     # --- lifecycle -----------------------------------------------------------------------------------------
     def _connect(self) -> None:
         """Create the client (no network traffic)."""
-        from influxdb_client.client.influxdb_client import InfluxDBClient
         from influxdb_client.client.write_api import WriteOptions, WriteType
         from influxdb_client.domain.write_precision import WritePrecision
 
-        token = self.cfg.token.get() if self.cfg.token is not None else ""
-        timeout_ms = int(self.cfg.timeout * 1000)
-        kwargs: dict[str, Any] = {
-            "verify_ssl": self.cfg.verify_tls,
-            "retries": False,  # one attempt per write: the worker and its spool decide what happens next
-            "auth_basic": ":" in token,
-        }
-        if self.cfg.ca_file:
-            kwargs["ssl_ca_cert"] = self.cfg.ca_file
         if not self.cfg.verify_tls and self.url.startswith("https://"):
             self._quiet_insecure()
-        self._client = InfluxDBClient(
-            url=self.url,
-            token=token,  # "" sends no Authorization header, like None: the client only tests its truth
-            org=self.cfg.org or "-",  # InfluxDB 1.8 and 3.x ignore org, but the client insists on one
-            timeout=(min(timeout_ms, int(CONNECT_TIMEOUT * 1000)), timeout_ms),
-            debug=False,
-            **kwargs,
-        )
+        self._client = make_client(self.cfg)
         # SYNCHRONOUS: no background thread, errors raised here; the batching knobs are set anyway so that no
         # code path of the client can ever retry on its own or wait minutes in close().
         options = WriteOptions(write_type=WriteType.synchronous, max_retries=0, max_close_wait=1_000)
