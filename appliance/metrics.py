@@ -25,7 +25,7 @@ from typing import Any, Final
 from appliance.checks.writer import InfluxWriter
 from appliance.config import InfluxConfig
 from appliance.stats import Stats
-from appliance.tic.decode import REJECT_REASONS
+from appliance.tic import REJECT_REASONS
 
 __all__ = ["BACKLOG_LINES", "HealthReporter", "snapshot_lines"]
 

@@ -31,7 +31,7 @@ from appliance.outputs.base import Fanout, OutputWorker
 from appliance.outputs.spool import Spool
 from appliance.stats import Stats
 from appliance.systemd import Notifier
-from appliance.tic import Decoder, Frame
+from appliance.tic import Decoder, Frame, RejectReason
 
 if TYPE_CHECKING:
     from appliance.checks.scheduler import CheckScheduler
@@ -143,7 +143,7 @@ class Service:
         self.source: Source | None = None
         self.fanout: Fanout | None = None
         self.decoder = Decoder(cfg.source.mode)
-        self._last_rejects: Counter[str] = Counter()  # the decoder's counts already added to stats
+        self._last_rejects: Counter[RejectReason] = Counter()  # the decoder's counts already added to stats
         self._reject_epoch = self.decoder.epoch
         self._known_meter: str | None = None
         self.health: HealthServer | None = None
@@ -326,19 +326,17 @@ class Service:
         if self.journal is not None:
             self.journal.append(data, now)
         assert self.source is not None
-        for frame in self.decoder.feed(data):
-            frame.received_at = now
-            if frame.meter is None:
-                frame.known_meter = self._known_meter
-            elif frame.meter != self._known_meter:
-                self._known_meter = frame.meter
-                self.stats.set_extra("meter", frame.meter)  # shown by health answers only if expose_meter
-            good = len(frame.values) + len(frame.timestamps)
-            if good and good >= len(frame.invalid):
+        for decoded in self.decoder.feed(data):
+            meter = decoded.meter
+            if meter is not None and meter != self._known_meter:
+                self._known_meter = meter
+                self.stats.set_extra("meter", meter)  # shown by health answers only if expose_meter
+            frame = decoded.received(now, None if meter is not None else self._known_meter)
+            if frame.verified:
                 self.source.frame_ok(frame.mode)
             else:
                 self.source.frame_bad()
-            self.stats.frame(good)
+            self.stats.frame(len(frame.values) + len(frame.timestamps))
             if frame.meter is not None and self.fanout is not None:
                 self.fanout.submit(frame)
             if self.control is not None:

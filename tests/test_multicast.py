@@ -63,8 +63,7 @@ def sim_frames(n: int = 3, **kw: Any) -> list[Frame]:
     for sf in sim.frames(step=2.0):
         for f in decoder.feed(sf.data):
             date = f.timestamps.get("DATE")
-            f.received_at = (datetime.fromisoformat(date).timestamp() if date else sf.at.timestamp()) + 1.25
-            out.append(f)
+            out.append(f.received((datetime.fromisoformat(date).timestamp() if date else sf.at.timestamp()) + 1.25))
         if len(out) >= n:
             return out[:n]
     raise AssertionError("unreachable")
@@ -483,8 +482,7 @@ out = MulticastOutput(MulticastConfig(group=group, port=int(port), interface=int
 out.open()
 frames = Decoder().feed(open(path, "rb").read())
 for i, frame in enumerate(frames):
-    frame.received_at = float(base) + i
-    out.send(frame)
+    out.send(frame.received(float(base) + i))
 out.close()
 print(len(frames))
 """

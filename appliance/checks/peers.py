@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.checks.ports import MAX_OUTPUT, ScanError, ScanReport, nmap_args, parse_nmap_xml, port_list, scan
 from appliance.checks.results import ERROR, OK, PROBLEM, CheckResult
 from appliance.config import ChecksConfig, Config, PeerConfig
+from appliance.errors import ApplianceError
 
 if TYPE_CHECKING:
     import paramiko
@@ -40,7 +41,7 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 
-class PeerError(Exception):
+class PeerError(ApplianceError):
     """The peer could not be used (unreachable, authentication, timeout, remote nmap failed)."""
 
 

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 
 from appliance.checks.results import ERROR, OK, PROBLEM, CheckResult
 from appliance.config import PortsCheckConfig, PortsTargetConfig
+from appliance.errors import ApplianceError
 
 __all__ = ["ScanError", "ScanReport", "check_target", "nmap_args", "parse_nmap_xml", "port_list", "scan"]
 
 MAX_OUTPUT = 16 * 1024 * 1024  # bytes of XML accepted from a (possibly remote) nmap
 
 
-class ScanError(Exception):
+class ScanError(ApplianceError):
     """The scan could not be done or its output could not be read; the message says why, in one line."""
 
 

@@ -46,8 +46,6 @@ from pathlib import Path
 from typing import Any
 
 CHECKS = ("config", "device", "access", "holders", "console", "boot", "meter", "outputs", "clock", "disk")
-SAMPLE_WINDOWS = {9600: 3.0, 1200: 6.0}  # as the serial source's auto mode: about two frames at each speed
-_BAUD = {"standard": 9600, "historique": 1200}
 _TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
 
 
@@ -350,8 +348,7 @@ def sample(device: str, baud: int, framing: str, mode: str, seconds: float) -> t
             data = port.read(4096)
             nbytes += len(data)
             for frame in decoder.feed(data):
-                good = len(frame.values) + len(frame.timestamps)
-                if good and good >= len(frame.invalid):
+                if frame.verified:
                     verified += 1
                     meter = frame.meter or meter
             if verified >= 2:
@@ -364,15 +361,18 @@ def sample(device: str, baud: int, framing: str, mode: str, seconds: float) -> t
 def check_meter(source: Any, seconds: float | None) -> Iterator[Result]:
     import serial
 
+    from appliance.sources.serial_source import DETECT_WINDOW
+    from appliance.tic import BAUDRATES
+
     modes = ["standard", "historique"]
     if source.mode in modes:  # the configured mode first: usually it is right and the check is shorter
         modes.remove(source.mode)
         modes.insert(0, source.mode)
     total = 0
     for mode in modes:
-        baud = _BAUD[mode]
+        baud = BAUDRATES[mode]
         try:
-            nbytes, verified, meter = sample(source.device, baud, source.framing, mode, seconds or SAMPLE_WINDOWS[baud])
+            nbytes, verified, meter = sample(source.device, baud, source.framing, mode, seconds or DETECT_WINDOW[baud])
         except (serial.SerialException, OSError) as e:
             yield Result("meter", "FAIL", f"cannot open {source.device}: {e}", "see the device checks above")
             return

@@ -168,8 +168,8 @@ def replay(
             done = 0  # not the segment the ledger knew: everything again
         batch: list[Frame] = []
         for i, (t, data) in enumerate(seg.chunks):
-            for frame in decoder.feed(data):
-                frame.received_at = t  # as the service stamped it
+            for decoded in decoder.feed(data):
+                frame = decoded.received(t)  # as the service stamped it
                 if frame.meter is None:
                     continue  # the service only publishes frames that name their meter
                 totals.frames += 1

@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Protocol
 
+from appliance.errors import ApplianceError
 from appliance.outputs.spool import Spool
 from appliance.stats import Stats
 from appliance.tic import Frame
@@ -53,7 +54,7 @@ class Output(Protocol):
         """Release resources; must not raise and must return within a few seconds."""
 
 
-class PartialDelivery(Exception):
+class PartialDelivery(ApplianceError):
     """Raised by ``send_batch`` when only the first ``delivered`` frames went through."""
 
     def __init__(self, delivered: int, cause: BaseException) -> None:
@@ -62,7 +63,7 @@ class PartialDelivery(Exception):
         self.cause = cause
 
 
-class Rejected(Exception):
+class Rejected(ApplianceError):
     """Raised by ``send``/``send_batch`` when the server refused ``count`` frames for their content (HTTP 400 on a
     field type conflict...) and took the others: retrying refused data can never succeed and would block the
     output forever, so the worker counts them as failed and moves on."""

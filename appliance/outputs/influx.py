@@ -50,6 +50,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from appliance.config import InfluxConfig
+from appliance.errors import ApplianceError
 from appliance.lineproto import frame_to_lines
 from appliance.outputs.base import PartialDelivery, Rejected
 from appliance.tic import Frame
@@ -93,7 +94,7 @@ def make_client(cfg: InfluxConfig) -> Any:
     )
 
 
-class InfluxError(Exception):
+class InfluxError(ApplianceError):
     """A write or ping failed for a reason that may go away (server down, token, bucket): retry later.
 
     ``status`` is the HTTP status when the server answered, else None.
@@ -104,7 +105,7 @@ class InfluxError(Exception):
         self.status = status
 
 
-class _DataRejected(Exception):
+class _DataRejected(ApplianceError):
     """The server refused the data itself (400/413/422); internal to the bisection."""
 
     def __init__(self, message: str, status: int) -> None:

@@ -37,6 +37,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from appliance import ha
 from appliance.config import MqttConfig
+from appliance.errors import ApplianceError
 from appliance.outputs.base import PartialDelivery
 from appliance.tic import Frame
 
@@ -46,7 +47,7 @@ _LOG = logging.getLogger(__name__)
 TIMEOUT = 3.0  # seconds: connect, each acknowledgement; the service gives outputs 4 s to stop
 
 
-class MqttError(ConnectionError):
+class MqttError(ApplianceError, ConnectionError):
     """The broker cannot be reached or refused us; the message says why in words a user can act on."""
 
 

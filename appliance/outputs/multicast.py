@@ -185,10 +185,8 @@ class MulticastOutput:
         if self.cfg.format == "json":
             self._seq = (self._seq + 1) % 2**32
             return split_json(frame.to_json(), self.max_datagram, self._seq)
-        if frame.received_at is None:
-            # The reader stamps every frame; a frame without it (a test, a replay) gets "now" rather than
-            # failing, and the shared frame is not mutated because other outputs' threads read it too.
-            frame = dataclasses.replace(frame, received_at=time.time())
+        if frame.received_at is None:  # the reader stamps every frame; one without (a test) is sent as "now"
+            frame = frame.received(time.time(), frame.known_meter)
         lines = frame_to_lines(frame, self.cfg.measurement, self.cfg.precision, max_line=self.max_datagram)
         return pack_datagrams(lines, self.max_datagram)
 
