@@ -72,7 +72,7 @@ def error_reason(exc: BaseException, timeout: float | None = None) -> str:
         if isinstance(e, TimeoutError | socket.timeout) or type(e).__name__ in ("ReadTimeoutError", "ReadTimeout"):
             return "timed out" if timeout is None else f"no answer within {timeout:g} s"
         if isinstance(e, ssl.SSLError):
-            return f"TLS error ({e.reason or e})"
+            return f"TLS error ({e})"
         if isinstance(e, OSError) and e.strerror:
             return e.strerror[0].lower() + e.strerror[1:]
         nxt = getattr(e, "reason", None)

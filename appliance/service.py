@@ -27,8 +27,10 @@ from appliance.console import LiveView
 from appliance.control import ControlServer
 from appliance.health import HealthServer
 from appliance.logs import setup_logging
+from appliance.metrics import BACKLOG_LINES
 from appliance.outputs.base import Fanout, OutputWorker
 from appliance.outputs.spool import Spool
+from appliance.records import CHECK, HEALTH
 from appliance.stats import Stats
 from appliance.systemd import Notifier
 from appliance.tic import Decoder, Frame, RejectReason
@@ -37,7 +39,8 @@ if TYPE_CHECKING:
     from appliance.checks.scheduler import CheckScheduler
     from appliance.gpio import GpioController
     from appliance.journal import Journal
-    from appliance.metrics import HealthReporter
+    from appliance.metrics import HealthSampler
+    from appliance.records import Record
 
 __all__ = ["Service", "Source", "build_source", "build_workers"]
 
@@ -79,11 +82,14 @@ def build_workers(cfg: Config, stats: Stats) -> list[OutputWorker]:
         from appliance.outputs.multicast import MulticastOutput
 
         workers.append(OutputWorker(MulticastOutput(o.multicast), stats, queue_size=o.multicast.queue_size))
+    lanes = {CHECK: cfg.checks.backlog, HEALTH: BACKLOG_LINES}
     if o.mqtt.enabled:
         from appliance.outputs.mqtt import MqttOutput
 
         spool = Spool(spools / "mqtt", max_bytes=int(o.mqtt.spool_max_mb * 1e6))
-        workers.append(OutputWorker(MqttOutput(o.mqtt), stats, queue_size=o.mqtt.queue_size, spool=spool))
+        workers.append(
+            OutputWorker(MqttOutput(o.mqtt), stats, queue_size=o.mqtt.queue_size, spool=spool, lane_sizes=lanes)
+        )
     if o.influxdb.enabled:
         from appliance.outputs.influx import InfluxOutput
 
@@ -95,6 +101,7 @@ def build_workers(cfg: Config, stats: Stats) -> list[OutputWorker]:
                 queue_size=o.influxdb.queue_size,
                 spool=spool,
                 batch_size=o.influxdb.batch_size,
+                lane_sizes=lanes,
             )
         )
     return workers
@@ -150,7 +157,7 @@ class Service:
         self.control: ControlServer | None = None
         self.checks: CheckScheduler | None = None
         self.gpio: GpioController | None = None
-        self.metrics: HealthReporter | None = None  # the counters to InfluxDB (appliance.metrics)
+        self.sampler: HealthSampler | None = None  # the appliance's counters, as records (appliance.metrics)
         self.journal: Journal | None = None
 
     # --- control -----------------------------------------------------------------------------------------
@@ -184,10 +191,16 @@ class Service:
         _LOG.info("outputs: %s", ", ".join(w.name for w in workers) or "none")
         influx = self.cfg.outputs.influxdb
         if influx.enabled and influx.health_interval > 0:
-            from appliance.metrics import HealthReporter
+            from appliance.metrics import HealthSampler
 
-            self.metrics = HealthReporter(influx, self.stats)
-            self.metrics.start()
+            self.sampler = HealthSampler(self.stats, self.publish, influx.health_interval)
+            self.sampler.start()
+
+    def publish(self, record: Record) -> None:
+        """Hand a record (a check run, a health sample...) to the outputs that take its kind (any thread)."""
+        fanout = self.fanout
+        if fanout is not None:
+            fanout.publish(record)
 
     def _start_servers(self) -> None:
         """The health and control sockets; a port already in use is a startup error (raised)."""
@@ -232,7 +245,7 @@ class Service:
             return
         from appliance.checks.scheduler import CheckScheduler
 
-        self.checks = CheckScheduler(self.cfg, self.stats)
+        self.checks = CheckScheduler(self.cfg, self.stats, self.publish)
         self.checks.start()
 
     def _stop_checks(self) -> None:
@@ -266,9 +279,9 @@ class Service:
             self.journal = None
 
     def _stop_outputs(self, timeout: float) -> None:
-        if self.metrics is not None:
-            self.metrics.stop(timeout)
-            self.metrics = None
+        if self.sampler is not None:
+            self.sampler.stop(min(timeout, 1.0))
+            self.sampler = None
         if self.fanout is not None:
             self.fanout.stop(timeout)
             self.fanout = None

@@ -34,7 +34,8 @@ class OutputStats:
     last_error: str | None = None
     last_sent_at: float | None = None
     since: float = field(default_factory=time.time)
-    details: dict[str, int] = field(default_factory=dict)  # the output's own counters (Output.counters())
+    details: dict[str, int] = field(default_factory=dict)  # the output's own counters (CountingOutput)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # per record kind: its lane's counters
 
 
 @dataclass(slots=True)
@@ -186,6 +187,7 @@ class Stats:
                         "last_sent_at": o.last_sent_at,
                         "since": o.since,
                         **({"details": dict(o.details)} if o.details else {}),
+                        **({"records": {k: dict(v) for k, v in o.records.items()}} if o.records else {}),
                     }
                     for name, o in self._outputs.items()
                 },

@@ -592,7 +592,7 @@ def test_service_writes_its_health_counters(tmp_path: Path) -> None:
             wait_until(lambda: vm.export('{__name__="teleinfo_health_output_queued"}'), timeout=15)
         finally:
             service._stop_outputs(2.0)
-        assert service.metrics is None
+        assert service.sampler is None
         samples = {
             (s["metric"]["__name__"], s["metric"].get("reason", s["metric"].get("output", ""))): s["values"][-1]
             for s in vm.export('{__name__=~"teleinfo_health.*"}')

@@ -25,14 +25,13 @@ from typing import Any
 import pytest
 
 from appliance.config import MulticastConfig
-from appliance.lineproto import MAX_DATAGRAM, field_key, frame_time, frame_to_lines
+from appliance.lineproto import MAX_DATAGRAM, field_key, frame_time, frame_to_lines, parse_line
 from appliance.outputs.base import OutputWorker
 from appliance.outputs.multicast import (
     JsonReassembler,
     MulticastOutput,
     merge_json_parts,
     open_receiver,
-    parse_line,
     split_json,
 )
 from appliance.simulator.model import PARIS, MeterSimulator

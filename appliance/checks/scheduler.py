@@ -23,13 +23,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Final
 
-from appliance.checks.mqtt import MqttPublisher
 from appliance.checks.peers import check_peers, known_hosts_path
 from appliance.checks.ports import check_target
 from appliance.checks.public_ip import PublicIpChecker
-from appliance.checks.results import ERROR, STATUS_CODES, CheckResult, to_lines
-from appliance.checks.writer import InfluxWriter
+from appliance.checks.results import ERROR, STATUS_CODES, CheckResult
 from appliance.config import Config
+from appliance.records import CheckRun, Record
+from appliance.runtime import stop_thread
 from appliance.stats import Stats
 
 __all__ = ["CHECKS", "CheckRunner", "CheckScheduler"]
@@ -104,23 +104,31 @@ def _error(name: str, message: str, duration: float = 0.0) -> CheckResult:
 
 
 class CheckScheduler:
-    """The periodic checks of the service: results to InfluxDB, MQTT, ``Stats`` (``checks`` in /status), the log.
+    """The periodic checks of the service: each run to the fan-out as a :class:`~appliance.records.CheckRun`
+    (InfluxDB, MQTT: the outputs that take ``check`` records), to ``Stats`` (``checks`` in /status), to the log.
 
     ::
 
-        scheduler = CheckScheduler(cfg, stats)
+        scheduler = CheckScheduler(cfg, stats, fanout.publish)
         scheduler.start()
         control.register_command("check now", lambda _s, _a: scheduler.check_now())
         scheduler.stop(1.0)
     """
 
-    def __init__(self, cfg: Config, stats: Stats, *, first_delay: float = 10.0) -> None:
-        """``first_delay``: seconds after start before the first checks (the service settles first)."""
+    def __init__(
+        self,
+        cfg: Config,
+        stats: Stats,
+        publish: Callable[[Record], None] | None = None,
+        *,
+        first_delay: float = 10.0,
+    ) -> None:
+        """``publish`` takes each run (the service's ``Fanout.publish``); ``first_delay``: seconds after start
+        before the first checks (the service settles first)."""
         self.cfg = cfg
         self.stats = stats
+        self.publish = publish
         self.runner = CheckRunner(cfg, persist=True)
-        self.writer = InfluxWriter(cfg.outputs.influxdb, cfg.checks.backlog) if cfg.outputs.influxdb.enabled else None
-        self.mqtt = MqttPublisher(cfg.outputs.mqtt) if cfg.outputs.mqtt.enabled else None
         self._first_delay = first_delay
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -149,8 +157,7 @@ class CheckScheduler:
         self._wake.set()
         if self._thread is None:
             return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return stop_thread(self._thread, timeout, "self-check scheduler", _LOG)
 
     def check_now(self) -> str:
         """Run every configured check as soon as possible (the control socket's ``check now``); returns at once."""
@@ -197,14 +204,13 @@ class CheckScheduler:
             self._next[name] = time.monotonic() + self._interval(name)
         self._runs += 1
         worst = max(results, key=lambda r: r.code).status if results else "ok"
-        self._last[name] = {"status": worst, "at": time.time(), "results": [r.to_dict() for r in results]}
+        run = CheckRun(name, worst, time.time(), tuple(results))
+        self._last[name] = run.to_json()
         for r in results:
             log: Callable[..., None] = _LOG.info if r.status == "ok" else _LOG.warning
             log("check %s %s: %s", r.check, r.status, r.message)
-        if self.writer is not None:
-            self.writer.write(to_lines(results))
-        if self.mqtt is not None:
-            self.mqtt.publish(name, self._last[name])
+        if self.publish is not None:
+            self.publish(run)
         self._publish()
 
     def _publish(self) -> None:
@@ -219,8 +225,4 @@ class CheckScheduler:
             "next_in_s": {n: round(max(0.0, t - now), 1) for n, t in self._next.items()},
             "last": dict(self._last),
         }
-        if self.writer is not None:
-            doc["influxdb"] = self.writer.counters()
-        if self.mqtt is not None:
-            doc["mqtt"] = self.mqtt.counters()
         self.stats.set_extra("checks", doc)
