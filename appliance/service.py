@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from appliance.config import Config, ConfigError
 from appliance.console import LiveView
@@ -28,9 +28,11 @@ from appliance.control import ControlServer
 from appliance.health import HealthServer
 from appliance.logs import setup_logging
 from appliance.metrics import BACKLOG_LINES
+from appliance.outputs import enabled_outputs
 from appliance.outputs.base import Fanout, OutputWorker
 from appliance.outputs.spool import Spool
 from appliance.records import CHECK, HEALTH
+from appliance.sources import Source, build_source
 from appliance.stats import Stats
 from appliance.systemd import Notifier
 from appliance.tic import Decoder, Frame, RejectReason
@@ -48,61 +50,17 @@ _LOG = logging.getLogger(__name__)
 STOP_TIMEOUT = 4.0  # seconds the outputs get to deliver what they hold on SIGTERM (systemd waits 90 s; we promise 5)
 
 
-class Source(Protocol):
-    """Where the TIC bytes come from: the serial port or the simulator."""
-
-    @property
-    def first_open(self) -> threading.Event:
-        """Set once the source is first open: the service then tells systemd it is ready (the source sets it)."""
-        ...
-
-    def read(self) -> bytes: ...
-    def frame_ok(self, mode: str) -> None: ...
-    def frame_bad(self) -> None: ...
-    def close(self) -> None: ...
-
-
-def build_source(cfg: Config, stats: Stats, stop: threading.Event) -> Source:
-    """The configured source (imports only what it needs)."""
-    if cfg.source.kind == "simulator":
-        from appliance.sources.simulated import SimulatedSource
-
-        return SimulatedSource(cfg.source.simulator, stats, stop)
-    from appliance.sources.serial_source import SerialSource
-
-    return SerialSource(cfg.source, stats, stop)
-
-
 def build_workers(cfg: Config, stats: Stats) -> list[OutputWorker]:
-    """A worker for every enabled output; durable ones get their spool under the state directory."""
+    """A worker for every enabled output (:data:`appliance.outputs.OUTPUTS`); spools under the state directory."""
     workers: list[OutputWorker] = []
-    o = cfg.outputs
     spools = Path(cfg.state.directory) / "spool"
-    if o.multicast.enabled:
-        from appliance.outputs.multicast import MulticastOutput
-
-        workers.append(OutputWorker(MulticastOutput(o.multicast), stats, queue_size=o.multicast.queue_size))
     lanes = {CHECK: cfg.checks.backlog, HEALTH: BACKLOG_LINES}
-    if o.mqtt.enabled:
-        from appliance.outputs.mqtt import MqttOutput
-
-        spool = Spool(spools / "mqtt", max_bytes=int(o.mqtt.spool_max_mb * 1e6))
+    for plugin, settings in enabled_outputs(cfg):
+        o = plugin.options(settings)
+        spool = None if o.spool_max_bytes is None else Spool(spools / plugin.name, max_bytes=o.spool_max_bytes)
+        output = plugin.build(settings)
         workers.append(
-            OutputWorker(MqttOutput(o.mqtt), stats, queue_size=o.mqtt.queue_size, spool=spool, lane_sizes=lanes)
-        )
-    if o.influxdb.enabled:
-        from appliance.outputs.influx import InfluxOutput
-
-        spool = Spool(spools / "influxdb", max_bytes=int(o.influxdb.spool_max_mb * 1e6))
-        workers.append(
-            OutputWorker(
-                InfluxOutput(o.influxdb),
-                stats,
-                queue_size=o.influxdb.queue_size,
-                spool=spool,
-                batch_size=o.influxdb.batch_size,
-                lane_sizes=lanes,
-            )
+            OutputWorker(output, stats, queue_size=o.queue_size, spool=spool, batch_size=o.batch_size, lane_sizes=lanes)
         )
     return workers
 

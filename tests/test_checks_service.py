@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from appliance.checks import ports as ports_module
 from appliance.checks import scheduler
 from appliance.checks.peers import _compare
 from appliance.checks.ports import ScanReport, check_target
@@ -232,7 +233,7 @@ def test_a_hung_check_is_abandoned_at_the_deadline(
         time.sleep(3)
         raise AssertionError("never reported")
 
-    monkeypatch.setattr(scheduler, "check_target", hang)
+    monkeypatch.setattr(ports_module, "check_target", hang)
     runner = CheckRunner(ports_config(tmp_path, listener, deadline=0.3), persist=False)
     start = time.monotonic()
     (result,) = runner.run("ports")
@@ -247,7 +248,7 @@ def test_a_crashing_check_is_an_error_result(tmp_path: Path, listener: int, monk
     def crash(*_args: object) -> CheckResult:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(scheduler, "check_target", crash)
+    monkeypatch.setattr(ports_module, "check_target", crash)
     (result,) = CheckRunner(ports_config(tmp_path, listener), persist=False).run("ports")
     assert result.status == ERROR
     assert result.message == "crashed: RuntimeError: boom"

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HostKeyRefused",
     "PeerError",
+    "PeersCheck",
     "check_peers",
     "fetch_host_key",
     "fingerprint",
@@ -316,3 +317,13 @@ def check_peers(cfg: ChecksConfig, known_hosts: Path, deadline: float) -> list[C
                 continue
             results.append(_compare(peer, host, here.report, remote, time.monotonic() - start))
     return results
+
+
+class PeersCheck:
+    """The registered ``peers`` check: every peer of ``[checks.peers]`` against every ports target."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def run(self, deadline: float) -> list[CheckResult]:
+        return check_peers(self.cfg.checks, known_hosts_path(self.cfg), deadline)

@@ -20,12 +20,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final
 
-from appliance.checks.peers import check_peers, known_hosts_path
-from appliance.checks.ports import check_target
-from appliance.checks.public_ip import PublicIpChecker
+from appliance.checks import CHECKS as REGISTRY
+from appliance.checks import Check, check_plugin
 from appliance.checks.results import ERROR, STATUS_CODES, CheckResult
 from appliance.config import Config
 from appliance.records import CheckRun, Record
@@ -35,8 +33,8 @@ from appliance.stats import Stats
 __all__ = ["CHECKS", "CheckRunner", "CheckScheduler"]
 
 _LOG = logging.getLogger(__name__)
-#: Every check, in the order they run.
-CHECKS: Final = ("public_ip", "ports", "peers")
+#: Every check's name, in the order they run (the registry: :data:`appliance.checks.CHECKS`).
+CHECKS: Final = tuple(p.name for p in REGISTRY)
 GRACE: Final = 2.0  # seconds past the deadline before a check is abandoned (its own timeouts end it first)
 
 
@@ -47,21 +45,16 @@ class CheckRunner:
         """``persist``: whether the public IP's last address is written to the state directory (the service),
         or only read (one-shot commands)."""
         self.cfg = cfg
-        self.public_ip = PublicIpChecker(cfg.checks.public_ip, Path(cfg.state.directory) / "public_ip", persist=persist)
+        # Built once: a check keeps state between runs (the public IP's backoff and last address).
+        self.checks: dict[str, Check] = {p.name: p.build(cfg, persist) for p in REGISTRY if p.configured(cfg)}
         self._threads: dict[str, threading.Thread] = {}
 
     def configured(self, name: str) -> bool:
         """Whether ``name`` has something to check (providers, targets, peers)."""
-        c = self.cfg.checks
-        return bool({"public_ip": c.public_ip.providers, "ports": c.ports.targets, "peers": c.peers.hosts}[name])
+        return name in self.checks
 
     def _call(self, name: str, deadline: float) -> list[CheckResult]:
-        c = self.cfg.checks
-        if name == "public_ip":
-            return self.public_ip.run(deadline)
-        if name == "ports":
-            return [check_target(c.ports, t, deadline) for t in c.ports.targets]
-        return check_peers(c, known_hosts_path(self.cfg), deadline)
+        return self.checks[name].run(deadline)
 
     def run(self, name: str, stop: threading.Event | None = None) -> list[CheckResult]:
         """Run one check; never raises, never takes much longer than ``checks.deadline``.
@@ -141,7 +134,7 @@ class CheckScheduler:
         self._thread: threading.Thread | None = None
 
     def _interval(self, name: str) -> float:
-        return float(getattr(self.cfg.checks, name).interval)
+        return float(check_plugin(name).section(self.cfg).interval)
 
     def start(self) -> None:
         first = time.monotonic() + self._first_delay

@@ -143,7 +143,7 @@ def _checks(cfg: Any, args: argparse.Namespace) -> Iterator[Result]:
         ("console", lambda: check_console(device, Path("/proc/cmdline")) if serial else iter(())),
         ("boot", lambda: check_boot(device, Path(args.boot)) if serial else iter(())),
         ("meter", lambda: check_meter(cfg.source, args.sample) if present else _skipped("meter", "no device")),
-        ("outputs", lambda: check_outputs(cfg.outputs)),
+        ("outputs", lambda: check_outputs(cfg)),
         ("clock", lambda: check_clock()),
         ("disk", lambda: check_disk(cfg)),
     ]
@@ -408,17 +408,13 @@ def check_meter(source: Any, seconds: float | None) -> Iterator[Result]:
 
 
 # --- outputs -----------------------------------------------------------------------------------------------
-def check_outputs(outputs: Any) -> Iterator[Result]:
-    enabled = False
-    if outputs.multicast.enabled:
-        enabled = True
-        yield check_multicast(outputs.multicast)
-    if outputs.mqtt.enabled:
-        enabled = True
-        yield check_tcp("mqtt", outputs.mqtt.host, outputs.mqtt.port, "outputs.mqtt.host/port; is the broker running?")
-    if outputs.influxdb.enabled:
-        enabled = True
-        yield check_http("influxdb", outputs.influxdb.url.rstrip("/") + "/ping", outputs.influxdb.timeout)
+def check_outputs(cfg: Any) -> Iterator[Result]:
+    """Each enabled output's own check (:data:`appliance.outputs.OUTPUTS`)."""
+    from appliance.outputs import enabled_outputs
+
+    enabled = enabled_outputs(cfg)
+    for plugin, settings in enabled:
+        yield from plugin.diagnose(settings)
     if not enabled:
         yield Result("outputs", "warn", "no output is enabled: frames go nowhere", "enable one in [outputs.*]")
 
@@ -517,8 +513,10 @@ def check_clock(state: int | None = None, now: float | None = None) -> Iterator[
 
 
 def check_disk(cfg: Any) -> Iterator[Result]:
-    o = cfg.outputs
-    need_mb = sum(x.spool_max_mb for x in (o.mqtt, o.influxdb) if x.enabled)
+    from appliance.outputs import enabled_outputs
+
+    spools = (p.options(s).spool_max_bytes for p, s in enabled_outputs(cfg))
+    need_mb = sum(b for b in spools if b is not None) / 1e6
     if not need_mb:
         yield Result("spool disk", "skip", "no durable output enabled (only they spool)")
         return
