@@ -45,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.commands import config_parent
+
 CHECKS = ("config", "device", "access", "holders", "console", "boot", "meter", "outputs", "clock", "disk")
 _TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
 
@@ -60,16 +62,12 @@ class Result:
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "doctor",
+        parents=[config_parent()],
         help="check the serial port, UART, meter, outputs, clock and disk, with the fix for each problem",
         description="Check everything the appliance needs on this machine and explain how to fix each problem: "
         "the serial device and its permissions, the UART and console configuration, which mode and baud rate "
         "the meter answers on (by sampling the port for a few seconds), the configured outputs' servers, the "
         "clock and the disk space for the spool. Exit status 0 when nothing failed.",
-    )
-    p.add_argument(
-        "--config",
-        metavar="PATH",
-        help="configuration file (default: $TELEINFO_CONFIG, else /etc/teleinfo/teleinfo.toml)",
     )
     p.add_argument(
         "--user", default="teleinfo", help="the service's user, whose access is checked (default: %(default)s)"
