@@ -39,6 +39,7 @@ class CheckPlugin:
 
     name: str
     summary: str
+    module: str  # the implementation, imported by ``build`` only (for the docs and the convention test)
     section: Callable[[Config], Any]
     configured: Callable[[Config], bool]
     build: Callable[[Config, bool], Check]
@@ -67,6 +68,7 @@ CHECKS: tuple[CheckPlugin, ...] = (
     CheckPlugin(
         "public_ip",
         "the public IP address in use, from HTTP providers",
+        "appliance.checks.public_ip",
         lambda cfg: cfg.checks.public_ip,
         lambda cfg: bool(cfg.checks.public_ip.providers),
         _public_ip,
@@ -74,6 +76,7 @@ CHECKS: tuple[CheckPlugin, ...] = (
     CheckPlugin(
         "ports",
         "open TCP ports of the targets (nmap), against the expected ones",
+        "appliance.checks.ports",
         lambda cfg: cfg.checks.ports,
         lambda cfg: bool(cfg.checks.ports.targets),
         _ports,
@@ -81,6 +84,7 @@ CHECKS: tuple[CheckPlugin, ...] = (
     CheckPlugin(
         "peers",
         "SSH peers scanning the same targets: ports seen open from one side only",
+        "appliance.checks.peers",
         lambda cfg: cfg.checks.peers,
         lambda cfg: bool(cfg.checks.peers.hosts),
         _peers,

@@ -38,6 +38,7 @@ class OutputPlugin:
 
     name: str
     summary: str
+    module: str  # the implementation, imported by ``build`` only (for the docs and the convention test)
     section: Callable[[Config], Any]
     build: Callable[[Any], Output]
     options: Callable[[Any], WorkerOptions]
@@ -89,6 +90,7 @@ OUTPUTS: tuple[OutputPlugin, ...] = (
     OutputPlugin(
         "multicast",
         "UDP multicast to the LAN: line protocol or JSON, best effort",
+        "appliance.outputs.multicast",
         lambda cfg: cfg.outputs.multicast,
         _multicast,
         lambda s: WorkerOptions(s.queue_size),
@@ -97,6 +99,7 @@ OUTPUTS: tuple[OutputPlugin, ...] = (
     OutputPlugin(
         "mqtt",
         "an MQTT broker: JSON states, Home Assistant discovery, check results; spooled while down",
+        "appliance.outputs.mqtt",
         lambda cfg: cfg.outputs.mqtt,
         _mqtt,
         _spooled,
@@ -105,6 +108,7 @@ OUTPUTS: tuple[OutputPlugin, ...] = (
     OutputPlugin(
         "influxdb",
         "InfluxDB /api/v2/write: frames, check results, health counters; spooled while down",
+        "appliance.outputs.influx",
         lambda cfg: cfg.outputs.influxdb,
         _influxdb,
         lambda s: _spooled(s, s.batch_size),

@@ -52,6 +52,7 @@ class SourcePlugin:
 
     name: str
     summary: str
+    module: str  # the implementation, imported by ``build`` only (for the docs and the convention test)
     build: Callable[[Config, Stats, threading.Event], Source]
 
 
@@ -71,8 +72,12 @@ def _simulator(cfg: Config, stats: Stats, stop: threading.Event) -> Source:
 SOURCES: dict[str, SourcePlugin] = {
     p.name: p
     for p in (
-        SourcePlugin("serial", "a TIC adapter on a serial port or USB ([source])", _serial),
-        SourcePlugin("simulator", "the built-in meter simulator ([source.simulator])", _simulator),
+        SourcePlugin(
+            "serial", "a TIC adapter on a serial port or USB ([source])", "appliance.sources.serial_source", _serial
+        ),
+        SourcePlugin(
+            "simulator", "the built-in meter simulator ([source.simulator])", "appliance.sources.simulated", _simulator
+        ),
     )
 }
 
