@@ -228,15 +228,7 @@ class InfluxOutput:
 
     def deliver(self, units: Sequence[Any]) -> None:
         """Write lines in one request; refused lines are isolated like refused frames (:class:`Rejected`)."""
-        done = [0]
-        try:
-            refused = self._write([str(u).encode() for u in units], done)
-        except InfluxError as e:
-            if done[0]:
-                raise PartialDelivery(done[0], e) from e
-            raise
-        if refused:
-            raise Rejected(refused, f"InfluxDB {self.url} refused {refused} of {len(units)} line(s)")
+        self._write_all([str(u).encode() for u in units], 0, "line(s)")
 
     # --- writing -------------------------------------------------------------------------------------------
     def send(self, frame: Frame) -> None:
@@ -261,6 +253,11 @@ class InfluxOutput:
                 self._note_rejected(1, f"frame not writable: {e}")
                 continue
             bodies.append("\n".join(lines).encode() if lines else b"")
+        self._write_all(bodies, bad, "frame(s)")
+
+    def _write_all(self, bodies: list[bytes | None], bad: int, what: str) -> None:
+        """:meth:`_write`, then the outcome as the worker expects it: :class:`PartialDelivery` when a retryable
+        error cut the bisection short, :class:`Rejected` when some (``bad`` already) were refused."""
         done = [0]
         try:
             bad += self._write(bodies, done)
@@ -269,7 +266,7 @@ class InfluxOutput:
                 raise PartialDelivery(done[0], e) from e
             raise
         if bad:
-            raise Rejected(bad, f"InfluxDB {self.url} refused {bad} of {len(frames)} frame(s)")
+            raise Rejected(bad, f"InfluxDB {self.url} refused {bad} of {len(bodies)} {what}")
 
     def _write(self, bodies: list[bytes | None], done: list[int]) -> int:
         """Write ``bodies`` (one per frame; None: not writable, b"": nothing to write); return how many the
