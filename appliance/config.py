@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from appliance.errors import ApplianceError
+
 __all__ = [
     "DEFAULT_PATH",
     "Config",
@@ -41,7 +43,7 @@ DEFAULT_PATH = Path("/etc/teleinfo/teleinfo.toml")
 ENV_PATH = "TELEINFO_CONFIG"
 
 
-class ConfigError(Exception):
+class ConfigError(ApplianceError):
     """The configuration is invalid; ``errors`` lists every problem with its key path."""
 
     def __init__(self, errors: list[str], source: str = "configuration") -> None:

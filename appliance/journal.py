@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Final
 
 from appliance.config import JournalConfig
+from appliance.errors import ApplianceError
 from appliance.stats import Stats
 
 __all__ = [
@@ -70,7 +71,7 @@ MAX_RECORD: Final = 16 * 1024 * 1024  # a payload longer than this is corruption
 SEGMENT_NAME: Final = re.compile(r"^tic-\d{8}T\d{6}Z-[0-9a-f]{8}-\d{4,}\.gz$")
 
 
-class JournalError(Exception):
+class JournalError(ApplianceError):
     """A segment that is not a journal segment at all (wrong format, no header)."""
 
 

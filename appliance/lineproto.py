@@ -1,4 +1,13 @@
-"""InfluxDB line protocol for decoded frames: the schema of ``docs/DATA_FORMAT.md``, in code.
+"""The InfluxDB line protocol, once: escaping, field values, lines, the parser, and the frames' schema.
+
+Every line the appliance writes (frames, self-check results, its own health counters) is made by
+:func:`encode_line`, so escaping is identical everywhere; :func:`parse_line` reads it back (``teleinfo listen``,
+the tests).  Measurement names, tag keys and tag values have commas, spaces, ``=`` and backslashes escaped, a
+newline written as a space, and are never empty (``-``); string fields have quotes and backslashes escaped;
+integers are written ``123i``, booleans ``true``/``false``, and a non-finite float (which the protocol has no
+way to write) as ``0.0``.
+
+The frames' schema (``docs/DATA_FORMAT.md`` section 2):
 
 One point per frame: measurement ``teleinfo`` (configurable), tags ``meter`` and ``mode``, one field per valid
 label.  Field types never change: a label of integer kind is always an integer field (``123i``), every other
@@ -15,12 +24,29 @@ the reception time.  They are written in the requested precision (``s``, ``ms``,
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
 
 from appliance.tic import HISTORIQUE, STANDARD, Frame, Kind
 
-__all__ = ["PRECISIONS", "field_key", "frame_time", "frame_to_lines", "pack_datagrams"]
+__all__ = [
+    "PRECISIONS",
+    "FieldValue",
+    "Point",
+    "encode_line",
+    "escape_key",
+    "field_key",
+    "field_value",
+    "frame_time",
+    "frame_to_lines",
+    "pack_datagrams",
+    "parse_line",
+]
+
+FieldValue = bool | int | float | str
 
 PRECISIONS: Final = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 MAX_DATAGRAM: Final = 1472  # 1500-byte Ethernet MTU - 20 (IPv4) - 8 (UDP): never fragmented
@@ -58,12 +84,36 @@ def frame_time(frame: Frame) -> int:
     return int(received)
 
 
-def _escape_tag(value: str) -> str:
+def escape_key(value: str) -> str:
+    r"""A measurement name, tag key or tag value, escaped; never empty.
+
+    >>> print(escape_key("a b,c=d"), escape_key(""))
+    a\ b\,c\=d -
+    """
+    value = value.replace("\n", " ") or "-"
     return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
 
 
 def _string_field(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+
+def field_value(value: FieldValue) -> str:
+    """A field value as the line protocol writes it (type by Python type, see the module docstring)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value}i"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "0.0"
+    return _string_field(value)
+
+
+def encode_line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue], ts: int) -> str:
+    """One line: tags sorted by key, fields in their order, ``ts`` in the writer's precision."""
+    tag_text = "".join(f",{escape_key(k)}={escape_key(v)}" for k, v in sorted(tags.items()))
+    field_text = ",".join(f"{escape_key(k)}={field_value(v)}" for k, v in fields.items())
+    return f"{escape_key(measurement)}{tag_text} {field_text} {ts}"
 
 
 def _fields(frame: Frame) -> list[str]:
@@ -94,7 +144,7 @@ def frame_to_lines(
     fields = _fields(frame)
     if not fields:
         return []
-    head = f"{_escape_tag(measurement)},meter={_escape_tag(meter)},mode={frame.mode} "
+    head = f"{escape_key(measurement)},meter={escape_key(meter)},mode={frame.mode} "
     tail = f" {frame_time(frame) * PRECISIONS[precision]}"
     room = max_line - len(head.encode()) - len(tail.encode())
     lines: list[str] = []
@@ -125,3 +175,106 @@ def pack_datagrams(lines: list[str], max_bytes: int = MAX_DATAGRAM) -> list[byte
     if current:
         out.append(current)
     return out
+
+
+# --- parsing -----------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Point:
+    """One parsed line-protocol line."""
+
+    measurement: str
+    tags: dict[str, str]
+    fields: dict[str, int | float | str | bool]
+    time: int | None
+
+    @property
+    def key(self) -> tuple[str, tuple[tuple[str, str], ...], int | None]:
+        """Series and time: lines with the same key are one point (a split frame's lines share it)."""
+        return self.measurement, tuple(sorted(self.tags.items())), self.time
+
+
+def _scan(text: str, start: int, stops: str) -> tuple[str, int]:
+    """Unescaped text from ``start`` up to the first unescaped character of ``stops`` (or the end)."""
+    out = []
+    i = start
+    n = len(text)
+    while i < n:
+        c = text[i]
+        if c == "\\" and i + 1 < n:
+            out.append(text[i + 1])
+            i += 2
+            continue
+        if c in stops:
+            break
+        out.append(c)
+        i += 1
+    return "".join(out), i
+
+
+def _field_value(raw: str) -> int | float | bool:
+    if raw[-1:] in ("i", "u") and raw[:-1].lstrip("-").isdigit():
+        return int(raw[:-1])
+    if raw in ("t", "T", "true", "True", "TRUE"):
+        return True
+    if raw in ("f", "F", "false", "False", "FALSE"):
+        return False
+    return float(raw)
+
+
+def parse_line(line: str) -> Point:
+    """Parse one InfluxDB line-protocol line (escapes, quoted strings with spaces); ValueError if malformed.
+
+    >>> p = parse_line('teleinfo,meter=0123,mode=standard msg1="PAS DE  MESSAGE",east=12i 1700000000')
+    >>> p.tags, p.fields, p.time
+    ({'meter': '0123', 'mode': 'standard'}, {'msg1': 'PAS DE  MESSAGE', 'east': 12}, 1700000000)
+    """
+    measurement, i = _scan(line, 0, ", ")
+    if not measurement:
+        raise ValueError(f"no measurement in {line!r}")
+    tags: dict[str, str] = {}
+    while i < len(line) and line[i] == ",":
+        k, i = _scan(line, i + 1, "=, ")
+        if i >= len(line) or line[i] != "=":
+            raise ValueError(f"bad tag in {line!r}")
+        tags[k], i = _scan(line, i + 1, ", ")
+    if i >= len(line) or line[i] != " ":
+        raise ValueError(f"no fields in {line!r}")
+    fields: dict[str, int | float | str | bool] = {}
+    i += 1
+    while True:
+        k, i = _scan(line, i, "=, ")
+        if not k or i >= len(line) or line[i] != "=":
+            raise ValueError(f"bad field in {line!r}")
+        i += 1
+        if line[i : i + 1] == '"':
+            j = i + 1
+            chars = []
+            while j < len(line) and line[j] != '"':
+                if line[j] == "\\" and j + 1 < len(line) and line[j + 1] in '"\\':
+                    j += 1
+                chars.append(line[j])
+                j += 1
+            if j >= len(line):
+                raise ValueError(f"unterminated string in {line!r}")
+            fields[k] = "".join(chars)
+            i = j + 1
+        else:
+            j = i
+            while j < len(line) and line[j] not in ", ":
+                j += 1
+            try:
+                fields[k] = _field_value(line[i:j])
+            except ValueError:
+                raise ValueError(f"bad value for {k!r} in {line!r}") from None
+            i = j
+        if i < len(line) and line[i] == ",":
+            i += 1
+            continue
+        break
+    rest = line[i:].strip()
+    if not rest:
+        return Point(measurement, tags, fields, None)
+    try:
+        return Point(measurement, tags, fields, int(rest))
+    except ValueError:
+        raise ValueError(f"bad timestamp in {line!r}") from None

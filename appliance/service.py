@@ -20,24 +20,29 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from appliance.config import Config, ConfigError
 from appliance.console import LiveView
 from appliance.control import ControlServer
 from appliance.health import HealthServer
 from appliance.logs import setup_logging
+from appliance.metrics import BACKLOG_LINES
+from appliance.outputs import enabled_outputs
 from appliance.outputs.base import Fanout, OutputWorker
 from appliance.outputs.spool import Spool
+from appliance.records import CHECK, HEALTH
+from appliance.sources import Source, build_source
 from appliance.stats import Stats
 from appliance.systemd import Notifier
-from appliance.tic import Decoder, Frame
+from appliance.tic import Decoder, Frame, RejectReason
 
 if TYPE_CHECKING:
     from appliance.checks.scheduler import CheckScheduler
     from appliance.gpio import GpioController
     from appliance.journal import Journal
-    from appliance.metrics import HealthReporter
+    from appliance.metrics import HealthSampler
+    from appliance.records import Record
 
 __all__ = ["Service", "Source", "build_source", "build_workers"]
 
@@ -45,57 +50,17 @@ _LOG = logging.getLogger(__name__)
 STOP_TIMEOUT = 4.0  # seconds the outputs get to deliver what they hold on SIGTERM (systemd waits 90 s; we promise 5)
 
 
-class Source(Protocol):
-    """Where the TIC bytes come from: the serial port or the simulator."""
-
-    @property
-    def first_open(self) -> threading.Event:
-        """Set once the source is first open: the service then tells systemd it is ready (the source sets it)."""
-        ...
-
-    def read(self) -> bytes: ...
-    def frame_ok(self, mode: str) -> None: ...
-    def frame_bad(self) -> None: ...
-    def close(self) -> None: ...
-
-
-def build_source(cfg: Config, stats: Stats, stop: threading.Event) -> Source:
-    """The configured source (imports only what it needs)."""
-    if cfg.source.kind == "simulator":
-        from appliance.sources.simulated import SimulatedSource
-
-        return SimulatedSource(cfg.source.simulator, stats, stop)
-    from appliance.sources.serial_source import SerialSource
-
-    return SerialSource(cfg.source, stats, stop)
-
-
 def build_workers(cfg: Config, stats: Stats) -> list[OutputWorker]:
-    """A worker for every enabled output; durable ones get their spool under the state directory."""
+    """A worker for every enabled output (:data:`appliance.outputs.OUTPUTS`); spools under the state directory."""
     workers: list[OutputWorker] = []
-    o = cfg.outputs
     spools = Path(cfg.state.directory) / "spool"
-    if o.multicast.enabled:
-        from appliance.outputs.multicast import MulticastOutput
-
-        workers.append(OutputWorker(MulticastOutput(o.multicast), stats, queue_size=o.multicast.queue_size))
-    if o.mqtt.enabled:
-        from appliance.outputs.mqtt import MqttOutput
-
-        spool = Spool(spools / "mqtt", max_bytes=int(o.mqtt.spool_max_mb * 1e6))
-        workers.append(OutputWorker(MqttOutput(o.mqtt), stats, queue_size=o.mqtt.queue_size, spool=spool))
-    if o.influxdb.enabled:
-        from appliance.outputs.influx import InfluxOutput
-
-        spool = Spool(spools / "influxdb", max_bytes=int(o.influxdb.spool_max_mb * 1e6))
+    lanes = {CHECK: cfg.checks.backlog, HEALTH: BACKLOG_LINES}
+    for plugin, settings in enabled_outputs(cfg):
+        o = plugin.options(settings)
+        spool = None if o.spool_max_bytes is None else Spool(spools / plugin.name, max_bytes=o.spool_max_bytes)
+        output = plugin.build(settings)
         workers.append(
-            OutputWorker(
-                InfluxOutput(o.influxdb),
-                stats,
-                queue_size=o.influxdb.queue_size,
-                spool=spool,
-                batch_size=o.influxdb.batch_size,
-            )
+            OutputWorker(output, stats, queue_size=o.queue_size, spool=spool, batch_size=o.batch_size, lane_sizes=lanes)
         )
     return workers
 
@@ -143,14 +108,14 @@ class Service:
         self.source: Source | None = None
         self.fanout: Fanout | None = None
         self.decoder = Decoder(cfg.source.mode)
-        self._last_rejects: Counter[str] = Counter()  # the decoder's counts already added to stats
+        self._last_rejects: Counter[RejectReason] = Counter()  # the decoder's counts already added to stats
         self._reject_epoch = self.decoder.epoch
         self._known_meter: str | None = None
         self.health: HealthServer | None = None
         self.control: ControlServer | None = None
         self.checks: CheckScheduler | None = None
         self.gpio: GpioController | None = None
-        self.metrics: HealthReporter | None = None  # the counters to InfluxDB (appliance.metrics)
+        self.sampler: HealthSampler | None = None  # the appliance's counters, as records (appliance.metrics)
         self.journal: Journal | None = None
 
     # --- control -----------------------------------------------------------------------------------------
@@ -184,10 +149,16 @@ class Service:
         _LOG.info("outputs: %s", ", ".join(w.name for w in workers) or "none")
         influx = self.cfg.outputs.influxdb
         if influx.enabled and influx.health_interval > 0:
-            from appliance.metrics import HealthReporter
+            from appliance.metrics import HealthSampler
 
-            self.metrics = HealthReporter(influx, self.stats)
-            self.metrics.start()
+            self.sampler = HealthSampler(self.stats, self.publish, influx.health_interval)
+            self.sampler.start()
+
+    def publish(self, record: Record) -> None:
+        """Hand a record (a check run, a health sample...) to the outputs that take its kind (any thread)."""
+        fanout = self.fanout
+        if fanout is not None:
+            fanout.publish(record)
 
     def _start_servers(self) -> None:
         """The health and control sockets; a port already in use is a startup error (raised)."""
@@ -232,7 +203,7 @@ class Service:
             return
         from appliance.checks.scheduler import CheckScheduler
 
-        self.checks = CheckScheduler(self.cfg, self.stats)
+        self.checks = CheckScheduler(self.cfg, self.stats, self.publish)
         self.checks.start()
 
     def _stop_checks(self) -> None:
@@ -266,9 +237,9 @@ class Service:
             self.journal = None
 
     def _stop_outputs(self, timeout: float) -> None:
-        if self.metrics is not None:
-            self.metrics.stop(timeout)
-            self.metrics = None
+        if self.sampler is not None:
+            self.sampler.stop(min(timeout, 1.0))
+            self.sampler = None
         if self.fanout is not None:
             self.fanout.stop(timeout)
             self.fanout = None
@@ -326,19 +297,17 @@ class Service:
         if self.journal is not None:
             self.journal.append(data, now)
         assert self.source is not None
-        for frame in self.decoder.feed(data):
-            frame.received_at = now
-            if frame.meter is None:
-                frame.known_meter = self._known_meter
-            elif frame.meter != self._known_meter:
-                self._known_meter = frame.meter
-                self.stats.set_extra("meter", frame.meter)  # shown by health answers only if expose_meter
-            good = len(frame.values) + len(frame.timestamps)
-            if good and good >= len(frame.invalid):
+        for decoded in self.decoder.feed(data):
+            meter = decoded.meter
+            if meter is not None and meter != self._known_meter:
+                self._known_meter = meter
+                self.stats.set_extra("meter", meter)  # shown by health answers only if expose_meter
+            frame = decoded.received(now, None if meter is not None else self._known_meter)
+            if frame.verified:
                 self.source.frame_ok(frame.mode)
             else:
                 self.source.frame_bad()
-            self.stats.frame(good)
+            self.stats.frame(len(frame.values) + len(frame.timestamps))
             if frame.meter is not None and self.fanout is not None:
                 self.fanout.submit(frame)
             if self.control is not None:

@@ -14,6 +14,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.tic import RejectReason
+
 __all__ = ["OutputStats", "Stats"]
 
 
@@ -32,7 +34,8 @@ class OutputStats:
     last_error: str | None = None
     last_sent_at: float | None = None
     since: float = field(default_factory=time.time)
-    details: dict[str, int] = field(default_factory=dict)  # the output's own counters (Output.counters())
+    details: dict[str, int] = field(default_factory=dict)  # the output's own counters (CountingOutput)
+    records: dict[str, dict[str, Any]] = field(default_factory=dict)  # per record kind: its lane's counters
 
 
 @dataclass(slots=True)
@@ -53,7 +56,7 @@ class Stats:
         self.started_at = time.time()
         self._frames = 0
         self._groups = 0
-        self._rejects: Counter[str] = Counter()
+        self._rejects: Counter[str] = Counter()  # RejectReason keys (a str) or plain strings: equal keys
         self._last_frame_wall: float | None = None
         self._last_frame_mono: float | None = None
         self._source = _SourceStats()
@@ -61,7 +64,9 @@ class Stats:
         self._extra: dict[str, Any] = {}
 
     # --- writers -----------------------------------------------------------------------------------------
-    def frame(self, groups: int, rejected: Counter[str] | None = None, now: float | None = None) -> None:
+    def frame(
+        self, groups: int, rejected: Counter[RejectReason] | Counter[str] | None = None, now: float | None = None
+    ) -> None:
         """A frame was decoded (``groups`` valid groups); ``rejected`` are the rejections it added."""
         with self._lock:
             self._frames += 1
@@ -71,7 +76,7 @@ class Stats:
             self._last_frame_wall = time.time() if now is None else now
             self._last_frame_mono = time.monotonic()
 
-    def rejected(self, delta: Counter[str]) -> None:
+    def rejected(self, delta: Counter[RejectReason] | Counter[str]) -> None:
         """Rejections seen outside a decoded frame (interrupted, overflow, empty...)."""
         if delta:
             with self._lock:
@@ -182,6 +187,7 @@ class Stats:
                         "last_sent_at": o.last_sent_at,
                         "since": o.since,
                         **({"details": dict(o.details)} if o.details else {}),
+                        **({"records": {k: dict(v) for k, v in o.records.items()}} if o.records else {}),
                     }
                     for name, o in self._outputs.items()
                 },

@@ -1,8 +1,8 @@
 """Check results in InfluxDB and in the service: the line protocol (documented in docs/DATA_FORMAT.md section 5)
-lands in VictoriaMetrics through influxdb-client and is accepted by influxd 1.6.7's strict parser with stable
-field types; an unreachable server keeps a bounded backlog; a hung or crashing check is abandoned or reported
-without stopping anything; ``teleinfo run`` runs the checks on the control socket's ``check now`` and shows them
-in the health socket's /status, while meter frames keep flowing."""
+lands in VictoriaMetrics through the InfluxDB output's record lane and is accepted by influxd 1.6.7's strict
+parser with stable field types; an unreachable server keeps a bounded backlog; a hung or crashing check is
+abandoned or reported without stopping anything; ``teleinfo run`` runs the checks on the control socket's
+``check now`` and shows them in the health socket's /status, while meter frames keep flowing."""
 
 from __future__ import annotations
 
@@ -22,13 +22,13 @@ from typing import Any
 
 import pytest
 
+from appliance.checks import ports as ports_module
 from appliance.checks import scheduler
 from appliance.checks.peers import _compare
 from appliance.checks.ports import ScanReport, check_target
 from appliance.checks.public_ip import PublicIpChecker
 from appliance.checks.results import ERROR, CheckResult, to_lines
 from appliance.checks.scheduler import CheckRunner, CheckScheduler
-from appliance.checks.writer import InfluxWriter
 from appliance.commands.status import fetch
 from appliance.config import (
     Config,
@@ -39,6 +39,10 @@ from appliance.config import (
     PublicIpCheckConfig,
     parse_config,
 )
+from appliance.outputs.base import Fanout, OutputWorker
+from appliance.outputs.influx import InfluxOutput
+from appliance.outputs.mqtt import MqttOutput
+from appliance.records import CHECK, CheckRun
 from appliance.service import simulated
 from appliance.stats import Stats
 
@@ -98,11 +102,26 @@ def sample_results(providers: Providers, port: int) -> list[CheckResult]:
     return [*ip_ok, *ip_err, ports_ok, ports_err, diff, refused]
 
 
+def lane(stats: Stats, output: str) -> dict[str, Any]:
+    """The counters of an output's lane of check records (``outputs.<name>.records.check`` in /status)."""
+    return dict(stats.snapshot()["outputs"][output].get("records", {}).get(CHECK, {}))
+
+
+def run_of(results: list[CheckResult]) -> CheckRun:
+    return CheckRun("ports", "error", time.time(), tuple(results))
+
+
 def test_results_land_in_victoriametrics(vm: VM, providers: Providers, listener: int) -> None:
     results = sample_results(providers, listener)
-    writer = InfluxWriter(InfluxConfig(url=vm.url, timeout=2.0), backlog=100)
-    assert writer.write(to_lines(results))
-    assert writer.counters() == {
+    stats = Stats()
+    worker = OutputWorker(InfluxOutput(InfluxConfig(url=vm.url, timeout=2.0)), stats, lane_sizes={CHECK: 100})
+    worker.start()
+    try:
+        worker.submit_record(run_of(results))
+        wait_until(lambda: lane(stats, "influxdb").get("written") == len(to_lines(results)), 10)
+    finally:
+        worker.stop(2.0)
+    assert lane(stats, "influxdb") == {
         "written": len(to_lines(results)),
         "failed": 0,
         "dropped": 0,
@@ -125,23 +144,32 @@ def test_results_land_in_victoriametrics(vm: VM, providers: Providers, listener:
 
 
 def test_unreachable_server_keeps_a_bounded_backlog(vm: VM, providers: Providers, listener: int) -> None:
-    lines = to_lines(sample_results(providers, listener))
+    results = sample_results(providers, listener)
+    lines = to_lines(results)
     assert len(lines) == 9
+    assert len(to_lines(results[:3])) == 5  # two runs: 5 lines, then 4
     vm.stop()
-    writer = InfluxWriter(InfluxConfig(url=vm.url, timeout=1.0), backlog=6)
-    start = time.monotonic()
-    assert not writer.write(lines[:5])
-    assert not writer.write(lines[5:])
-    assert time.monotonic() - start < 5
-    c = writer.counters()
-    assert c["failed"] == 9
-    assert c["backlog"] == 6
-    assert c["dropped"] == 3  # the oldest
-    assert c["last_error"] == "connection refused"
-    vm.start()  # same port, same data: the next run writes the backlog first
-    assert writer.write([])
-    assert writer.counters()["written"] == 6
-    assert writer.counters()["backlog"] == 0
+    stats = Stats()
+    out = InfluxOutput(InfluxConfig(url=vm.url, timeout=1.0))
+    worker = OutputWorker(out, stats, lane_sizes={CHECK: 6}, backoff_initial=0.2, backoff_max=0.5)
+    worker.start()
+    try:
+        start = time.monotonic()
+        worker.submit_record(run_of(results[:3]))
+        wait_until(lambda: lane(stats, "influxdb").get("failed") == 5, 5)
+        worker.submit_record(run_of(results[3:]))
+        wait_until(lambda: lane(stats, "influxdb").get("failed") == 9, 5)
+        assert time.monotonic() - start < 5
+        c = lane(stats, "influxdb")
+        assert c["failed"] == 9
+        assert c["backlog"] == 6
+        assert c["dropped"] == 3  # the oldest
+        assert c["last_error"] == "connection refused"
+        vm.start()  # same port, same data: the backlog is written once the server answers
+        wait_until(lambda: lane(stats, "influxdb").get("written") == 6, 10)
+        assert lane(stats, "influxdb")["backlog"] == 0
+    finally:
+        worker.stop(2.0)
     assert len(vm.export('{__name__=~"teleinfo_.*"}')) > 0
 
 
@@ -205,7 +233,7 @@ def test_a_hung_check_is_abandoned_at_the_deadline(
         time.sleep(3)
         raise AssertionError("never reported")
 
-    monkeypatch.setattr(scheduler, "check_target", hang)
+    monkeypatch.setattr(ports_module, "check_target", hang)
     runner = CheckRunner(ports_config(tmp_path, listener, deadline=0.3), persist=False)
     start = time.monotonic()
     (result,) = runner.run("ports")
@@ -220,7 +248,7 @@ def test_a_crashing_check_is_an_error_result(tmp_path: Path, listener: int, monk
     def crash(*_args: object) -> CheckResult:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(scheduler, "check_target", crash)
+    monkeypatch.setattr(ports_module, "check_target", crash)
     (result,) = CheckRunner(ports_config(tmp_path, listener), persist=False).run("ports")
     assert result.status == ERROR
     assert result.message == "crashed: RuntimeError: boom"
@@ -287,6 +315,8 @@ def test_service_runs_checks_on_check_now(vm: VM, providers: Providers, listener
             return up() and status["checks"]["runs"] >= 2
 
         wait_until(checked, timeout=30)
+        written = lambda: status["outputs"]["influxdb"].get("records", {}).get("check", {}).get("written")  # noqa: E731
+        wait_until(lambda: up() and written() == 4, timeout=10)
         frames = status["frames"]
         last = status["checks"]["last"]
         assert last["public_ip"]["status"] == "ok"
@@ -294,7 +324,7 @@ def test_service_runs_checks_on_check_now(vm: VM, providers: Providers, listener
         assert last["ports"]["status"] == "problem"  # the listener's port is open but not expected
         assert last["ports"]["results"][0]["unexpected"] == [listener]
         assert status["checks"]["status"] == "problem"
-        assert status["checks"]["influxdb"]["written"] == 4
+        assert written() == 4
         assert set(status["checks"]["next_in_s"]) == {"public_ip", "ports"}
         codes = vm.values('{__name__="teleinfo_check_code"}')
         assert sorted(dict(k)["check"] for k in codes) == ["ports", "public_ip"]
@@ -394,31 +424,47 @@ def test_scheduler_publishes_latest_results_to_mqtt(broker: int, tmp_path: Path,
         outputs=replace(cfg.outputs, mqtt=replace(cfg.outputs.mqtt, enabled=True, host="127.0.0.1", port=broker)),
     )
     stats = Stats()
-    checks = CheckScheduler(cfg, stats, first_delay=3600)
+    worker = OutputWorker(MqttOutput(cfg.outputs.mqtt), stats, lane_sizes={CHECK: 10})
+    worker.start()
+    checks = CheckScheduler(cfg, stats, Fanout([worker]).publish, first_delay=3600)
     checks.start()
     try:
         assert checks.check_now() == "ok check now: ports started; results in status (checks)"
         wait_until(lambda: stats.snapshot()["checks"]["runs"] == 1, timeout=30)
         doc = stats.snapshot()["checks"]
-        assert doc["mqtt"] == {"published": 1, "failed": 0, "last_error": None}
-        assert "influxdb" not in doc  # not enabled
+        wait_until(lambda: lane(stats, "mqtt").get("written") == 1, timeout=10)
+        assert lane(stats, "mqtt") == {"written": 1, "failed": 0, "dropped": 0, "backlog": 0, "last_error": None}
+        assert "influxdb" not in stats.snapshot()["outputs"]  # not enabled
         message = retained(broker, "teleinfo/checks/ports")
         assert message["status"] == "ok"
         assert message["results"][0]["open"] == [listener]
         assert message == doc["last"]["ports"]
     finally:
         assert checks.stop(2.0)
+        worker.stop(2.0)
 
 
 def test_mqtt_broker_down_is_counted(tmp_path: Path) -> None:
-    from appliance.checks.mqtt import MqttPublisher
     from appliance.config import MqttConfig
 
-    publisher = MqttPublisher(MqttConfig(enabled=True, host="127.0.0.1", port=free_port()), timeout=1.0)
-    start = time.monotonic()
-    assert not publisher.publish("ports", {"status": "ok"})
-    assert time.monotonic() - start < 3
-    assert publisher.counters() == {"published": 0, "failed": 1, "last_error": "connection refused"}
+    stats = Stats()
+    out = MqttOutput(MqttConfig(enabled=True, host="127.0.0.1", port=free_port()), timeout=1.0)
+    worker = OutputWorker(out, stats, lane_sizes={CHECK: 10})
+    worker.start()
+    try:
+        start = time.monotonic()
+        worker.submit_record(CheckRun("ports", "ok", time.time(), ()))
+        wait_until(lambda: lane(stats, "mqtt").get("failed") == 1, timeout=3)
+        assert time.monotonic() - start < 3
+        assert lane(stats, "mqtt") == {
+            "written": 0,
+            "failed": 1,
+            "dropped": 0,
+            "backlog": 1,  # kept for the next attempt (bounded by the lane)
+            "last_error": "connection refused",
+        }
+    finally:
+        worker.stop(1.0)
 
 
 def test_checks_disabled_by_a_reload_leave_no_stale_results() -> None:

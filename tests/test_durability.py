@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance.lineproto import frame_time
+from appliance.lineproto import frame_time, parse_line
 from appliance.outputs.base import OutputWorker
 from appliance.outputs.influx import InfluxOutput
-from appliance.outputs.multicast import open_receiver, parse_line
+from appliance.outputs.multicast import open_receiver
 from appliance.outputs.spool import Spool
 from appliance.stats import Stats
 

@@ -271,8 +271,8 @@ def _meter_lines(week: Week) -> list[str]:
         for _, sim_frame in zip(range(FRAMES), sim.frames(step=STEP), strict=False):
             if GAP[0] <= sim_frame.at < GAP[1]:
                 continue
-            for frame in decoder.feed(sim_frame.data):
-                frame.received_at = sim_frame.at.timestamp()
+            for decoded in decoder.feed(sim_frame.data):
+                frame = decoded.received(sim_frame.at.timestamp())
                 frame_text = frame_lines(frame)
                 lines.extend(frame_text)
                 ts = int(frame_text[0].rsplit(" ", 1)[1])
@@ -592,7 +592,7 @@ def test_service_writes_its_health_counters(tmp_path: Path) -> None:
             wait_until(lambda: vm.export('{__name__="teleinfo_health_output_queued"}'), timeout=15)
         finally:
             service._stop_outputs(2.0)
-        assert service.metrics is None
+        assert service.sampler is None
         samples = {
             (s["metric"]["__name__"], s["metric"].get("reason", s["metric"].get("output", ""))): s["values"][-1]
             for s in vm.export('{__name__=~"teleinfo_health.*"}')

@@ -25,6 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -72,9 +73,7 @@ def sim_frames(
     decoder = Decoder(mode)
     out: list[Frame] = []
     for i, sf in enumerate(itertools.islice(sim.frames(step=1.0), n + 1)):
-        for f in decoder.feed(sf.data):
-            f.received_at = t0.timestamp() + i
-            out.append(f)
+        out.extend(f.received(t0.timestamp() + i) for f in decoder.feed(sf.data))
     return out[:n]
 
 
@@ -105,9 +104,9 @@ def test_lines_are_whole_seconds_from_date_when_sane_else_reception() -> None:
     [line] = frame_lines(f)
     assert line.endswith(f" {int(date)}")  # precision=s: no sub-second digits
     assert line.startswith(f"teleinfo,meter={f.meter},mode=standard ")
-    f.received_at = date + 3600  # the meter's clock is an hour off: not trusted
+    f = replace(f, received_at=date + 3600)  # the meter's clock is an hour off: not trusted
     assert frame_lines(f)[0].endswith(f" {int(date) + 3600}")
-    f.received_at, f.clock_degraded = date + 10.7, True  # degraded clock (lowercase season): reception time
+    f = replace(f, received_at=date + 10.7, clock_degraded=True)  # degraded clock (lowercase season): reception time
     assert frame_lines(f)[0].endswith(f" {int(date) + 10}")
     h = sim_frames(1, "historique")[0]  # no DATE in historique: reception time
     assert h.received_at is not None
@@ -152,8 +151,8 @@ def capture_frames(captures: Path) -> list[Frame]:
     """The real captures' frames (early meters with labels outside the specifications included)."""
     out: list[Frame] = []
     for path in sorted(captures.glob("*.bin")):
-        for f in Decoder("auto").feed(path.read_bytes()):
-            f.received_at = time.time() - 3600  # a capture's DATE is years old: reception time is used
+        for decoded in Decoder("auto").feed(path.read_bytes()):
+            f = decoded.received(time.time() - 3600)  # a capture's DATE is years old: reception time is used
             if f.meter is not None:  # a frame with no known meter is not written
                 out.append(f)
     return out

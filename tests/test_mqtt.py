@@ -53,8 +53,7 @@ def make_frames(n: int, mode: str = "standard", seed: int = 5, start: float = 1_
     it = sim.frames(step=10)
     while len(out) < n:
         for f in dec.feed(next(it).data):
-            f.received_at = start + 10 * len(out)
-            out.append(f)
+            out.append(f.received(start + 10 * len(out)))
     return out[:n]
 
 
@@ -136,8 +135,9 @@ def test_batch_replay_is_ordered(broker: Mosquitto, subscriber: Subscriber) -> N
 
 def test_decreasing_index_and_missing_values(broker: Mosquitto, subscriber: Subscriber) -> None:
     a, b = make_frames(2)
-    b.values["EAST"] = a.values["EAST"] - 1  # a decrease HA would read as a meter reset
-    del b.values["SINSTS"]
+    values = {**b.values, "EAST": a.values["EAST"] - 1}  # a decrease HA would read as a meter reset
+    del values["SINSTS"]
+    b = replace(b, values=values)
     out = MqttOutput(cfg_for(broker))
     try:
         out.send(a)
@@ -153,9 +153,7 @@ def test_decreasing_index_and_missing_values(broker: Mosquitto, subscriber: Subs
 
 
 def test_publish_interval_and_on_change(broker: Mosquitto, subscriber: Subscriber) -> None:
-    frames = make_frames(4)
-    for f, at in zip(frames, (0.0, 0.5, 1.0, 2.5), strict=True):
-        f.received_at = 1000.0 + at
+    frames = [f.received(1000.0 + at) for f, at in zip(make_frames(4), (0.0, 0.5, 1.0, 2.5), strict=True)]
     out = MqttOutput(cfg_for(broker, publish_interval=1.0))
     try:
         for f in frames:

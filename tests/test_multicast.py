@@ -25,14 +25,13 @@ from typing import Any
 import pytest
 
 from appliance.config import MulticastConfig
-from appliance.lineproto import MAX_DATAGRAM, field_key, frame_time, frame_to_lines
+from appliance.lineproto import MAX_DATAGRAM, field_key, frame_time, frame_to_lines, parse_line
 from appliance.outputs.base import OutputWorker
 from appliance.outputs.multicast import (
     JsonReassembler,
     MulticastOutput,
     merge_json_parts,
     open_receiver,
-    parse_line,
     split_json,
 )
 from appliance.simulator.model import PARIS, MeterSimulator
@@ -63,8 +62,7 @@ def sim_frames(n: int = 3, **kw: Any) -> list[Frame]:
     for sf in sim.frames(step=2.0):
         for f in decoder.feed(sf.data):
             date = f.timestamps.get("DATE")
-            f.received_at = (datetime.fromisoformat(date).timestamp() if date else sf.at.timestamp()) + 1.25
-            out.append(f)
+            out.append(f.received((datetime.fromisoformat(date).timestamp() if date else sf.at.timestamp()) + 1.25))
         if len(out) >= n:
             return out[:n]
     raise AssertionError("unreachable")
@@ -483,8 +481,7 @@ out = MulticastOutput(MulticastConfig(group=group, port=int(port), interface=int
 out.open()
 frames = Decoder().feed(open(path, "rb").read())
 for i, frame in enumerate(frames):
-    frame.received_at = float(base) + i
-    out.send(frame)
+    out.send(frame.received(float(base) + i))
 out.close()
 print(len(frames))
 """

@@ -147,8 +147,7 @@ class Reader:
         try:
             while not self._done.is_set():
                 for frame in self.decoder.feed(self.source.read()):
-                    good = len(frame.values) + len(frame.timestamps)
-                    if good and good >= len(frame.invalid):
+                    if frame.verified:
                         self.ok += 1
                         self.source.frame_ok(frame.mode)
                     else:

@@ -45,7 +45,8 @@ from typing import Any, Literal
 import pytest
 
 from appliance.commands.listen import POINT_QUIET
-from appliance.outputs.multicast import JsonReassembler, Point, open_receiver, parse_line
+from appliance.lineproto import Point, parse_line
+from appliance.outputs.multicast import JsonReassembler, open_receiver
 from appliance.simulator import BAUDRATES, PARIS, MeterSimulator, SimFrame
 from appliance.tic import HISTORIQUE, STANDARD, Kind
 

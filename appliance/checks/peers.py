@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from appliance.checks.ports import MAX_OUTPUT, ScanError, ScanReport, nmap_args, parse_nmap_xml, port_list, scan
 from appliance.checks.results import ERROR, OK, PROBLEM, CheckResult
 from appliance.config import ChecksConfig, Config, PeerConfig
+from appliance.errors import ApplianceError
 
 if TYPE_CHECKING:
     import paramiko
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HostKeyRefused",
     "PeerError",
+    "PeersCheck",
     "check_peers",
     "fetch_host_key",
     "fingerprint",
@@ -40,7 +42,7 @@ __all__ = [
 _LOG = logging.getLogger(__name__)
 
 
-class PeerError(Exception):
+class PeerError(ApplianceError):
     """The peer could not be used (unreachable, authentication, timeout, remote nmap failed)."""
 
 
@@ -315,3 +317,13 @@ def check_peers(cfg: ChecksConfig, known_hosts: Path, deadline: float) -> list[C
                 continue
             results.append(_compare(peer, host, here.report, remote, time.monotonic() - start))
     return results
+
+
+class PeersCheck:
+    """The registered ``peers`` check: every peer of ``[checks.peers]`` against every ports target."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+
+    def run(self, deadline: float) -> list[CheckResult]:
+        return check_peers(self.cfg.checks, known_hosts_path(self.cfg), deadline)

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 
 from appliance.checks.results import ERROR, OK, PROBLEM, CheckResult
 from appliance.config import PortsCheckConfig, PortsTargetConfig
+from appliance.errors import ApplianceError
 
-__all__ = ["ScanError", "ScanReport", "check_target", "nmap_args", "parse_nmap_xml", "port_list", "scan"]
+__all__ = ["PortsCheck", "ScanError", "ScanReport", "check_target", "nmap_args", "parse_nmap_xml", "port_list", "scan"]
 
 MAX_OUTPUT = 16 * 1024 * 1024  # bytes of XML accepted from a (possibly remote) nmap
 
 
-class ScanError(Exception):
+class ScanError(ApplianceError):
     """The scan could not be done or its output could not be read; the message says why, in one line."""
 
 
@@ -164,3 +165,13 @@ def check_target(cfg: PortsCheckConfig, target: PortsTargetConfig, deadline: flo
         fields=fields,
         duration_s=time.monotonic() - start,
     )
+
+
+class PortsCheck:
+    """The registered ``ports`` check: every target of ``[checks.ports]``, one result each."""
+
+    def __init__(self, cfg: PortsCheckConfig) -> None:
+        self.cfg = cfg
+
+    def run(self, deadline: float) -> list[CheckResult]:
+        return [check_target(self.cfg, t, deadline) for t in self.cfg.targets]

@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 from appliance import __version__
 from appliance.checks.results import ERROR, OK, CheckResult
 from appliance.config import PublicIpCheckConfig
+from appliance.errors import ApplianceError
 
 __all__ = ["USER_AGENT", "ProviderError", "PublicIpChecker", "ask_provider"]
 
@@ -34,7 +35,7 @@ MAX_ANSWER = 256  # bytes: an address is at most 45 characters; more is a page, 
 MAX_BACKOFF = 86400.0
 
 
-class ProviderError(Exception):
+class ProviderError(ApplianceError):
     """A provider gave no usable answer; ``retry_after`` is set for a 429."""
 
     def __init__(self, message: str, retry_after: float | None = None) -> None:

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from appliance.lineproto import FieldValue, encode_line
+
 __all__ = ["ERROR", "OK", "PROBLEM", "STATUS_CODES", "CheckResult", "exit_status", "to_lines"]
 
 OK: Final = "ok"
@@ -20,8 +22,6 @@ PROBLEM: Final = "problem"
 ERROR: Final = "error"
 #: Exit status of ``teleinfo check`` and the ``code`` field: the worst one wins.
 STATUS_CODES: Final = {OK: 0, PROBLEM: 1, ERROR: 2}
-
-FieldValue = bool | int | float | str
 
 
 @dataclass(slots=True)
@@ -66,29 +66,6 @@ def exit_status(results: list[CheckResult]) -> int:
     return max((r.code for r in results), default=0)
 
 
-def _escape_key(value: str) -> str:
-    """Measurement names, tag keys and tag values: commas, spaces and '=' escaped; never empty."""
-    value = value.replace("\n", " ") or "-"
-    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=").replace(" ", "\\ ")
-
-
-def _field(value: FieldValue) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return f"{value}i"
-    if isinstance(value, float):
-        return repr(value) if value == value and value not in (float("inf"), float("-inf")) else "0.0"
-    text = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
-    return f'"{text}"'
-
-
-def _line(measurement: str, tags: dict[str, str], fields: dict[str, FieldValue], ts: int) -> str:
-    tag_text = "".join(f",{_escape_key(k)}={_escape_key(v)}" for k, v in sorted(tags.items()))
-    field_text = ",".join(f"{_escape_key(k)}={_field(v)}" for k, v in fields.items())
-    return f"{_escape_key(measurement)}{tag_text} {field_text} {ts}"
-
-
 def to_lines(results: list[CheckResult]) -> list[str]:
     """Line protocol with second precision: a ``teleinfo_check`` point per result, plus its own point."""
     lines: list[str] = []
@@ -100,7 +77,7 @@ def to_lines(results: list[CheckResult]) -> list[str]:
             "duration_s": float(r.duration_s),
             "message": r.message,
         }
-        lines.append(_line("teleinfo_check", {"check": r.check, "target": r.target}, common, ts))
+        lines.append(encode_line("teleinfo_check", {"check": r.check, "target": r.target}, common, ts))
         if r.measurement and r.fields:
-            lines.append(_line(f"teleinfo_{r.measurement}", r.tags, r.fields, ts))
+            lines.append(encode_line(f"teleinfo_{r.measurement}", r.tags, r.fields, ts))
     return lines

@@ -20,23 +20,21 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Final
 
-from appliance.checks.mqtt import MqttPublisher
-from appliance.checks.peers import check_peers, known_hosts_path
-from appliance.checks.ports import check_target
-from appliance.checks.public_ip import PublicIpChecker
-from appliance.checks.results import ERROR, STATUS_CODES, CheckResult, to_lines
-from appliance.checks.writer import InfluxWriter
+from appliance.checks import CHECKS as REGISTRY
+from appliance.checks import Check, check_plugin
+from appliance.checks.results import ERROR, STATUS_CODES, CheckResult
 from appliance.config import Config
+from appliance.records import CheckRun, Record
+from appliance.runtime import stop_thread
 from appliance.stats import Stats
 
 __all__ = ["CHECKS", "CheckRunner", "CheckScheduler"]
 
 _LOG = logging.getLogger(__name__)
-#: Every check, in the order they run.
-CHECKS: Final = ("public_ip", "ports", "peers")
+#: Every check's name, in the order they run (the registry: :data:`appliance.checks.CHECKS`).
+CHECKS: Final = tuple(p.name for p in REGISTRY)
 GRACE: Final = 2.0  # seconds past the deadline before a check is abandoned (its own timeouts end it first)
 
 
@@ -47,21 +45,16 @@ class CheckRunner:
         """``persist``: whether the public IP's last address is written to the state directory (the service),
         or only read (one-shot commands)."""
         self.cfg = cfg
-        self.public_ip = PublicIpChecker(cfg.checks.public_ip, Path(cfg.state.directory) / "public_ip", persist=persist)
+        # Built once: a check keeps state between runs (the public IP's backoff and last address).
+        self.checks: dict[str, Check] = {p.name: p.build(cfg, persist) for p in REGISTRY if p.configured(cfg)}
         self._threads: dict[str, threading.Thread] = {}
 
     def configured(self, name: str) -> bool:
         """Whether ``name`` has something to check (providers, targets, peers)."""
-        c = self.cfg.checks
-        return bool({"public_ip": c.public_ip.providers, "ports": c.ports.targets, "peers": c.peers.hosts}[name])
+        return name in self.checks
 
     def _call(self, name: str, deadline: float) -> list[CheckResult]:
-        c = self.cfg.checks
-        if name == "public_ip":
-            return self.public_ip.run(deadline)
-        if name == "ports":
-            return [check_target(c.ports, t, deadline) for t in c.ports.targets]
-        return check_peers(c, known_hosts_path(self.cfg), deadline)
+        return self.checks[name].run(deadline)
 
     def run(self, name: str, stop: threading.Event | None = None) -> list[CheckResult]:
         """Run one check; never raises, never takes much longer than ``checks.deadline``.
@@ -104,23 +97,31 @@ def _error(name: str, message: str, duration: float = 0.0) -> CheckResult:
 
 
 class CheckScheduler:
-    """The periodic checks of the service: results to InfluxDB, MQTT, ``Stats`` (``checks`` in /status), the log.
+    """The periodic checks of the service: each run to the fan-out as a :class:`~appliance.records.CheckRun`
+    (InfluxDB, MQTT: the outputs that take ``check`` records), to ``Stats`` (``checks`` in /status), to the log.
 
     ::
 
-        scheduler = CheckScheduler(cfg, stats)
+        scheduler = CheckScheduler(cfg, stats, fanout.publish)
         scheduler.start()
         control.register_command("check now", lambda _s, _a: scheduler.check_now())
         scheduler.stop(1.0)
     """
 
-    def __init__(self, cfg: Config, stats: Stats, *, first_delay: float = 10.0) -> None:
-        """``first_delay``: seconds after start before the first checks (the service settles first)."""
+    def __init__(
+        self,
+        cfg: Config,
+        stats: Stats,
+        publish: Callable[[Record], None] | None = None,
+        *,
+        first_delay: float = 10.0,
+    ) -> None:
+        """``publish`` takes each run (the service's ``Fanout.publish``); ``first_delay``: seconds after start
+        before the first checks (the service settles first)."""
         self.cfg = cfg
         self.stats = stats
+        self.publish = publish
         self.runner = CheckRunner(cfg, persist=True)
-        self.writer = InfluxWriter(cfg.outputs.influxdb, cfg.checks.backlog) if cfg.outputs.influxdb.enabled else None
-        self.mqtt = MqttPublisher(cfg.outputs.mqtt) if cfg.outputs.mqtt.enabled else None
         self._first_delay = first_delay
         self._stop = threading.Event()
         self._wake = threading.Event()
@@ -133,7 +134,7 @@ class CheckScheduler:
         self._thread: threading.Thread | None = None
 
     def _interval(self, name: str) -> float:
-        return float(getattr(self.cfg.checks, name).interval)
+        return float(check_plugin(name).section(self.cfg).interval)
 
     def start(self) -> None:
         first = time.monotonic() + self._first_delay
@@ -149,8 +150,7 @@ class CheckScheduler:
         self._wake.set()
         if self._thread is None:
             return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
+        return stop_thread(self._thread, timeout, "self-check scheduler", _LOG)
 
     def check_now(self) -> str:
         """Run every configured check as soon as possible (the control socket's ``check now``); returns at once."""
@@ -197,14 +197,13 @@ class CheckScheduler:
             self._next[name] = time.monotonic() + self._interval(name)
         self._runs += 1
         worst = max(results, key=lambda r: r.code).status if results else "ok"
-        self._last[name] = {"status": worst, "at": time.time(), "results": [r.to_dict() for r in results]}
+        run = CheckRun(name, worst, time.time(), tuple(results))
+        self._last[name] = run.to_json()
         for r in results:
             log: Callable[..., None] = _LOG.info if r.status == "ok" else _LOG.warning
             log("check %s %s: %s", r.check, r.status, r.message)
-        if self.writer is not None:
-            self.writer.write(to_lines(results))
-        if self.mqtt is not None:
-            self.mqtt.publish(name, self._last[name])
+        if self.publish is not None:
+            self.publish(run)
         self._publish()
 
     def _publish(self) -> None:
@@ -219,8 +218,4 @@ class CheckScheduler:
             "next_in_s": {n: round(max(0.0, t - now), 1) for n, t in self._next.items()},
             "last": dict(self._last),
         }
-        if self.writer is not None:
-            doc["influxdb"] = self.writer.counters()
-        if self.mqtt is not None:
-            doc["mqtt"] = self.mqtt.counters()
         self.stats.set_extra("checks", doc)

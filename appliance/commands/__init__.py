@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import TYPE_CHECKING
 
@@ -23,3 +24,19 @@ def load_config_or_report(command: str, config: str | None) -> Config | None:
     except ConfigError as e:
         print(f"teleinfo {command}: invalid configuration.\n{e}", file=sys.stderr)
         return None
+
+
+def config_parent(what: str = "") -> argparse.ArgumentParser:
+    """The ``--config`` option every command that reads the configuration shares (pass as ``parents=[...]``).
+
+    ``what`` names the section the command uses, for its help line.
+    """
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--config",
+        metavar="PATH",
+        help="configuration file"
+        + (f" ({what})" if what else "")
+        + " (default: $TELEINFO_CONFIG, else /etc/teleinfo/teleinfo.toml)",
+    )
+    return parent

@@ -6,12 +6,15 @@ import argparse
 import json
 from typing import Any
 
+from appliance.commands import config_parent
+
 CHOICES = {"public-ip": ["public_ip"], "ports": ["ports"], "peers": ["peers"], "all": []}
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "check",
+        parents=[config_parent("[checks]")],
         help="run the network self-checks once (public IP, open ports, SSH peers)",
         description=(
             "Run the self-checks of the [checks] section now and print what they found. Exit status 0 when every "
@@ -23,11 +26,6 @@ def register(sub: Any) -> None:
     )
     p.add_argument("which", nargs="?", choices=list(CHOICES), default="all", help="which check (default: all)")
     p.add_argument("--format", choices=["table", "json"], default="table", help="output format (default: table)")
-    p.add_argument(
-        "--config",
-        metavar="PATH",
-        help="configuration file (default: $TELEINFO_CONFIG, else /etc/teleinfo/teleinfo.toml)",
-    )
     p.set_defaults(func=run)
 
 

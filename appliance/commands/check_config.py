@@ -6,18 +6,16 @@ import argparse
 import sys
 from typing import Any
 
+from appliance.commands import config_parent
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "check-config",
+        parents=[config_parent()],
         help="validate the configuration file",
         description="Validate the configuration exactly as 'teleinfo run' does, and list every problem with its "
         "key path. Exit status 0 when valid, 2 when not.",
-    )
-    p.add_argument(
-        "--config",
-        metavar="PATH",
-        help="configuration file (default: $TELEINFO_CONFIG, else /etc/teleinfo/teleinfo.toml)",
     )
     p.set_defaults(func=check)
     e = sub.add_parser(

@@ -45,9 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from appliance.commands import config_parent
+
 CHECKS = ("config", "device", "access", "holders", "console", "boot", "meter", "outputs", "clock", "disk")
-SAMPLE_WINDOWS = {9600: 3.0, 1200: 6.0}  # as the serial source's auto mode: about two frames at each speed
-_BAUD = {"standard": 9600, "historique": 1200}
 _TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
 
 
@@ -62,16 +62,12 @@ class Result:
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "doctor",
+        parents=[config_parent()],
         help="check the serial port, UART, meter, outputs, clock and disk, with the fix for each problem",
         description="Check everything the appliance needs on this machine and explain how to fix each problem: "
         "the serial device and its permissions, the UART and console configuration, which mode and baud rate "
         "the meter answers on (by sampling the port for a few seconds), the configured outputs' servers, the "
         "clock and the disk space for the spool. Exit status 0 when nothing failed.",
-    )
-    p.add_argument(
-        "--config",
-        metavar="PATH",
-        help="configuration file (default: $TELEINFO_CONFIG, else /etc/teleinfo/teleinfo.toml)",
     )
     p.add_argument(
         "--user", default="teleinfo", help="the service's user, whose access is checked (default: %(default)s)"
@@ -145,7 +141,7 @@ def _checks(cfg: Any, args: argparse.Namespace) -> Iterator[Result]:
         ("console", lambda: check_console(device, Path("/proc/cmdline")) if serial else iter(())),
         ("boot", lambda: check_boot(device, Path(args.boot)) if serial else iter(())),
         ("meter", lambda: check_meter(cfg.source, args.sample) if present else _skipped("meter", "no device")),
-        ("outputs", lambda: check_outputs(cfg.outputs)),
+        ("outputs", lambda: check_outputs(cfg)),
         ("clock", lambda: check_clock()),
         ("disk", lambda: check_disk(cfg)),
     ]
@@ -350,8 +346,7 @@ def sample(device: str, baud: int, framing: str, mode: str, seconds: float) -> t
             data = port.read(4096)
             nbytes += len(data)
             for frame in decoder.feed(data):
-                good = len(frame.values) + len(frame.timestamps)
-                if good and good >= len(frame.invalid):
+                if frame.verified:
                     verified += 1
                     meter = frame.meter or meter
             if verified >= 2:
@@ -364,15 +359,18 @@ def sample(device: str, baud: int, framing: str, mode: str, seconds: float) -> t
 def check_meter(source: Any, seconds: float | None) -> Iterator[Result]:
     import serial
 
+    from appliance.sources.serial_source import DETECT_WINDOW
+    from appliance.tic import BAUDRATES
+
     modes = ["standard", "historique"]
     if source.mode in modes:  # the configured mode first: usually it is right and the check is shorter
         modes.remove(source.mode)
         modes.insert(0, source.mode)
     total = 0
     for mode in modes:
-        baud = _BAUD[mode]
+        baud = BAUDRATES[mode]
         try:
-            nbytes, verified, meter = sample(source.device, baud, source.framing, mode, seconds or SAMPLE_WINDOWS[baud])
+            nbytes, verified, meter = sample(source.device, baud, source.framing, mode, seconds or DETECT_WINDOW[baud])
         except (serial.SerialException, OSError) as e:
             yield Result("meter", "FAIL", f"cannot open {source.device}: {e}", "see the device checks above")
             return
@@ -408,17 +406,13 @@ def check_meter(source: Any, seconds: float | None) -> Iterator[Result]:
 
 
 # --- outputs -----------------------------------------------------------------------------------------------
-def check_outputs(outputs: Any) -> Iterator[Result]:
-    enabled = False
-    if outputs.multicast.enabled:
-        enabled = True
-        yield check_multicast(outputs.multicast)
-    if outputs.mqtt.enabled:
-        enabled = True
-        yield check_tcp("mqtt", outputs.mqtt.host, outputs.mqtt.port, "outputs.mqtt.host/port; is the broker running?")
-    if outputs.influxdb.enabled:
-        enabled = True
-        yield check_http("influxdb", outputs.influxdb.url.rstrip("/") + "/ping", outputs.influxdb.timeout)
+def check_outputs(cfg: Any) -> Iterator[Result]:
+    """Each enabled output's own check (:data:`appliance.outputs.OUTPUTS`)."""
+    from appliance.outputs import enabled_outputs
+
+    enabled = enabled_outputs(cfg)
+    for plugin, settings in enabled:
+        yield from plugin.diagnose(settings)
     if not enabled:
         yield Result("outputs", "warn", "no output is enabled: frames go nowhere", "enable one in [outputs.*]")
 
@@ -517,8 +511,10 @@ def check_clock(state: int | None = None, now: float | None = None) -> Iterator[
 
 
 def check_disk(cfg: Any) -> Iterator[Result]:
-    o = cfg.outputs
-    need_mb = sum(x.spool_max_mb for x in (o.mqtt, o.influxdb) if x.enabled)
+    from appliance.outputs import enabled_outputs
+
+    spools = (p.options(s).spool_max_bytes for p, s in enabled_outputs(cfg))
+    need_mb = sum(b for b in spools if b is not None) / 1e6
     if not need_mb:
         yield Result("spool disk", "skip", "no durable output enabled (only they spool)")
         return

@@ -19,7 +19,8 @@ from datetime import datetime
 from typing import IO, TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
-    from appliance.outputs.multicast import JsonReassembler, Point
+    from appliance.lineproto import Point
+    from appliance.outputs.multicast import JsonReassembler
 
 #: A split frame's datagrams leave back to back; this much silence means its point is complete.
 POINT_QUIET: Final = 0.2
@@ -150,7 +151,7 @@ class _Printer:
         self.frames += len(frames)
 
     def _influx(self, data: bytes, source: Any) -> None:
-        from appliance.outputs.multicast import Point, parse_line
+        from appliance.lineproto import Point, parse_line
 
         try:
             text = data.decode("utf-8")

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from appliance.commands import config_parent
+
 OK, REFUSED, FAILED = 0, 1, 2
 
 
@@ -28,6 +30,7 @@ def register(sub: Any) -> None:
     psub = p.add_subparsers(title="actions", metavar="ACTION", required=True)
     e = psub.add_parser(
         "enroll",
+        parents=[config_parent("[checks.peers]")],
         help="show a peer's host key fingerprint and record it after confirmation",
         description=(
             "Connect to HOST[:PORT] (or the configured peer of that name), show its SSH host key fingerprint and "
@@ -42,11 +45,6 @@ def register(sub: Any) -> None:
     e.add_argument("--yes", action="store_true", help="record without asking (scripts)")
     e.add_argument("--replace", action="store_true", help="replace a different key already recorded")
     e.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to connect (default: 10)")
-    e.add_argument(
-        "--config",
-        metavar="PATH",
-        help="configuration file (default: $TELEINFO_CONFIG, else /etc/teleinfo/teleinfo.toml)",
-    )
     e.set_defaults(func=enroll)
 
 

@@ -27,6 +27,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from appliance.commands import config_parent
+
 if TYPE_CHECKING:
     from appliance.config import InfluxConfig
     from appliance.journal import Segment
@@ -39,6 +41,7 @@ RETRIES: Final = 4  # attempts per batch before giving up (1, 2, 4 s apart): a s
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "replay",
+        parents=[config_parent("its [outputs.influxdb] is the target")],
         help="backfill InfluxDB from raw journal segments, with their original times",
         description=(
             "Decode raw journal segments (files, or directories holding them) and write their frames to the "
@@ -48,7 +51,6 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("segments", nargs="+", metavar="SEGMENT", help="segment file, or directory of segments")
-    p.add_argument("--config", metavar="PATH", help="configuration file (its [outputs.influxdb] is the target)")
     p.add_argument("--url", help="InfluxDB URL (default: outputs.influxdb.url)")
     p.add_argument("--bucket", help="bucket or database/retention-policy (default: outputs.influxdb.bucket)")
     p.add_argument("--mode", choices=("auto", "historique", "standard"), help="decoder mode (default: as recorded)")
@@ -168,8 +170,8 @@ def replay(
             done = 0  # not the segment the ledger knew: everything again
         batch: list[Frame] = []
         for i, (t, data) in enumerate(seg.chunks):
-            for frame in decoder.feed(data):
-                frame.received_at = t  # as the service stamped it
+            for decoded in decoder.feed(data):
+                frame = decoded.received(t)  # as the service stamped it
                 if frame.meter is None:
                     continue  # the service only publishes frames that name their meter
                 totals.frames += 1

@@ -8,12 +8,14 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+from appliance.commands import config_parent
 from appliance.config import Config
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "run",
+        parents=[config_parent()],
         help="run the service: read the meter, publish every frame",
         description=(
             "Read the meter (or the built-in simulator), decode every frame and publish it to the enabled "
@@ -21,11 +23,6 @@ def register(sub: Any) -> None:
             "journal and speaks the sd_notify protocol (READY, WATCHDOG, STATUS). SIGHUP reloads the "
             "configuration; SIGTERM or Ctrl-C stops cleanly."
         ),
-    )
-    p.add_argument(
-        "--config",
-        metavar="PATH",
-        help="configuration file (default: $TELEINFO_CONFIG, else /etc/teleinfo/teleinfo.toml)",
     )
     g = p.add_argument_group("simulator", "run on the built-in meter simulator: no hardware, no server needed")
     g.add_argument(

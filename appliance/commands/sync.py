@@ -19,10 +19,13 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from appliance.commands import config_parent
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "sync",
+        parents=[config_parent("[sync] section")],
         help="mirror a directory (the raw journal) to a sync-server, live (inotify)",
         description=(
             "Send the directory's changes (creations, writes, renames, deletions) to a teleinfo sync-server as "
@@ -31,7 +34,6 @@ def register(sub: Any) -> None:
             "configuration or refused token."
         ),
     )
-    p.add_argument("--config", metavar="PATH", help="configuration file ([sync] section)")
     p.add_argument("--server", metavar="HOST:PORT", help="the sync-server (default: sync.address)")
     p.add_argument("--name", help="this client's name on the server (default: sync.name, else the host name)")
     p.add_argument("--token-file", metavar="PATH", help="file holding the token (default: sync.token)")

@@ -13,10 +13,13 @@ import threading
 from dataclasses import replace
 from typing import Any
 
+from appliance.commands import config_parent
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "sync-server",
+        parents=[config_parent("[sync.server] section")],
         help="receive the directories of teleinfo sync clients",
         description=(
             "Store each client's tree under <root>/<client name>/, for clients that log in with their token "
@@ -24,7 +27,6 @@ def register(sub: Any) -> None:
             "configuration or port unavailable."
         ),
     )
-    p.add_argument("--config", metavar="PATH", help="configuration file ([sync.server] section)")
     p.add_argument("--bind", help="address to listen on (default: sync.server.bind)")
     p.add_argument("--port", type=int, help="TCP port (default: sync.server.port; 0: any free port)")
     p.add_argument("--root", metavar="DIR", help="where the trees are stored (default: sync.server.root)")

@@ -146,8 +146,7 @@ class GpioController:
     # --- frames ------------------------------------------------------------------------------------------
     def on_frame(self, frame: Frame) -> None:
         """Frame listener (reader thread): the rules see every frame, the LED flashes for a valid one."""
-        good = len(frame.values) + len(frame.timestamps)
-        valid = bool(good) and good >= len(frame.invalid)
+        valid = frame.verified
         with self._lock:
             if self._closed:
                 return

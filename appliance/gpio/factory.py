@@ -11,6 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from appliance.errors import ApplianceError
+
 __all__ = ["GpioError", "factory_name", "make_factory"]
 
 MODEL_PATH = Path("/proc/device-tree/model")
@@ -23,7 +25,7 @@ _ENTRY_POINTS = {
 }
 
 
-class GpioError(Exception):
+class GpioError(ApplianceError):
     """GPIO cannot be used as configured; the message says why and what to do."""
 
 

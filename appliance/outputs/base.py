@@ -5,9 +5,16 @@ only appends to the queues, so an output that blocks, fails or dies never delays
 When a queue is full the oldest frame is dropped and counted.  A failing output is retried with capped
 exponential backoff, and its state changes are logged once, not once per frame.
 
-An output implements :class:`Output`: ``open``/``send``/``close``, raising on failure.  ``durable`` outputs
-(MQTT, InfluxDB) keep a frame that failed and retry it; best-effort ones (UDP multicast) count it as failed and
-move on, since a datagram that could not leave now is worthless later.
+An output implements :class:`Output`: ``open``/``send``/``close``, raising on failure.  Optional abilities are
+named protocols the worker checks once, when it is built: :class:`BatchOutput` (several frames per call),
+:class:`CountingOutput` (its own counters in ``/status``) and :class:`RecordOutput` (record kinds other than
+frames: self-check runs, health samples; :mod:`appliance.records`).  ``durable`` outputs (MQTT, InfluxDB) keep a
+frame that failed and retry it; best-effort ones (UDP multicast) count it as failed and move on, since a
+datagram that could not leave now is worthless later.
+
+Records other than frames are serialised by the output when they are submitted, kept in a small bounded lane per
+kind (never spooled: the oldest are dropped and counted beyond it) and sent before any frame, so telemetry never
+waits behind an hour of spooled frames.
 """
 
 from __future__ import annotations
@@ -17,28 +24,36 @@ import itertools
 import logging
 import threading
 import time
-from typing import Protocol
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
+from appliance.errors import ApplianceError, error_reason
 from appliance.outputs.spool import Spool
+from appliance.records import Record
+from appliance.runtime import Backoff
 from appliance.stats import Stats
 from appliance.tic import Frame
 
-__all__ = ["Fanout", "Output", "OutputWorker", "PartialDelivery", "Rejected"]
+__all__ = [
+    "DEFAULT_LANE_SIZE",
+    "BatchOutput",
+    "CountingOutput",
+    "Fanout",
+    "Output",
+    "OutputWorker",
+    "PartialDelivery",
+    "RecordOutput",
+    "Rejected",
+]
 
 _LOG = logging.getLogger(__name__)
+DEFAULT_LANE_SIZE = 1000  # serialised units (lines, messages) of one record kind kept while an output is down
 
 
+@runtime_checkable
 class Output(Protocol):
-    """What an output module provides (see ``appliance/outputs/*.py``).
-
-    A durable output may also define ``send_batch(frames)``, used to replay the spool and to catch up when
-    several frames are queued: it delivers the frames in order or raises; :class:`PartialDelivery` says how many
-    of them were delivered before the failure.
-    Either raises :class:`Rejected` for frames the server refused for their content: they are counted as failed
-    and dropped instead of being retried forever.
-    An output may also define ``counters()``, its own counts (reconnects, frames skipped on purpose...), which the
-    worker copies into :class:`~appliance.stats.Stats` (``details``) so /status and ``teleinfo status`` show them.
-    """
+    """What every output provides (``appliance/outputs/<name>/``); the worker owns queueing and retries."""
 
     name: str
     durable: bool
@@ -47,13 +62,46 @@ class Output(Protocol):
         """Connect; raise on failure (the worker retries with backoff)."""
 
     def send(self, frame: Frame) -> None:
-        """Deliver one frame; raise on failure."""
+        """Deliver one frame; raise on failure, :class:`Rejected` for a frame the server refused for its content."""
 
     def close(self) -> None:
         """Release resources; must not raise and must return within a few seconds."""
 
 
-class PartialDelivery(Exception):
+@runtime_checkable
+class BatchOutput(Output, Protocol):
+    """An output that delivers several frames per call: the spool's replay, and catching up on a backlog."""
+
+    def send_batch(self, frames: Sequence[Frame]) -> None:
+        """Deliver ``frames`` in order or raise; :class:`PartialDelivery` says how many went through first."""
+
+
+@runtime_checkable
+class CountingOutput(Output, Protocol):
+    """An output with counts of its own (reconnects, frames skipped on purpose...), shown under ``details``."""
+
+    def counters(self) -> dict[str, int]:
+        """The output's own counters, copied into :class:`~appliance.stats.Stats` by the worker."""
+
+
+@runtime_checkable
+class RecordOutput(Output, Protocol):
+    """An output that takes records other than frames (:mod:`appliance.records`), of the kinds in ``accepts``.
+
+    :meth:`encode` runs in the producer's thread and turns a record into the units the output sends (lines,
+    messages); :meth:`deliver` sends a lane's units, in order, from the worker's thread, raising like ``send``.
+    """
+
+    accepts: frozenset[str]
+
+    def encode(self, record: Record) -> list[Any]:
+        """The record serialised for this output (an empty list: nothing to send for it)."""
+
+    def deliver(self, units: Sequence[Any]) -> None:
+        """Send units made by :meth:`encode`; raise on failure (:class:`Rejected`: refused, never retried)."""
+
+
+class PartialDelivery(ApplianceError):
     """Raised by ``send_batch`` when only the first ``delivered`` frames went through."""
 
     def __init__(self, delivered: int, cause: BaseException) -> None:
@@ -62,7 +110,7 @@ class PartialDelivery(Exception):
         self.cause = cause
 
 
-class Rejected(Exception):
+class Rejected(ApplianceError):
     """Raised by ``send``/``send_batch`` when the server refused ``count`` frames for their content (HTTP 400 on a
     field type conflict...) and took the others: retrying refused data can never succeed and would block the
     output forever, so the worker counts them as failed and moves on."""
@@ -70,6 +118,33 @@ class Rejected(Exception):
     def __init__(self, count: int, message: str) -> None:
         super().__init__(message)
         self.count = count
+
+
+@dataclass(slots=True)
+class _Lane:
+    """The serialised records of one kind waiting for one output: bounded, drop-oldest, never on disk.
+
+    Counters (in serialised units: line-protocol lines, MQTT messages): ``written`` delivered, ``failed`` units
+    whose first delivery attempt failed (retried while they stay), ``dropped`` pushed out by newer ones or
+    refused by the server, ``backlog`` waiting now.
+    """
+
+    size: int
+    units: collections.deque[Any]
+    written: int = 0
+    failed: int = 0
+    dropped: int = 0
+    fresh: int = 0  # units added since the last attempt: counted as failed once if that attempt fails
+    last_error: str | None = None
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "written": self.written,
+            "failed": self.failed,
+            "dropped": self.dropped,
+            "backlog": len(self.units),
+            "last_error": self.last_error,
+        }
 
 
 class OutputWorker:
@@ -90,8 +165,19 @@ class OutputWorker:
         backoff_max: float = 30.0,
         spool: Spool | None = None,
         batch_size: int = 500,
+        lane_sizes: Mapping[str, int] | None = None,
     ) -> None:
+        """``lane_sizes``: units kept per record kind while the output is down (default :data:`DEFAULT_LANE_SIZE`)."""
         self.output = output
+        # The optional abilities, looked up once (runtime protocol checks are slow, frames are many).
+        self._batch = output if isinstance(output, BatchOutput) else None
+        self._counting = output if isinstance(output, CountingOutput) else None
+        self._records = output if isinstance(output, RecordOutput) else None
+        sizes = lane_sizes or {}
+        self._lanes: dict[str, _Lane] = {
+            kind: _Lane(sizes.get(kind, DEFAULT_LANE_SIZE), collections.deque())
+            for kind in (self._records.accepts if self._records is not None else ())
+        }
         self._spool = spool
         # Held while the spool is read or written, never during a delivery: stop() may have to spool the queue
         # from another thread while this worker is stuck on a dead server.
@@ -105,8 +191,7 @@ class OutputWorker:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self._deadline = 0.0
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        self._backoff = Backoff(backoff_initial, backoff_max)
         self._thread = threading.Thread(target=self._run, name=f"output-{self.name}", daemon=True)
         stats.output(self.name)
         if spool is not None:
@@ -129,6 +214,80 @@ class OutputWorker:
             self._stats.update_output(self.name, dropped=dropped, queued=queued)
         else:
             self._stats.update_output(self.name, queued=queued)
+
+    def accepts(self, kind: str) -> bool:
+        """Whether this output takes records of ``kind`` (frames: every output)."""
+        return kind == "frame" or kind in self._lanes
+
+    def submit_record(self, record: Record) -> None:
+        """Serialise ``record`` (in the caller's thread) into its lane; never blocks, never raises."""
+        lane = self._lanes.get(record.kind)
+        if lane is None or self._records is None:
+            return
+        try:
+            units = self._records.encode(record)
+        except Exception:  # a bug in one output's serialiser must not reach the producer
+            _LOG.exception("output %s: cannot serialise a %s record", self.name, record.kind)
+            return
+        if not units:
+            return
+        with self._cond:
+            lane.units.extend(units)
+            lane.fresh += len(units)
+            over = max(0, len(lane.units) - lane.size)
+            for _ in range(over):
+                lane.units.popleft()
+            lane.dropped += over
+            lane.fresh = min(lane.fresh, len(lane.units))
+            self._cond.notify()
+        self._publish_lanes()
+
+    def _publish_lanes(self) -> None:
+        with self._cond:
+            counters = {kind: lane.counters() for kind, lane in self._lanes.items()}
+        self._stats.update_output(self.name, records=counters)
+
+    def _records_waiting(self) -> bool:
+        return any(lane.units for lane in self._lanes.values())
+
+    def _send_records(self) -> None:
+        """Deliver every lane (oldest first); raises like ``send`` after counting, units kept for the retry."""
+        assert self._records is not None
+        try:
+            for lane in self._lanes.values():
+                with self._cond:
+                    units = list(lane.units)
+                if not units:
+                    continue
+                refused = 0
+                try:
+                    self._records.deliver(units)
+                except Rejected as e:
+                    refused = min(e.count, len(units))
+                    lane.last_error = error_reason(e)
+                with self._cond:
+                    for _ in range(len(units)):
+                        lane.units.popleft()
+                    lane.fresh = max(0, lane.fresh - len(units))
+                    lane.written += len(units) - refused
+                    lane.dropped += refused
+                    if not refused:
+                        lane.last_error = None
+        except Exception as e:
+            self._records_failed(e)
+            raise
+        finally:
+            self._publish_lanes()
+
+    def _records_failed(self, error: BaseException) -> None:
+        """An attempt failed (opening or sending): units never tried before count as failed once."""
+        with self._cond:
+            for lane in self._lanes.values():
+                if lane.fresh:
+                    lane.failed += lane.fresh
+                    lane.fresh = 0
+                if lane.units:
+                    lane.last_error = error_reason(error)
 
     def request_stop(self, deadline: float) -> None:
         """Start stopping: keep delivering until ``deadline`` (monotonic), then close."""
@@ -179,9 +338,8 @@ class OutputWorker:
         changes: dict[str, object] = {"state": state}
         if detail is not None:  # else last_error stays: the last problem seen, refused frames included
             changes["last_error"] = detail
-        counters = getattr(self.output, "counters", None)
-        if counters is not None:
-            changes["details"] = counters()
+        if self._counting is not None:
+            changes["details"] = self._counting.counters()
         self._stats.update_output(self.name, **changes)
         if state == before:
             return
@@ -192,14 +350,17 @@ class OutputWorker:
         elif state == "up":
             _LOG.info("output %s up", self.name)
 
-    def _head(self) -> list[Frame]:
-        """The oldest queued frames, left in the queue until delivered: up to ``batch_size`` for an output with
-        ``send_batch``, else one.  Waits for a frame; ``[]`` once stopping with an empty queue."""
-        n = self._batch_size if hasattr(self.output, "send_batch") else 1
+    def _head(self) -> list[Frame] | None:
+        """The oldest queued frames, left in the queue until delivered: up to ``batch_size`` for a
+        :class:`BatchOutput`, else one.  Waits for a frame or a record: ``[]`` when records wait, None once
+        stopping with nothing queued."""
+        n = self._batch_size if self._batch is not None else 1
         with self._cond:
             while not self._queue:
-                if self._stop.is_set():
+                if self._records_waiting():
                     return []
+                if self._stop.is_set():
+                    return None
                 self._cond.wait(0.5)
             return list(itertools.islice(self._queue, n))
 
@@ -262,10 +423,9 @@ class OutputWorker:
     def _deliver(self, frames: list[Frame]) -> int:
         """Deliver in order; return how many frames the server refused (:class:`Rejected`), else raise
         (:class:`PartialDelivery` when some were delivered first)."""
-        send_batch = getattr(self.output, "send_batch", None)
-        if send_batch is not None:
+        if self._batch is not None:
             try:
-                send_batch(frames)
+                self._batch.send_batch(frames)
             except Rejected as e:
                 self._stats.update_output(self.name, last_error=str(e))
                 return min(e.count, len(frames))
@@ -325,7 +485,7 @@ class OutputWorker:
         self._count(len(frames), refused)
 
     def _run(self) -> None:
-        backoff = self._backoff_initial
+        backoff = self._backoff
         opened = False
         try:
             while not self._draining_done():
@@ -333,25 +493,32 @@ class OutputWorker:
                     try:
                         self.output.open()
                         opened = True
-                        backoff = self._backoff_initial
+                        backoff.reset()
                     except Exception as e:
+                        if self._lanes:
+                            self._records_failed(e)
+                            self._publish_lanes()
                         self._set_state("failing", e)
                         if self._stop.is_set():
                             break
-                        self._pause(backoff)
-                        backoff = min(backoff * 2, self._backoff_max)
+                        self._pause(backoff.next())
                         continue
                 frames: list[Frame] = []
                 try:
+                    if self._records_waiting():
+                        self._send_records()  # telemetry first: it never waits behind spooled frames
                     if self._spool is not None and len(self._spool):
                         self._replay()
                     else:
-                        frames = self._head()
-                        if not frames:
+                        head = self._head()
+                        if head is None:
                             break
-                        self._send_queued(frames)
+                        frames = head
+                        if frames:
+                            self._send_queued(frames)
                 except Exception as e:
-                    self._stats.update_output(self.name, failed=1)
+                    if frames or not self._records_waiting():
+                        self._stats.update_output(self.name, failed=1)
                     self._set_state("failing", e)
                     if self._spool is not None:
                         self._to_spool()  # the failed frame (still at the head) and every later one
@@ -361,10 +528,9 @@ class OutputWorker:
                         if self._spool is None and not self.output.durable:
                             continue
                         break
-                    self._pause(backoff)
-                    backoff = min(backoff * 2, self._backoff_max)
+                    self._pause(backoff.next())
                     continue
-                backoff = self._backoff_initial
+                backoff.reset()
                 self._set_state("up")
         finally:
             if self._spool is not None:
@@ -403,7 +569,7 @@ class OutputWorker:
 
 
 class Fanout:
-    """Hands every frame to every output worker."""
+    """Hands every frame to every output worker, and every other record to the workers that take its kind."""
 
     def __init__(self, workers: list[OutputWorker]) -> None:
         self.workers = workers
@@ -413,8 +579,15 @@ class Fanout:
             w.start()
 
     def submit(self, frame: Frame) -> None:
+        """From the reader: a frame for every output (never blocks)."""
         for w in self.workers:
             w.submit(frame)
+
+    def publish(self, record: Record) -> None:
+        """From any producer thread (self-checks, health sampler...): ``record`` for the outputs that take it."""
+        for w in self.workers:
+            if w.accepts(record.kind):
+                w.submit_record(record)
 
     def stop(self, timeout: float) -> None:
         """Stop every worker in parallel within ``timeout`` seconds in total."""

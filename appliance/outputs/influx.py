@@ -42,16 +42,18 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
-import ssl
 import time
 import urllib.parse
 from collections.abc import Sequence
 from typing import Any, Final
 
+from appliance.checks.results import to_lines
 from appliance.config import InfluxConfig
+from appliance.errors import ApplianceError, error_reason
 from appliance.lineproto import frame_to_lines
+from appliance.metrics import sample_lines
 from appliance.outputs.base import PartialDelivery, Rejected
+from appliance.records import CHECK, HEALTH, CheckRun, HealthSample, Record
 from appliance.tic import Frame
 
 __all__ = ["CONNECT_TIMEOUT", "InfluxError", "InfluxOutput", "frame_lines", "make_client"]
@@ -93,18 +95,19 @@ def make_client(cfg: InfluxConfig) -> Any:
     )
 
 
-class InfluxError(Exception):
+class InfluxError(ApplianceError):
     """A write or ping failed for a reason that may go away (server down, token, bucket): retry later.
 
-    ``status`` is the HTTP status when the server answered, else None.
+    ``status`` is the HTTP status when the server answered, else None; ``reason`` the short cause.
     """
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.reason = reason
 
 
-class _DataRejected(Exception):
+class _DataRejected(ApplianceError):
     """The server refused the data itself (400/413/422); internal to the bisection."""
 
     def __init__(self, message: str, status: int) -> None:
@@ -116,32 +119,15 @@ def _reason(exc: BaseException, timeout: float) -> str:
     """A short human reason for a transport error, from the chain urllib3 wraps it in."""
     import urllib3.exceptions as u3
 
-    seen: set[int] = set()
+    # urllib3 2.x makes NewConnectionError (refused, unreachable...) a subclass of ConnectTimeoutError for
+    # compatibility: only a real connect timeout is worded as one; the rest is the one reason helper's.
     e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
-        # urllib3 2.x makes NewConnectionError (refused, unreachable...) a subclass of ConnectTimeoutError for
-        # compatibility: look at the socket error it wraps instead of calling every failure a timeout.
+    while e is not None:
         if isinstance(e, u3.ConnectTimeoutError) and not isinstance(e, u3.NewConnectionError):
             return f"no connection within {min(timeout, CONNECT_TIMEOUT):g} s"
-        if isinstance(e, (u3.ReadTimeoutError, TimeoutError, socket.timeout)):
-            return f"no answer within {timeout:g} s"
-        if isinstance(e, socket.gaierror):
-            return f"cannot resolve the host name ({e.strerror or e})"
-        if isinstance(e, ConnectionRefusedError):
-            return "connection refused"
-        if isinstance(e, ConnectionResetError):
-            return "connection reset"
-        if isinstance(e, (ssl.SSLError, u3.SSLError)):
-            return f"TLS error ({e})"
-        if isinstance(e, OSError) and e.strerror:
-            return e.strerror[0].lower() + e.strerror[1:]
         nxt = getattr(e, "reason", None)
-        if not isinstance(nxt, BaseException):
-            nxt = e.__cause__ or e.__context__
-        e = nxt
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:200]
+        e = nxt if isinstance(nxt, BaseException) and nxt is not e else None
+    return error_reason(exc, timeout)
 
 
 def _body_message(exc: Any) -> str:
@@ -158,6 +144,7 @@ class InfluxOutput:
 
     name = "influxdb"
     durable = True
+    accepts = frozenset({CHECK, HEALTH})  # self-check results (section 5), the appliance's counters (section 6)
 
     def __init__(self, cfg: InfluxConfig) -> None:
         self.cfg = cfg
@@ -215,7 +202,8 @@ class InfluxOutput:
             self.close()
             if isinstance(status, int) and status:
                 raise self._http_error(e, status) from None
-            raise InfluxError(f"InfluxDB {self.url} unreachable: {_reason(e, self.cfg.timeout)}") from None
+            why = _reason(e, self.cfg.timeout)
+            raise InfluxError(f"InfluxDB {self.url} unreachable: {why}", reason=why) from None
 
     def close(self) -> None:
         """Drop the client and its pooled sockets; never raises, never waits on the server."""
@@ -228,6 +216,19 @@ class InfluxOutput:
                 obj.close()
             except Exception as e:  # pragma: no cover - closing sockets does not fail in practice
                 _LOG.debug("influxdb: error while closing: %s", e)
+
+    # --- records (RecordOutput) ---------------------------------------------------------------------------
+    def encode(self, record: Record) -> list[str]:
+        """Check runs and health samples as line protocol, second precision like the frames."""
+        if isinstance(record, CheckRun):
+            return to_lines(list(record.results))
+        if isinstance(record, HealthSample):
+            return sample_lines(record)
+        return []
+
+    def deliver(self, units: Sequence[Any]) -> None:
+        """Write lines in one request; refused lines are isolated like refused frames (:class:`Rejected`)."""
+        self._write_all([str(u).encode() for u in units], 0, "line(s)")
 
     # --- writing -------------------------------------------------------------------------------------------
     def send(self, frame: Frame) -> None:
@@ -252,6 +253,11 @@ class InfluxOutput:
                 self._note_rejected(1, f"frame not writable: {e}")
                 continue
             bodies.append("\n".join(lines).encode() if lines else b"")
+        self._write_all(bodies, bad, "frame(s)")
+
+    def _write_all(self, bodies: list[bytes | None], bad: int, what: str) -> None:
+        """:meth:`_write`, then the outcome as the worker expects it: :class:`PartialDelivery` when a retryable
+        error cut the bisection short, :class:`Rejected` when some (``bad`` already) were refused."""
         done = [0]
         try:
             bad += self._write(bodies, done)
@@ -260,7 +266,7 @@ class InfluxOutput:
                 raise PartialDelivery(done[0], e) from e
             raise
         if bad:
-            raise Rejected(bad, f"InfluxDB {self.url} refused {bad} of {len(frames)} frame(s)")
+            raise Rejected(bad, f"InfluxDB {self.url} refused {bad} of {len(bodies)} {what}")
 
     def _write(self, bodies: list[bytes | None], done: list[int]) -> int:
         """Write ``bodies`` (one per frame; None: not writable, b"": nothing to write); return how many the
@@ -300,7 +306,8 @@ class InfluxOutput:
                 if status in _DATA_REJECTED:
                     raise _DataRejected(f"{status} {_status_text(status)}: {_body_message(e)}", status) from None
                 raise self._http_error(e, status) from None
-            raise InfluxError(f"InfluxDB {self.url} unreachable: {_reason(e, self.cfg.timeout)}") from None
+            why = _reason(e, self.cfg.timeout)
+            raise InfluxError(f"InfluxDB {self.url} unreachable: {why}", reason=why) from None
 
     def _http_error(self, exc: BaseException, status: int) -> InfluxError:
         detail = _body_message(exc)

@@ -28,6 +28,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -37,7 +38,9 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from appliance import ha
 from appliance.config import MqttConfig
+from appliance.errors import ApplianceError, error_reason
 from appliance.outputs.base import PartialDelivery
+from appliance.records import CHECK, CheckRun, Record
 from appliance.tic import Frame
 
 __all__ = ["TIMEOUT", "MqttError", "MqttOutput"]
@@ -46,7 +49,7 @@ _LOG = logging.getLogger(__name__)
 TIMEOUT = 3.0  # seconds: connect, each acknowledgement; the service gives outputs 4 s to stop
 
 
-class MqttError(ConnectionError):
+class MqttError(ApplianceError, ConnectionError):
     """The broker cannot be reached or refused us; the message says why in words a user can act on."""
 
 
@@ -93,6 +96,7 @@ class MqttOutput:
 
     name = "mqtt"
     durable = True
+    accepts = frozenset({CHECK})  # the latest result of each self-check, retained (docs/DATA_FORMAT.md section 5)
 
     def __init__(self, cfg: MqttConfig, timeout: float = TIMEOUT) -> None:
         self.cfg = cfg
@@ -147,6 +151,29 @@ class MqttOutput:
                     self._acknowledged(conn, info)
         except (MqttError, OSError, ValueError, RuntimeError) as e:
             self._fail(conn, handed, states, e)
+
+    def encode(self, record: Record) -> list[_Message]:
+        """A check run: its ``{status, at, results}`` retained on ``<base>/checks/<check>``, QoS 1 at least."""
+        if not isinstance(record, CheckRun):
+            return []
+        topic = f"{self.cfg.base_topic}/checks/{record.check}"
+        return [_Message(topic, _json(record.to_json()), max(1, self.cfg.qos), retain=True)]
+
+    def deliver(self, units: Sequence[Any]) -> None:
+        """Publish messages made by :meth:`encode`; return once the broker acknowledged them all, else raise."""
+        conn: _Connection | None = None
+        try:
+            conn = self._ensure_connected()
+            infos = [self._publish(conn, m) for m in units]
+            for info in infos:
+                self._acknowledged(conn, info)
+        except (MqttError, OSError, ValueError, RuntimeError) as e:
+            if conn is not None:
+                self._conn = None
+                self._drop(conn)
+            if isinstance(e, MqttError):
+                raise
+            raise MqttError(f"MQTT publish failed: {type(e).__name__}: {e}") from e
 
     def close(self) -> None:
         """Publish ``offline`` (a clean stop sends no last will) and disconnect, within about 2 s."""
@@ -354,7 +381,9 @@ class MqttOutput:
         deadline = time.monotonic() + self.timeout
         error = _bounded_connect(client, cfg, self.timeout)
         if error is not None:
-            raise MqttError(self._explain(error)) from None
+            failure = MqttError(self._explain(error))
+            failure.reason = error_reason(error, self.timeout)
+            raise failure from None
         client.loop_start()
         conn.done.wait(max(0.0, deadline - time.monotonic()))
         if not conn.connected or conn.lost.is_set():

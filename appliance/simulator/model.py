@@ -51,6 +51,7 @@ from functools import lru_cache
 from typing import Final, Literal
 from zoneinfo import ZoneInfo
 
+from appliance.tic import BAUDRATES
 from appliance.tic.encode import EOT, encode_frame, encode_group
 
 __all__ = [
@@ -70,7 +71,6 @@ Contract = Literal["BASE", "HCHP", "TEMPO", "EJP"]
 CONTRACTS: Final = ("BASE", "HCHP", "TEMPO", "EJP")
 PARIS: Final = ZoneInfo("Europe/Paris")
 #: Line speed per mode (02E §1.3.1.1, 54E §5.3.5); 7E1 is 10 bits on the wire per byte.
-BAUDRATES: Final = {"historique": 1200, "standard": 9600}
 BITS_PER_BYTE: Final = 10
 #: Silence between two frames (02E §1.5.2; 54E §5.3.6).
 GAP_MIN, GAP_MAX = 0.0167, 0.0334

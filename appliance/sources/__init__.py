@@ -1,10 +1,87 @@
-"""Where the meter's bytes come from.
+"""Where the meter's bytes come from: the :class:`Source` contract and the registry of sources.
 
 A source hands raw bytes to the service's reader loop and keeps itself alive: it never raises for I/O problems,
 it reopens what was lost, and it returns from every ``read()`` within about 0.25 s so the loop can keep pinging
 systemd, reloading and stopping.  The service tells it which frames verified (``frame_ok``/``frame_bad``), which
-is the only honest measure of progress: a port that delivers garbage is as dead as a silent one (TIC.md G8).
+is the only honest measure of progress: a port that delivers garbage is as dead as a silent one.
 
-Each source lives in its own module and is imported only when configured (``appliance.service.build_source``), so
-the simulator never loads pyserial and a serial appliance never loads the simulator.
+Each source lives in its own module and is imported only when configured (:func:`build_source`), so the
+simulator never loads pyserial and a serial appliance never loads the simulator.  ``source.kind`` names one of
+:data:`SOURCES`; docs/PLUGINS.md says how to add one.
 """
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from appliance.config import Config
+    from appliance.stats import Stats
+
+__all__ = ["SOURCES", "Source", "SourcePlugin", "build_source"]
+
+
+class Source(Protocol):
+    """Where the TIC bytes come from: the serial port or the simulator."""
+
+    @property
+    def first_open(self) -> threading.Event:
+        """Set once the source is first open: the service then tells systemd it is ready (the source sets it)."""
+        ...
+
+    def read(self) -> bytes:
+        """The next bytes, possibly ``b""``, within about 0.25 s; never raises for I/O problems."""
+        ...
+
+    def frame_ok(self, mode: str) -> None:
+        """A frame read from this source verified in ``mode`` (progress: the no-data watchdog restarts)."""
+
+    def frame_bad(self) -> None:
+        """A frame came but did not verify (while detecting the speed: evidence of the wrong one)."""
+
+    def close(self) -> None:
+        """Release the port for good; later reads return ``b""``."""
+
+
+@dataclass(frozen=True)
+class SourcePlugin:
+    """A registered source: ``source.kind = name`` selects it; ``build`` imports its module only when called."""
+
+    name: str
+    summary: str
+    module: str  # the implementation, imported by ``build`` only (for the docs and the convention test)
+    build: Callable[[Config, Stats, threading.Event], Source]
+
+
+def _serial(cfg: Config, stats: Stats, stop: threading.Event) -> Source:
+    from appliance.sources.serial_source import SerialSource
+
+    return SerialSource(cfg.source, stats, stop)
+
+
+def _simulator(cfg: Config, stats: Stats, stop: threading.Event) -> Source:
+    from appliance.sources.simulated import SimulatedSource
+
+    return SimulatedSource(cfg.source.simulator, stats, stop)
+
+
+#: Every source, by the name ``source.kind`` gives it.
+SOURCES: dict[str, SourcePlugin] = {
+    p.name: p
+    for p in (
+        SourcePlugin(
+            "serial", "a TIC adapter on a serial port or USB ([source])", "appliance.sources.serial_source", _serial
+        ),
+        SourcePlugin(
+            "simulator", "the built-in meter simulator ([source.simulator])", "appliance.sources.simulated", _simulator
+        ),
+    )
+}
+
+
+def build_source(cfg: Config, stats: Stats, stop: threading.Event) -> Source:
+    """The configured source (imports only what it needs)."""
+    return SOURCES[cfg.source.kind].build(cfg, stats, stop)

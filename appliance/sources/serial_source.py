@@ -48,13 +48,11 @@ except ImportError:  # pragma: no cover - not POSIX
 
 from appliance.config import SourceConfig
 from appliance.stats import Stats
+from appliance.tic import BAUDRATES
 
-__all__ = ["BAUD", "DETECT_WINDOW", "SerialSource"]
+__all__ = ["DETECT_WINDOW", "SerialSource"]
 
 _LOG = logging.getLogger(__name__)
-
-BAUD: Final = {"historique": 1200, "standard": 9600}
-"""Speed of each TIC mode (02E §1.3.1.1; 54E §5.3.1)."""
 
 DETECT_WINDOW: Final = {9600: 3.0, 1200: 6.0}
 """Seconds ``auto`` listens at each speed before trying the other.
@@ -259,7 +257,7 @@ class SerialSource:
             self._last_ok = self._clock()
             self._backoff = INITIAL_BACKOFF
             self._bad_in_window = 0
-            if self._auto and mode in BAUD and mode != self._locked:
+            if self._auto and mode in BAUDRATES and mode != self._locked:
                 self._lock_mode(mode)
             # (If the watchdog closed the port in the very read that brought this frame, the reopen comes
             # first and the next verified frame ends the no-data state.)
@@ -288,7 +286,7 @@ class SerialSource:
 
     # --- opening -----------------------------------------------------------------------------------------
     def _baud_to_open(self) -> int:
-        return BAUD[self._locked or self._remembered or "standard"]
+        return BAUDRATES[self._locked or self._remembered or "standard"]
 
     def _describe_port(self) -> str:
         resolved = self._resolved
@@ -454,7 +452,7 @@ class SerialSource:
     def _lock_mode(self, mode: str) -> None:
         previous, before = self._locked, self._remembered
         self._locked = self._remembered = mode
-        baud = BAUD[mode]
+        baud = BAUDRATES[mode]
         if previous is None:
             was = f" (was {before})" if before not in (None, mode) else ""
             _LOG.info("TIC mode %s detected on %s%s; locked at %d Bd", mode, self._cfg.device, was, baud)
@@ -469,7 +467,7 @@ class SerialSource:
             self._stats.source(detail=self._open_detail())
 
     def _switch_baud(self, now: float, why: str) -> None:
-        new = BAUD["historique"] if self._baud == BAUD["standard"] else BAUD["standard"]
+        new = BAUDRATES["historique"] if self._baud == BAUDRATES["standard"] else BAUDRATES["standard"]
         _LOG.debug("%s; trying %d Bd", why, new)
         # Bytes already queued were received at the old speed, which just failed: drop them.
         self._set_baud(new, flush=True)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
+from appliance.errors import ApplianceError
 from appliance.sync.protocol import (
     CHUNK,
     READ_FLAGS,
@@ -46,7 +47,7 @@ PING_INTERVAL: Final = 60.0  # an idle connection says it is alive this often (t
 REPLY_TIMEOUT: Final = 120.0  # seconds for a reply (the server may hash a large file first)
 
 
-class AuthError(Exception):
+class AuthError(ApplianceError):
     """The server refused the name or token: retrying at once cannot help."""
 
 

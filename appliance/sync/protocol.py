@@ -15,6 +15,8 @@ import re
 import socket
 from typing import Any, Final
 
+from appliance.errors import ApplianceError
+
 __all__ = [
     "CHUNK",
     "MAX_LINE",
@@ -38,7 +40,7 @@ NAME: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 READ_FLAGS: Final = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
-class ProtocolError(Exception):
+class ProtocolError(ApplianceError):
     """The peer broke the protocol (garbage, a line too long, a bad field): the connection is closed."""
 
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from appliance.config import SyncServerConfig
+from appliance.errors import ApplianceError
 from appliance.sync.protocol import CHUNK, READ_FLAGS, VERSION, Connection, ProtocolError, check_name, check_path
 
 __all__ = ["Refused", "SyncServer", "load_tokens"]
@@ -48,7 +49,7 @@ MAX_PARTIAL: Final = 8  # interrupted uploads kept per client besides the curren
 _DIR_FLAGS: Final = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class Refused(Exception):
+class Refused(ApplianceError):
     """A request refused for its content (bad path, too big, symlink...): answered, logged, connection kept."""
 
 

@@ -6,12 +6,14 @@
 ('standard', {'EAST': 99765794})
 """
 
-from appliance.tic.decode import MODES, REJECT_REASONS, Decoder, Frame, Mode, Value, detect_mode
+from appliance.tic.decode import Decoder, detect_mode
 from appliance.tic.encode import checksum, encode_frame, encode_group
+from appliance.tic.frame import BAUDRATES, MODES, REJECT_REASONS, Frame, Mode, RejectReason, Value
 from appliance.tic.framing import FrameAssembler
 from appliance.tic.labels import HISTORIQUE, STANDARD, Kind, LabelSpec, spec_for
 
 __all__ = [
+    "BAUDRATES",
     "HISTORIQUE",
     "MODES",
     "REJECT_REASONS",
@@ -22,6 +24,7 @@ __all__ = [
     "Kind",
     "LabelSpec",
     "Mode",
+    "RejectReason",
     "Value",
     "checksum",
     "detect_mode",

@@ -1,0 +1,60 @@
+"""Records: everything that travels the fan-out to the outputs, besides the meter's frames.
+
+One path for every record (Telegraf: self-checks are inputs whose results reach the same outputs): the reader
+hands :class:`~appliance.tic.Frame` objects to :class:`~appliance.outputs.base.Fanout`, the self-check scheduler
+hands :class:`CheckRun` objects, the health sampler :class:`HealthSample` objects, and a later producer (a
+tariff engine...) its own record type.  Every record has a ``kind``; an output declares the kinds it takes
+(:class:`~appliance.outputs.base.RecordOutput`) and serialises them itself, so adding a record kind touches the
+producer and the outputs that want it, nothing in between.
+
+Frames are the only records that are spooled to disk and replayed in order.  Every other kind goes into a
+small bounded lane per output that is sent before the frames, so a check result never waits behind an hour of
+spooled frames (docs/DATA_FORMAT.md sections 5 and 6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Final, Protocol
+
+from appliance.checks.results import CheckResult
+
+__all__ = ["CHECK", "FRAME", "HEALTH", "CheckRun", "HealthSample", "Record"]
+
+FRAME: Final = "frame"
+CHECK: Final = "check"
+HEALTH: Final = "health"
+
+
+class Record(Protocol):
+    """Anything the fan-out carries: it says what kind it is."""
+
+    @property
+    def kind(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CheckRun:
+    """The results of one run of one self-check (``check`` is its registered name), and its worst status."""
+
+    kind: ClassVar[str] = CHECK
+
+    check: str
+    status: str
+    at: float
+    results: tuple[CheckResult, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """``{status, at, results}``: the health socket's ``checks.last.<check>`` and the retained MQTT message."""
+        return {"status": self.status, "at": self.at, "results": [r.to_dict() for r in self.results]}
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSample:
+    """The appliance's own counters at ``at``: a :meth:`Stats.snapshot` of the machine ``host``."""
+
+    kind: ClassVar[str] = HEALTH
+
+    at: float
+    host: str
+    snapshot: dict[str, Any]

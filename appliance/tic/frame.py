@@ -1,0 +1,179 @@
+"""The decoder's contract with the rest of the appliance: an immutable :class:`Frame`, why groups are rejected
+(:class:`RejectReason`), the two modes and their line speeds, and the one rule that says a frame verified.
+
+Pure: no I/O, no clock.  A frame is shared by every output thread, so it is frozen: the reader adds the
+reception time and the meter it learnt from earlier frames by building a new one (:meth:`Frame.received`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, Final, Literal
+
+from appliance.tic.fields import decode_optarif, decode_ppot, decode_profile, decode_relais, decode_stge
+from appliance.tic.labels import HISTORIQUE, STANDARD
+
+__all__ = ["BAUDRATES", "MODES", "REJECT_REASONS", "Frame", "Mode", "RejectReason", "Value"]
+
+Mode = Literal["historique", "standard"]
+MODES: Final[tuple[Mode, Mode]] = ("historique", "standard")
+BAUDRATES: Final[dict[str, int]] = {"historique": 1200, "standard": 9600}
+"""Line speed of each mode, 7E1 (Enedis-NOI-CPT_02E §1.3.1.1; Enedis-NOI-CPT_54E §5.3.1)."""
+Value = int | str
+
+
+class RejectReason(StrEnum):
+    """Why a group or a frame was not kept; the keys of :attr:`Decoder.rejects` and of the health counters."""
+
+    CHECKSUM = "checksum"  # the group's checksum does not match (the mode's rule)
+    MALFORMED = "malformed"  # no valid group structure (separators, CR, too short)
+    FORMAT = "format"  # checksum right, but label, horodate or data do not fit the label's specification
+    INTERRUPTED = "interrupted"  # the frame was cut: EOT, STX before ETX, bytes between frames
+    OVERFLOW = "overflow"  # the frame grew past the assembler's bound
+    EMPTY = "empty"  # a frame with no group at all
+
+
+REJECT_REASONS: Final = tuple(r.value for r in RejectReason)
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame.  Only groups that passed every check are in ``values``/``timestamps``.
+
+    ``received_at`` (POSIX seconds) is set by whoever read the bytes, through :meth:`received`; the decoder
+    itself is clock-free.  ``invalid`` lists the labels of rejected groups (as read, so possibly garbled).
+    ``values``, ``timestamps`` and ``invalid`` are never modified once the frame is built.
+    """
+
+    kind: ClassVar[str] = "frame"  # the record kind outputs declare they take (appliance.records)
+
+    mode: Mode
+    values: dict[str, Value]
+    timestamps: dict[str, str] = field(default_factory=dict)
+    invalid: list[str] = field(default_factory=list)
+    clock_degraded: bool = False
+    received_at: float | None = None
+    known_meter: str | None = None
+
+    def received(self, at: float, known_meter: str | None = None) -> Frame:
+        """This frame as read at ``at``, attributed to ``known_meter`` if it names no meter itself: a new frame."""
+        return Frame(self.mode, self.values, self.timestamps, self.invalid, self.clock_degraded, at, known_meter)
+
+    @property
+    def meter(self) -> str | None:
+        """The meter's address: ADCO (historique) or ADSC (standard) from this frame, else ``known_meter``.
+
+        ``known_meter`` is what the reader learnt from earlier frames of the same stream, so a frame whose
+        address group alone was corrupted can still be attributed; the decoder itself never guesses it.
+        """
+        v = self.values.get("ADSC" if self.mode == "standard" else "ADCO")
+        return v if isinstance(v, str) else self.known_meter
+
+    @property
+    def verified(self) -> bool:
+        """Whether the frame proves the link works: some valid groups, and at least as many as rejected ones.
+
+        The serial source's speed detection and no-data watchdog, ``teleinfo doctor`` and the GPIO rules all
+        use this one rule: a frame at the wrong speed decodes to mostly rejected groups.
+        """
+        good = len(self.values) + len(self.timestamps)
+        return good > 0 and good >= len(self.invalid)
+
+    def to_record(self) -> dict[str, Any]:
+        """Everything needed to rebuild this frame later (the on-disk spool, the raw journal's replay)."""
+        rec: dict[str, Any] = {"mode": self.mode, "values": self.values}
+        if self.timestamps:
+            rec["timestamps"] = self.timestamps
+        if self.invalid:
+            rec["invalid"] = self.invalid
+        if self.clock_degraded:
+            rec["clock_degraded"] = True
+        if self.received_at is not None:
+            rec["received_at"] = self.received_at
+        if self.known_meter is not None:
+            rec["known_meter"] = self.known_meter
+        return rec
+
+    @classmethod
+    def from_record(cls, rec: dict[str, Any]) -> Frame:
+        """The inverse of :meth:`to_record`; raises ``KeyError``/``ValueError`` on a damaged record."""
+        mode = rec["mode"]
+        if mode not in MODES or not isinstance(rec["values"], dict):
+            raise ValueError(f"not a frame record: {rec!r:.80}")
+        return cls(
+            mode,
+            rec["values"],
+            rec.get("timestamps", {}),
+            rec.get("invalid", []),
+            bool(rec.get("clock_degraded", False)),
+            rec.get("received_at"),
+            rec.get("known_meter"),
+        )
+
+    def unit(self, label: str) -> str | None:
+        """The unit of ``label`` in this frame's mode (None for unknown or unitless labels)."""
+        spec = (STANDARD if self.mode == "standard" else HISTORIQUE).get(label)
+        return spec.unit if spec else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``teleinfo decode`` object (docs/DATA_FORMAT.md section 1), with decoded structured fields."""
+        out: dict[str, Any] = {
+            "mode": self.mode,
+            "meter": self.meter,
+            "values": self.values,
+            "timestamps": self.timestamps,
+            "invalid": self.invalid,
+        }
+        table = STANDARD if self.mode == "standard" else HISTORIQUE
+        units = {k: s.unit for k in self.values if (s := table.get(k)) is not None and s.unit}
+        if units:
+            out["units"] = units
+        v = self.values
+        if isinstance(stge := v.get("STGE"), str):
+            out["stge"] = decode_stge(stge)
+        if isinstance(relais := v.get("RELAIS"), int):
+            out["relais"] = decode_relais(relais)
+        profiles = {k: decode_profile(p) for k in ("PJOURF+1", "PPOINTE") if isinstance(p := v.get(k), str)}
+        if profiles:
+            out["profiles"] = profiles
+        if isinstance(optarif := v.get("OPTARIF"), str):
+            out["tariff"] = decode_optarif(optarif)
+        if isinstance(ppot := v.get("PPOT"), str):
+            out["ppot"] = decode_ppot(ppot)
+        if self.timestamps:
+            out["clock_degraded"] = self.clock_degraded
+        return out
+
+
+# The decoder builds a frame for every few hundred bytes: a frozen dataclass's __init__ (object.__setattr__ per
+# field) would cost it several percent of its throughput, so it fills the slots through their descriptors.
+_S = [Frame.__dict__[name].__set__ for name in Frame.__slots__]
+
+
+def decoded_frame(
+    mode: Mode,
+    values: dict[str, Value],
+    timestamps: dict[str, str],
+    invalid: list[str],
+    clock_degraded: bool,
+    _new: Any = object.__new__,
+    _s0: Any = _S[0],
+    _s1: Any = _S[1],
+    _s2: Any = _S[2],
+    _s3: Any = _S[3],
+    _s4: Any = _S[4],
+    _s5: Any = _S[5],
+    _s6: Any = _S[6],
+) -> Frame:
+    """``Frame(mode, values, timestamps, invalid, clock_degraded)``, built faster (for the decoder only; the
+    trailing arguments are the slot setters, bound once)."""
+    frame: Frame = _new(Frame)
+    _s0(frame, mode)
+    _s1(frame, values)
+    _s2(frame, timestamps)
+    _s3(frame, invalid)
+    _s4(frame, clock_degraded)
+    _s5(frame, None)
+    _s6(frame, None)
+    return frame
