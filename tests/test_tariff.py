@@ -273,11 +273,11 @@ def test_restart_mid_day_counts_nothing_twice_and_loses_nothing(tmp_path: Path) 
     clock = [0.0]
     path = tmp_path / "tariff.json"
     keeper = TariffKeeper(cfg, path, clock=lambda: clock[0])
-    for sf in frames[: 9 * 60]:  # until 13:00, a save every 10 minutes of monotonic time
+    for sf in frames[: 9 * 60 + 5]:  # until 13:04, a save every 10 minutes of monotonic time
         clock[0] += 60
         keeper.update_frame("standard", sf.values, None, sf.at)
-    assert keeper.store.writes == 9 * 6
-    # The power cut: frames of 12:55 to 13:00 were counted but not saved; the appliance is off until 15:30.
+    assert keeper.store.writes == 9 * 6  # the last one at 12:59
+    # The power cut: frames of 13:00 to 13:04 were counted but not saved; the appliance is off until 15:30.
     keeper = TariffKeeper(cfg, path, clock=lambda: clock[0])
     for sf in frames[int(11.5 * 60) :]:
         keeper.update_frame("standard", sf.values, None, sf.at)
