@@ -40,6 +40,7 @@ from appliance.simulator import PARIS, MeterSimulator
 from appliance.stats import Stats
 from appliance.tic import HISTORIQUE, STANDARD, Decoder, Frame, Kind
 
+from .captures import all_captures
 from .mosquitto import TestCA
 from .servers import InfluxD, VictoriaMetrics
 from .util import free_port, wait_until
@@ -148,11 +149,11 @@ METERS = [  # every shape of frame the service can produce: modes, phases, contr
 ]
 
 
-def capture_frames(captures: Path) -> list[Frame]:
-    """The real captures' frames (early meters with labels outside the specifications included)."""
+def capture_frames() -> list[Frame]:
+    """The real captures' frames (tests/data/tic)."""
     out: list[Frame] = []
-    for path in sorted(captures.glob("*.bin")):
-        for f in Decoder("auto").feed(path.read_bytes()):
+    for c in all_captures():
+        for f in Decoder("auto").feed(c.stream()):
             f.received_at = time.time() - 3600  # a capture's DATE is years old: reception time is used
             if f.meter is not None:  # a frame with no known meter is not written
                 out.append(f)
@@ -160,7 +161,7 @@ def capture_frames(captures: Path) -> list[Frame]:
 
 
 def test_influxd_accepts_every_line_with_stable_field_types_across_meters_modes_and_restarts(
-    influxd: InfluxD, tmp_path: Path, captures: Path
+    influxd: InfluxD, tmp_path: Path
 ) -> None:
     influxd.execute('CREATE DATABASE "schema"')
     written: list[Frame] = []
@@ -173,7 +174,8 @@ def test_influxd_accepts_every_line_with_stable_field_types_across_meters_modes_
             write_v1(influxd, "schema", lines)
             written += frames
         if run == 0:
-            frames = capture_frames(captures)
+            frames = capture_frames()
+            assert len(frames) == 23  # every frame of the seven captures
             write_v1(influxd, "schema", [line for f in frames for line in frame_lines(f)])
             written += frames
             influxd.stop()

@@ -2,7 +2,7 @@
 
 The simulator builds its expected readings from its own numbers, never by decoding, so every round trip here
 checks the simulator and the decoder against each other.  Group order is checked against the real captures in
-../shared/captures.  No network; the few timing checks are lenient lower bounds.
+tests/data/tic.  No network; the few timing checks are lenient lower bounds.
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from appliance.simulator import (
 )
 from appliance.tic import HISTORIQUE, STANDARD, Decoder, Frame, Kind, spec_for
 from appliance.tic.fields import decode_stge
+
+from .captures import capture
 
 REPO = Path(__file__).resolve().parent.parent
 WINTER_EVENING = datetime(2024, 1, 15, 18, 30, tzinfo=PARIS)
@@ -178,9 +180,9 @@ def _capture_labels(data: bytes, sep: bytes) -> list[str]:
     return [line.strip(b"\r").split(sep, 1)[0].decode() for line in data.split(b"\n") if line.strip(b"\r")]
 
 
-def test_group_order_matches_real_meters(captures: Path) -> None:
+def test_group_order_matches_real_meters() -> None:
     std_mono = _capture_labels(
-        (captures / "std_mono__ticdecodecpp_continuous_linky_1P_standard_TIC_sample.bin").read_bytes(), b"\t"
+        capture("standard/mono_base__ticdecodecpp_continuous_linky_1P_standard_TIC_sample").path.read_bytes(), b"\t"
     )
     assert labels(first(make("standard"), WINTER_EVENING)) == std_mono
 
@@ -191,16 +193,16 @@ def test_group_order_matches_real_meters(captures: Path) -> None:
         lambda d: sim.period(at(d, 12)).ptec == "HPJW" and sim.period(at(d + timedelta(days=1), 12)).ptec == "HPJB",
     )
     frame = first(sim, at(white, 23, 8))
-    std_tri = _capture_labels((captures / "std_tri_tempo__teleinfo-nom_message_standard.bin").read_bytes(), b"\t")
+    std_tri = _capture_labels(capture("standard/tri_tempo__teleinfo-nom_message_standard").path.read_bytes(), b"\t")
     assert labels(frame) == std_tri
     assert frame.values["STGE"] == "463A0800"  # the captured meter's status, bit for bit
     assert frame.values["LTARF"] == "HC  BLANC" and frame.values["NTARF"] == 3
 
     hist_tri = _capture_labels(
-        (captures / "hist_tri_base__ticdecodecpp_continuous_linky_3P_historical_TIC_sample.bin").read_bytes(), b" "
+        capture("historique/tri_base__ticdecodecpp_continuous_linky_3P_historical_TIC_sample").path.read_bytes(), b" "
     )
     assert labels(first(make("historique", 3), at(date(2024, 1, 16), 3))) == hist_tri
-    dump = (captures / "hist_mono_hc__hallard_teleinfo-test_README_excerpt.txt").read_text().splitlines()
+    dump = capture("historique/mono_hc__hallard_teleinfo-test_README_excerpt").path.read_text().splitlines()
     hist_hc = [line.split(" ", 1)[0] for line in dump]
     adco, papp = hist_hc.index("ADCO"), hist_hc.index("PAPP")
     hist_hc = hist_hc[adco:] + hist_hc[papp:adco]  # the dump starts and ends mid-frame: stitch ADCO..MOTDETAT
