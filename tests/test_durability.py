@@ -277,6 +277,7 @@ def test_sigkill_while_spooling_then_restart_loses_nothing(rig: Rig) -> None:
     # Every frame the service published, except at most the very last (killed between the two outputs), is
     # either in victoria-metrics already or in the spool.
     on_disk = Spool(rig.spool_dir).peek(10_000).frames
+    assert len(on_disk) >= 4  # what was spooled before the kill (the loop below checks each one arrives)
     spool_times = {frame_time(f) for f in on_disk}
     published = rig.receiver.times()
     rig.vm.start(rig.tmp)

@@ -151,6 +151,7 @@ def test_provisioning_files() -> None:
 def test_structure() -> None:
     schema = documented_schema()
     assert {"teleinfo_check", "teleinfo_ports", "teleinfo_health_output"} <= set(schema)
+    assert set(dashboards()) == {"teleinfo-energy.json", "teleinfo-network.json"}
     for name, dash in dashboards().items():
         panels = panels_of(dash)
         ids = [p["id"] for p in panels]
@@ -463,18 +464,28 @@ def test_daily_energy_in_local_days_and_monday_weeks(week: Week) -> None:
 
 @pytest.mark.integration
 def test_gaps_stay_null(week: Week) -> None:
-    """The six hours without data are null buckets in the power and current graphs, not interpolated values."""
-    meter = week.ids["standard TEMPO three-phase"]
-    for p, t in energy_targets():
-        if p["title"] not in ("Apparent power", "Current per phase") or "GROUP BY time($grouping)" not in t["query"]:
-            continue
-        series = week.query(substitute(t["query"], meter, grouping="1h"))
-        if not series:
-            continue
-        values = dict(series[0]["values"])
-        in_gap = [v for ts, v in values.items() if GAP[0].timestamp() <= ts < GAP[1].timestamp()]
-        assert len(in_gap) == 6 and all(v is None for v in in_gap), t["alias"]
-        assert values[int(GAP[1].timestamp())] is not None
+    """The six hours without data are null buckets in the power and current graphs, not interpolated values.
+
+    Every grouped query of those two panels is checked on a meter that sends its field (PAPP and IINST come from a
+    single-phase historique meter, IINST1-3 from a three-phase one, SINSTS* and IRMS* from a three-phase standard
+    one), so a query that returned nothing for all of them would fail here rather than pass unchecked.
+    """
+    meters = [week.ids[n] for n in ("historique TEMPO", "historique TEMPO three-phase", "standard TEMPO three-phase")]
+    grouped = [
+        t
+        for p, t in energy_targets()
+        if p["title"] in ("Apparent power", "Current per phase") and "GROUP BY time($grouping)" in t["query"]
+    ]
+    assert len(grouped) >= 10  # PAPP, SINSTS, SINSTS1-3; IINST, IINST1-3, IRMS1-3
+    for t in grouped:
+        answers = [week.query(substitute(t["query"], meter, grouping="1h")) for meter in meters]
+        with_data = [series for series in answers if series]
+        assert with_data, f"{t['alias']}: no meter of the week sends it"
+        for series in with_data:
+            values = dict(series[0]["values"])
+            in_gap = [v for ts, v in values.items() if GAP[0].timestamp() <= ts < GAP[1].timestamp()]
+            assert len(in_gap) == 6 and all(v is None for v in in_gap), t["alias"]
+            assert values[int(GAP[1].timestamp())] is not None
 
 
 @pytest.mark.integration
