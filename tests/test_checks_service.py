@@ -196,6 +196,7 @@ def ports_config(tmp_path: Path, port: int, **checks: Any) -> Config:
     return replace(cfg, checks=replace(cfg.checks, **checks))
 
 
+@pytest.mark.slow
 def test_a_hung_check_is_abandoned_at_the_deadline(
     tmp_path: Path, listener: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -249,6 +250,7 @@ class Control:
         self.sock.close()
 
 
+@pytest.mark.slow
 def test_service_runs_checks_on_check_now(vm: VM, providers: Providers, listener: int, tmp_path: Path) -> None:
     health, control = free_port(), free_port()
     conf = tmp_path / "teleinfo.toml"

@@ -408,6 +408,7 @@ def energy_targets() -> list[tuple[dict[str, Any], dict[str, Any]]]:
     return list(targets_of(dashboards()["teleinfo-energy.json"]))
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("period", ["1d", "1w"])
 def test_energy_panels_return_what_each_meter_sends(week: Week, period: str) -> None:
@@ -436,6 +437,7 @@ def test_energy_panels_return_what_each_meter_sends(week: Week, period: str) -> 
     assert seen["Energy per ${period} by tariff index"] == set(METERS)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_meter_variable_lists_every_meter(week: Week) -> None:
     [var] = [v for v in dashboards()["teleinfo-energy.json"]["templating"]["list"] if v["name"] == "meter"]
@@ -443,6 +445,7 @@ def test_meter_variable_lists_every_meter(week: Week) -> None:
     assert {v[1] for v in series["values"]} == set(week.ids.values())
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_daily_energy_in_local_days_and_monday_weeks(week: Week) -> None:
     """BASE index spread per Paris day equals the Python computation; weeks start on Monday 00:00 Paris."""
@@ -462,6 +465,7 @@ def test_daily_energy_in_local_days_and_monday_weeks(week: Week) -> None:
     assert starts[0] == WEEK and all(s.weekday() == 0 and s.hour == 0 for s in starts)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_gaps_stay_null(week: Week) -> None:
     """The six hours without data are null buckets in the power and current graphs, not interpolated values.
@@ -488,6 +492,7 @@ def test_gaps_stay_null(week: Week) -> None:
             assert values[int(GAP[1].timestamp())] is not None
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_tempo_colours_agree_between_modes(week: Week) -> None:
     """Same seed, same instants: the standard meter's STGE, read through the dashboards' mappings, gives the
@@ -510,6 +515,7 @@ def test_tempo_colours_agree_between_modes(week: Week) -> None:
     assert colours == {"BLEU", "BLANC", "ROUGE"}
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_subscribed_power(week: Week) -> None:
     """PREF in VA for standard meters; ISOUSC x 200 V (x 3 on three-phase) for historique ones."""
@@ -525,6 +531,7 @@ def test_subscribed_power(week: Week) -> None:
         assert {v for _, v in s["values"] if v is not None} == {va}, name
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_network_panels(week: Week) -> None:
     """Every network and health query returns data; the values show the week's events."""
@@ -562,6 +569,7 @@ def test_network_panels(week: Week) -> None:
     assert rates and all(abs(v - 2.0) < 1e-9 for v in rates)  # 20 frames every 10 minutes
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_month_panels(week: Week) -> None:
     """The month panels have no GROUP BY time: one value per index over the whole range, and the whole week's

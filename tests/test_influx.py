@@ -307,6 +307,7 @@ def test_https_with_a_ca_file_without_it_and_unverified(tmp_path: Path, caplog: 
         vm.stop()
 
 
+@pytest.mark.slow
 def test_a_server_that_never_answers_times_out_and_stop_is_bounded(tmp_path: Path, caplog: Any) -> None:
     # A listening socket nobody accepts on: the kernel completes the handshake, no answer ever comes.
     with socket.socket() as silent:
@@ -386,6 +387,7 @@ class V2Shim:
         self._thread.join(5)
 
 
+@pytest.mark.slow
 def test_type_conflict_is_rejected_counted_and_never_retried(influxd: InfluxD, tmp_path: Path, caplog: Any) -> None:
     influxd.execute('CREATE DATABASE "conflict"')
     write_v1(influxd, "conflict", [f"teleinfo,meter=000000000000,mode=historique ptec=1i {int(time.time()) - 7200}"])

@@ -444,6 +444,7 @@ def test_listen_prints_the_frames_sent(mode: str) -> None:
             assert "fields)" in line
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_listen_reports_errors_and_timeouts() -> None:
     group, port = unique_group()
@@ -517,6 +518,7 @@ def raw_capture(tmp_path: Path) -> tuple[Path, list[Frame], float]:
     return path, [replace(f, received_at=base + i) for i, f in enumerate(frames)], base
 
 
+@pytest.mark.slow
 @pytest.mark.root
 @pytest.mark.integration
 @pytest.mark.parametrize(("fmt", "by_name"), [("json", False), ("influx", True)])

@@ -105,6 +105,7 @@ def live_config(tmp_path: Path, url: str) -> Config:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "contract"), [("historique", "HCHP"), ("standard", "TEMPO")])
 def test_a_replayed_day_gives_the_live_points_and_a_second_replay_adds_none(
     two_vms: tuple[VictoriaMetrics, VictoriaMetrics],
@@ -149,6 +150,7 @@ def test_a_replayed_day_gives_the_live_points_and_a_second_replay_adds_none(
     assert replay_vm.samples() == live  # nothing twice, although VictoriaMetrics keeps duplicates
 
 
+@pytest.mark.slow
 def test_a_growing_segment_is_replayed_from_where_the_last_run_stopped(tmp_path: Path) -> None:
     vm = VictoriaMetrics()
     vm.start(tmp_path)

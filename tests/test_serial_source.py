@@ -253,6 +253,7 @@ def test_reads_frames_raw_in_the_configured_framing(
     assert messages(caplog, "opened") == [f"serial {meter.path} ({meter.slave_name}) opened at 9600 Bd {port_framing}"]
 
 
+@pytest.mark.slow
 def test_unplug_and_replug_under_a_by_id_link(
     meter: PtyMeter, rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -286,6 +287,7 @@ def test_unplug_and_replug_under_a_by_id_link(
     assert r.stats.src["reconnects"] == 1
 
 
+@pytest.mark.slow
 def test_a_by_id_link_repointed_while_open_is_followed(
     tmp_path: Path, meter: PtyMeter, rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -304,6 +306,7 @@ def test_a_by_id_link_repointed_while_open_is_followed(
         assert r.stats.src["reconnects"] == 1
 
 
+@pytest.mark.slow
 def test_no_data_timeout_reopens_and_recovers(
     meter: PtyMeter, rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -359,6 +362,7 @@ def test_auto_locks_on_the_first_verifying_mode_and_remembers_it(
     assert r.source.baudrate == 1200 and tty_speed(meter) == termios.B1200
 
 
+@pytest.mark.slow
 def test_auto_alternates_speeds_and_relocks_when_the_meter_switches_mode(
     meter: PtyMeter, rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -408,6 +412,7 @@ def test_auto_alternates_speeds_and_relocks_when_the_meter_switches_mode(
     assert r.reader.indexes() == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_garbage_flood_never_raises_and_keeps_reopening(
     meter: PtyMeter, rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -441,6 +446,7 @@ def test_garbage_flood_never_raises_and_keeps_reopening(
     wait_until(lambda: r.source.is_open, 2)  # still up, still trying
 
 
+@pytest.mark.slow
 def test_missing_device_retries_quietly_and_stops_promptly(
     tmp_path: Path, rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:

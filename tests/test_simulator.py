@@ -132,6 +132,7 @@ def test_round_trip_every_configuration(mode: str, phases: int, contract: str, p
         assert (f.values.get("ADSC") or f.values.get("ADCO")) == make(mode, phases).address
 
 
+@pytest.mark.slow
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     config=st.sampled_from(CONFIGS),
@@ -300,6 +301,7 @@ def test_indexes_never_decrease_over_a_day(mode: str, phases: int, contract: str
     assert 5_000 < drawn < 120_000  # a winter day of a household, in Wh
 
 
+@pytest.mark.slow
 def test_load_curve_is_low_at_night_and_peaks_in_the_evening() -> None:
     for seed in range(4):
         frames = take(make("standard", seed=seed, start=datetime(2024, 2, 6, tzinfo=PARIS)).frames(step=300), 288)
@@ -642,6 +644,7 @@ def test_serial_output_on_a_pty() -> None:
         os.close(slave)
 
 
+@pytest.mark.slow
 def test_simulated_stream_paces_and_stops() -> None:
     sim = make("standard", 1, "BASE")
     expected = take(sim.frames(), 2)
@@ -672,6 +675,7 @@ def _teleinfo(*args: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run([sys.executable, "-m", "appliance", *args], cwd=REPO, capture_output=True, timeout=60)
 
 
+@pytest.mark.integration
 def test_simulate_into_decode_pipeline() -> None:
     sim = subprocess.Popen(
         [sys.executable, "-m", "appliance", "simulate", "--frames", "3", "--mode", "standard"],
@@ -694,6 +698,7 @@ def test_simulate_into_decode_pipeline() -> None:
     assert b"3 frames" in sim.stderr.read()
 
 
+@pytest.mark.integration
 def test_simulate_to_a_file_with_errors(tmp_path: Path) -> None:
     path = tmp_path / "tri.bin"
     args = ["simulate", "--mode", "standard", "--phases", "3", "--contract", "TEMPO", "--producer"]
@@ -727,6 +732,8 @@ def test_bad_arguments_exit_2_with_one_line(args: list[str], message: str, capsy
     assert err.count("\n") == 1 and err.startswith("teleinfo simulate: ") and message in err
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_realtime_paces_at_the_baud_rate() -> None:
     t0 = time.monotonic()
     done = _teleinfo("simulate", "--realtime", "--frames", "2")
@@ -736,6 +743,7 @@ def test_realtime_paces_at_the_baud_rate() -> None:
     assert 1.0 <= elapsed < 30
 
 
+@pytest.mark.integration
 def test_closed_reader_is_not_an_error() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "appliance", "simulate", "--mode", "standard"],

@@ -222,6 +222,7 @@ def random_ops(root: Path, rng: random.Random, rounds: int) -> None:
         time.sleep(rng.random() * 0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.root
 @pytest.mark.timeout(120)
@@ -277,6 +278,7 @@ def staging_size(tmp: Path, name: str) -> int:
     return total
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(90)
 def test_kill9_of_client_then_server_mid_upload_resumes_and_converges(tmp_path: Path) -> None:
@@ -367,6 +369,7 @@ def inproc(tmp_path: Path) -> Iterator[SyncServer]:
         server.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_hostile_clients_are_refused_logged_and_confined(
@@ -494,6 +497,7 @@ def test_a_new_login_supersedes_the_old_and_a_reset_upload_resumes(inproc: SyncS
 
 
 # --- TLS ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_tls_from_the_configuration(tmp_path: Path) -> None:
@@ -536,6 +540,7 @@ def test_tls_from_the_configuration(tmp_path: Path) -> None:
 
 
 # --- the purpose: a live journal carried off to the server, replayable there ---------------------------------------
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_a_live_journal_is_mirrored_segment_by_segment_and_replays_from_the_server(tmp_path: Path) -> None:
@@ -575,6 +580,7 @@ def test_a_live_journal_is_mirrored_segment_by_segment_and_replays_from_the_serv
         server.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_moves_out_of_and_into_the_tree_symlinks_and_fifos(inproc: SyncServer, tmp_path: Path) -> None:
@@ -662,6 +668,7 @@ def test_abandoned_uploads_are_bounded_and_count_against_the_quota(inproc: SyncS
     assert refused["ok"] is False and "quota" in refused["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_command_line_errors_are_clear(inproc: SyncServer, tmp_path: Path) -> None:
