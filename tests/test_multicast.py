@@ -35,7 +35,7 @@ from appliance.outputs.multicast import (
     parse_line,
     split_json,
 )
-from appliance.simulator.model import PARIS, MeterSimulator
+from appliance.simulator import PARIS, MeterSimulator
 from appliance.stats import Stats
 from appliance.tic import HISTORIQUE, STANDARD, Decoder, Frame, Kind
 
