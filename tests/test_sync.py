@@ -7,6 +7,8 @@ hostile clients speaking the raw protocol; TLS.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pytest_mock import MockerFixture
 
 from appliance.config import SyncServerConfig
 from appliance.sync.protocol import Connection, ProtocolError, check_path
@@ -462,6 +465,50 @@ def test_hostile_clients_are_refused_logged_and_confined(
     changed = {p for p in set(before_outside) | set(after) if before_outside.get(p) != after.get(p)}
     assert all(p in ("srv/alice", "srv/.partial/alice") or p.startswith("srv/alice/") for p in changed), changed
     assert bob.ask({"op": "ping"})["ok"] is True
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_a_full_disk_mid_upload_is_resumed_once_there_is_room(
+    inproc: SyncServer, tmp_path: Path, mocker: MockerFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's disk fills up in the middle of an upload: the connection ends with the error logged, nothing
+    half-written appears in the tree, and once there is room again the upload resumes from what reached the disk.
+    Only a fake disk fills up on demand: os.write refuses, past 200 kB, writes to the server's staging files."""
+    caplog.set_level(logging.INFO, "appliance.sync")
+    room: dict[str, int | None] = {"left": 200_000}
+    real_write = os.write
+    staging = str(tmp_path / "srv" / ".partial")
+
+    def write(fd: int, block: bytes) -> int:
+        left = room["left"]
+        if left is not None and os.readlink(f"/proc/self/fd/{fd}").startswith(staging):
+            if len(block) > left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            room["left"] = left - len(block)
+        return real_write(fd, block)
+
+    disk = mocker.patch("appliance.sync.upload.os.write", side_effect=write)
+    data = random.Random(5).randbytes(600_000)
+    alice = Raw(inproc.port)
+    assert alice.hello("alice", TOKEN.format("alice"))["ok"] is True
+    assert alice.ask({"op": "put", "path": "big", "size": len(data)})["offset"] == 0
+    with contextlib.suppress(OSError):  # the server may close before all of it is sent
+        alice.conn.send({"op": "data", "offset": 0}, data)
+    assert alice.closed()
+    wait_until(lambda: any("No space left on device" in m for m in caplog.messages), 5)
+    assert not (tmp_path / "srv" / "alice" / "big").exists()  # nothing half-written in the tree
+
+    room["left"] = None  # room again
+    again = Raw(inproc.port)
+    assert again.hello("alice", TOKEN.format("alice"))["ok"] is True
+    offer = again.ask({"op": "put", "path": "big", "size": len(data)})
+    offset = offer["offset"]
+    assert 0 < offset <= 200_000 and offer["sha256"] == hashlib.sha256(data[:offset]).hexdigest()
+    again.conn.send({"op": "data", "offset": offset}, data[offset:])
+    assert again.ask({"op": "commit", "sha256": hashlib.sha256(data).hexdigest()})["ok"] is True
+    assert (tmp_path / "srv" / "alice" / "big").read_bytes() == data
+    assert disk.call_count > 3
 
 
 @pytest.mark.integration
