@@ -60,7 +60,7 @@ def _sent(data: bytes, mode: Mode) -> Truth:
 def _simulated(name: str, sim: MeterSimulator, n: int) -> Stream:
     """``n`` frames of ``sim`` from its start, each taking its wire time at the mode's baud rate."""
     frames = [f.data for f in itertools.islice(sim.frames(), n + 1)]
-    # Real captures start mid-frame (TIC.md G5): keep only the end of the first frame, cut inside a group.
+    # Real captures start mid-frame (docs/PROTOCOL.md §10.5): keep only the end of the first frame, cut inside a group.
     lead = frames[0][-7:]
     return Stream(name, sim.mode, lead + b"".join(frames[1:]), [_sent(f, sim.mode) for f in frames[1:]])
 

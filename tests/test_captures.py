@@ -191,7 +191,7 @@ def test_standard_tri_tempo() -> None:
     assert f.timestamps["DATE"] == "2020-02-14T23:08:04+01:00"
     assert f.timestamps["SMAXSN2-1"] == "2020-02-13T10:11:42+01:00"
     j = f.to_json()
-    stge = j["stge"]  # 463A0800 (TIC.md §1.8): NTARF 03, day white, tomorrow blue, PM1 in progress
+    stge = j["stge"]  # 463A0800 (docs/PROTOCOL.md §8): NTARF 03, day white, tomorrow blue, PM1 in progress
     assert stge["supplier_index"] == 3 == v["NTARF"]
     assert (stge["tempo_today"], stge["tempo_tomorrow"]) == ("white", "blue")
     assert stge["mobile_peak"] == 1 and stge["mobile_peak_notice"] == 0

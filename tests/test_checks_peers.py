@@ -1,4 +1,4 @@
-"""SSH peer checks in two network namespaces joined by a veth pair (NETWORK.md sections 5.4 and 6.1).
+"""SSH peer checks in two network namespaces joined by a veth pair (docs/NETWORK.md §5.4 and §6.1).
 
 ``peer`` (198.51.100.1) runs a real sshd; ``target`` (198.51.100.2) runs two listeners and the appliance (the
 ``teleinfo`` commands run there with ``ip netns exec``), and its nftables drop one listener's port for packets

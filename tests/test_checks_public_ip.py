@@ -1,4 +1,4 @@
-"""The public-IP check against a local HTTP server on 127.0.0.1 that plays the providers (NETWORK.md section 7):
+"""The public-IP check against a local HTTP server on 127.0.0.1 that plays the providers (docs/NETWORK.md §7):
 a valid address, an HTML page, a private address, 429, a slow answer, a trickled answer, a refused connection."""
 
 from __future__ import annotations

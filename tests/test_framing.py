@@ -72,7 +72,7 @@ def test_lf_flood_inside_frames_is_bounded() -> None:
 
 
 def test_tri_phase_standard_frame_fits() -> None:
-    # G9: a three-phase standard frame is over 1300 bytes; ESPHome's 1024-byte buffer overflowed.
+    # docs/PROTOCOL.md §10.9: a three-phase standard frame is over 1300 bytes; ESPHome's 1024-byte buffer overflowed.
     groups = [encode_group("standard", f"EASF{i:02d}", "000000000") for i in range(1, 11)] * 8
     frame = encode_frame(groups)
     assert len(frame) > 1300

@@ -1,4 +1,4 @@
-"""Home Assistant discovery (``appliance/ha.py``) against NETWORK.md §1 and HA's own rules, and the templates
+"""Home Assistant discovery (``appliance/ha.py``) against docs/NETWORK.md §1 and HA's own rules, and the templates
 rendered the way HA renders them (Jinja2's immutable sandbox, ``value_json`` and ``this``) on real frames."""
 
 from __future__ import annotations

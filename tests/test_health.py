@@ -292,7 +292,7 @@ class HAProxy:
         hp = health_port
         # Silent checks (agent without agent-send, tcp-check expect) take up to ~0.35 s: the 150 ms peek, plus up to
         # 200 ms by which HAProxy 2.6 delays the last ACK of the handshake (seen with tcpdump), so the timeouts
-        # (agent-inter, timeout check) stay at 1 s, as in NETWORK.md's recipe.
+        # (agent-inter, timeout check) stay at 1 s, as in docs/NETWORK.md §2.2.
         check = "check inter 400ms rise 1 fall 1"
         agent = f"agent-check agent-port {hp} agent-inter 1s"
         self.cfg_path.write_text(

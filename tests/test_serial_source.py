@@ -247,7 +247,7 @@ def test_reads_frames_raw_in_the_configured_framing(
         bytesize, parity = 8, "N"
     assert port is not None and (port.bytesize, port.parity, port.stopbits) == (bytesize, parity, 1)
     port_framing = f"{bytesize}{parity}1"
-    assert not termios.tcgetattr(meter.slave)[3] & termios.ICANON  # raw: ETX and CR survive (TIC.md G7)
+    assert not termios.tcgetattr(meter.slave)[3] & termios.ICANON  # raw: ETX and CR survive (docs/PROTOCOL.md §10.7)
     src = r.stats.src
     assert src["state"] == "open" and src["bytes"] == len(data) and src["mode"] == "standard"
     assert messages(caplog, "opened") == [f"serial {meter.path} ({meter.slave_name}) opened at 9600 Bd {port_framing}"]

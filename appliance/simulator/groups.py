@@ -122,7 +122,7 @@ def historique(
         b.number("IINST", currents[0], 3)
         if currents[0] > plate.isousc:
             b.number("ADPS", currents[0], 3)
-        b.number("IMAX", 90, 3)  # Linky: always 090 (TIC.md §1.6)
+        b.number("IMAX", 90, 3)  # Linky: always 090 (docs/PROTOCOL.md §6)
     else:
         for i, amps in enumerate(currents):
             b.number(f"IINST{i + 1}", amps, 3)
@@ -215,7 +215,7 @@ def standard(
 
 
 def stge(plate: Nameplate, sample: Sample, cal: Calendar, period: Period) -> str:
-    """The status register (54E §6.2.3.14, TIC.md §1.8)."""
+    """The status register (54E §6.2.3.14, docs/PROTOCOL.md §8)."""
     v = 0x3A << 16  # standard TIC output, Euridis on with security, CPL New/Lock: every captured meter
     if not period.off_peak:
         v |= 1  # dry contact open outside HC

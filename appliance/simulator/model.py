@@ -5,7 +5,7 @@ random choice comes from a hash of ``seed`` and the instant or day it concerns, 
 replayed and two runs with the same arguments give the same bytes.  :mod:`appliance.simulator.output` puts the
 frames on a wire.
 
-The parts, each in its module (what a frame carries, and why: TIC.md §1.2-1.9):
+The parts, each in its module (what a frame carries, and why: docs/PROTOCOL.md §2-§9):
 
 * :mod:`~appliance.simulator.load`: the household's power, voltages and appliance events at any instant;
 * :mod:`~appliance.simulator.tariffs`: the period in force, Tempo colours, EJP days, day profiles;
@@ -106,7 +106,7 @@ class MeterSimulator:
     ``start`` (timezone-aware) is where :meth:`frames` begins unless told otherwise; ``meter_id`` is the ADCO/ADSC
     (12 digits, derived from the seed if omitted), ``prm`` the delivery point (14 digits), ``subscribed_kva`` the
     subscribed power (PREF; default 6 kVA single-phase, 12 kVA three-phase).  Producer data exists in standard
-    mode only (TIC.md §1.9), so ``producer`` with ``mode="historique"`` is a ValueError.
+    mode only (docs/PROTOCOL.md §9), so ``producer`` with ``mode="historique"`` is a ValueError.
     """
 
     start: datetime
@@ -160,7 +160,7 @@ class MeterSimulator:
     @property
     def isousc(self) -> int:
         """ISOUSC, and the per-phase setting current: PREF / 200 V, a third of it per phase on three-phase meters
-        (TIC.md §1.6)."""
+        (docs/PROTOCOL.md §6)."""
         return self._plate.isousc
 
     def period(self, at: datetime) -> Period:
