@@ -1,7 +1,7 @@
 """Home Assistant MQTT discovery for a Linky meter, and the state filter that keeps its energy dashboard right.
 
 Pure: topics, payloads and filters only; :mod:`appliance.outputs.mqtt` does the publishing.  The layout is the
-contract of ``docs/DATA_FORMAT.md`` §4 and follows NETWORK.md §1:
+contract of ``docs/DATA_FORMAT.md`` §4 and follows docs/NETWORK.md §1:
 
 * **Device-based discovery** (HA >= 2024.12): one retained message per meter on
   ``<prefix>/device/linky_<meter>/config`` whose ``cmps`` hold one component per label HA can use.  ``dev`` and
@@ -57,7 +57,7 @@ _DIAGNOSTIC: Final = frozenset({"VTIC", "OPTARIF", "ISOUSC", "PREF", "PCOUP", "H
 _WHILE_PRESENT: Final = frozenset({"ADPS", "ADIR1", "ADIR2", "ADIR3", "PEJP"})
 #: Settings: numeric with a unit, but statistics over them are meaningless.
 _SETTINGS: Final = frozenset({"ISOUSC", "PREF", "PCOUP"})
-#: TIC unit -> (device_class, HA unit, state_class) for the integer kinds (NETWORK.md §1.4).
+#: TIC unit -> (device_class, HA unit, state_class) for the integer kinds (docs/NETWORK.md §1.4).
 _BY_UNIT: Final[dict[str, tuple[str | None, str, str | None]]] = {
     "Wh": ("energy", "Wh", "total_increasing"),
     "VArh": ("reactive_energy", "varh", "total_increasing"),

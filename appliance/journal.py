@@ -296,7 +296,8 @@ class Journal:
             n += 1
         parts.append(comp.flush())
         blob = b"".join(parts)
-        with self._path.open("ab") as f:
+        path = self._path
+        with path.open("ab") as f:
             before = f.tell()
             try:
                 f.write(blob)
@@ -307,9 +308,25 @@ class Journal:
                     f.truncate(before)
                 except OSError:
                     pass
+                if before == 0:
+                    self._forget_segment(path)
                 raise
         self._size += len(blob)
         return n
+
+    def _forget_segment(self, path: Path) -> None:
+        """Nothing of a new segment reached the disk: remove its empty file and reuse its number.
+
+        An empty file is not a readable segment (no header), so leaving it would make ``teleinfo replay`` report
+        the directory as damaged after a full disk; reusing the number keeps the sequence without a gap, so replay
+        decodes the next segment as the continuation of the previous one.
+        """
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            return
+        self._seq -= 1
+        self.segments -= 1
 
     def _open_segment(self, t: float, slot: int) -> None:
         self._seq += 1

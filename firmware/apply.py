@@ -2,7 +2,7 @@
 """Give the TIC the GPIO header's PL011 UART: apply ``firmware/config.txt`` and ``firmware/cmdline.remove`` to a
 Raspberry Pi boot partition (Raspberry Pi OS Bookworm and later mount it at ``/boot/firmware``).
 
-Why each change (IMAGE.md §2): the TIC is 7E1 and only the PL011 does parity, so on the Zero 2 W, 3 and 4 the
+Why each change (docs/IMAGE.md §2): the TIC is 7E1 and only the PL011 does parity, so on the Zero 2 W, 3 and 4 the
 Bluetooth overlay ``disable-bt`` gives the PL011 back to GPIO14/15; on the Pi 5 the header UART is RP1 UART0,
 switched on by ``dtparam=uart0=on`` (and ``enable_uart=1`` must not be set for it: it moves the console there).
 Every model then reads the meter on ``/dev/ttyAMA0``.  A serial console on that UART would answer the meter with

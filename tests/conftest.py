@@ -3,22 +3,10 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
 from .netns import netns, veth_pair  # noqa: F401 - fixtures shared by the tests that need namespaces
-
-REPO = Path(__file__).resolve().parent.parent
-CAPTURES = REPO.parent / "shared" / "captures"
-
-
-@pytest.fixture(scope="session")
-def captures() -> Path:
-    """The directory of real captures (../shared/captures beside the checkout)."""
-    if not CAPTURES.is_dir():
-        pytest.skip(f"real captures not found at {CAPTURES}")
-    return CAPTURES
 
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection

@@ -8,8 +8,8 @@ behind the same by-id link.
 Pty facts the helpers rely on (Linux):
 
 * The slave is set raw *before* anyone opens it, and the test keeps its own slave fd open.  Otherwise the line
-  discipline is cooked while bytes arrive (ETX 0x03 is VINTR, CR becomes LF: TIC.md G7) and bytes written while
-  no reader holds the slave may be discarded.  With the slave held open, written bytes wait in the slave's input
+  discipline is cooked while bytes arrive (ETX 0x03 is VINTR, CR becomes LF: docs/PROTOCOL.md §10.7) and bytes written
+  while no reader holds the slave may be discarded.  With the slave held open, written bytes wait in the slave's input
   queue until the reader opens it.
 * A pty accepts 7E1 termios settings but emulates neither speed nor parity: bytes arrive as written, whatever
   the baud rate the reader chose.  :meth:`PtyMeter.write_paced` paces writes at a baud rate when timing matters.

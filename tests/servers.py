@@ -1,13 +1,13 @@
 """Real servers for the tests, started on 127.0.0.1 with free ports and stopped by their own PID.
 
 * :class:`InfluxD`: influxd 1.6.7 from Debian (``apt-get install influxdb``), the strict line-protocol parser,
-  InfluxQL and the ``[[udp]]`` listener (NETWORK.md §4.4).  Tests are skipped when the binary is missing.
+  InfluxQL and the ``[[udp]]`` listener (docs/NETWORK.md §4.4).  Tests are skipped when the binary is missing.
 * :class:`VictoriaMetrics`: victoria-metrics from Debian (``apt-get install victoria-metrics``), which takes
   InfluxDB line protocol on ``/api/v2/write`` like InfluxDB 1.8+/2.x/3.x and is read back through
-  ``/api/v1/export`` (NETWORK.md §4.1).  It can be stopped and started again on the same port and data, for
+  ``/api/v1/export`` (docs/NETWORK.md §4.1).  It can be stopped and started again on the same port and data, for
   outages.  Tests are skipped when the binary is missing.
 * :class:`MulticastRelay`: forwards a multicast group joined on 127.0.0.1 to a unicast UDP port, because
-  influxd's UDP listener does not join groups (NETWORK.md §3.3): ``socat`` as tested there, or a Python thread.
+  influxd's UDP listener does not join groups (docs/NETWORK.md §3.3): ``socat`` as tested there, or a Python thread.
 """
 
 from __future__ import annotations
@@ -260,7 +260,7 @@ def _joined_on_lo(group: str) -> bool:
 class MulticastRelay:
     """Forward ``group:port`` (joined on 127.0.0.1) to ``127.0.0.1:target_port``.
 
-    ``kind="socat"`` runs NETWORK.md §3.3's socat command (skipped if socat is missing) and waits until the
+    ``kind="socat"`` runs docs/NETWORK.md §3.3's socat command (skipped if socat is missing) and waits until the
     group shows as joined on lo in /proc/net/igmp; ``kind="python"`` is a thread doing the same with
     :func:`appliance.outputs.multicast.open_receiver`.  Use a group no other test uses, so "joined" means "ours".
     """

@@ -1,15 +1,26 @@
-"""Every real capture in ../shared/captures decodes to the values its bytes hold.
+"""Every real capture under tests/data/tic decodes to the values its bytes hold.
 
-The expected values below were written by reading each capture's bytes against the Enedis specs (02E for
-historique, 54E for standard), not by copying the decoder's output: indexes as integers in Wh, ids with their
-leading zeros, text with its padding removed, horodates with +01:00 for H and +02:00 for E.
+Two independent readings of each capture are compared with the decoder:
+
+* its expected-output file (``tests/captures.py`` says the format), checked here group by group against the raw
+  bytes with the spec's checksum rule and nothing of the decoder (:func:`_spec_groups`);
+* the hand-written expectations below, written by reading each capture's bytes against the Enedis specs (02E for
+  historique, 54E for standard), not by copying the decoder's output: indexes as integers in Wh, ids with their
+  leading zeros, text with its padding removed, horodates with +01:00 for H and +02:00 for E.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import re
+from typing import Any
 
-from appliance.tic import Decoder
+import pytest
+
+from appliance.tic import Decoder, Frame
+
+from .captures import DATA, Capture, all_captures, capture, observed
+
+CAPTURES = all_captures()
 
 ENEDIS_STD = {
     "ADSC": "031664001115",
@@ -48,16 +59,12 @@ ENEDIS_STD_STAMPS = {
 }
 
 
-def _decode(path: Path, wrap: bool = False) -> tuple[list, Decoder]:
-    data = path.read_bytes()
-    if wrap:  # the capture holds a frame body without STX/ETX
-        data = b"\x02" + data + b"\x03"
-    d = Decoder()
-    return d.feed(data), d
+def _decode(name: str) -> tuple[list[Frame], Decoder]:
+    return capture(name).decode()
 
 
-def test_historique_mono_base_enedis(captures: Path) -> None:
-    frames, d = _decode(captures / "hist_mono_base__enedis_tic2websocket_ticFrameHistoric.bin")
+def test_historique_mono_base_enedis() -> None:
+    frames, d = _decode("historique/mono_base__enedis_tic2websocket_ticFrameHistoric")
     assert len(frames) == 1 and not d.rejects
     f = frames[0]
     assert f.mode == "historique" and f.meter == "812164417227"
@@ -76,8 +83,8 @@ def test_historique_mono_base_enedis(captures: Path) -> None:
     assert f.to_json()["tariff"] == {"contract": "BASE"}
 
 
-def test_historique_tri_base_midstream_start(captures: Path) -> None:
-    frames, d = _decode(captures / "hist_tri_base__ticdecodecpp_continuous_linky_3P_historical_TIC_sample.bin")
+def test_historique_tri_base_midstream_start() -> None:
+    frames, d = _decode("historique/tri_base__ticdecodecpp_continuous_linky_3P_historical_TIC_sample")
     # 6 complete frames; the capture starts with "MOTDE" mid-frame and ends inside a 7th frame.
     assert len(frames) == 6 and not d.rejects
     assert d.assembler.stats.skipped_bytes == 5
@@ -104,8 +111,8 @@ def test_historique_tri_base_midstream_start(captures: Path) -> None:
         assert f.to_json()["ppot"] == {"phase1_present": True, "phase2_present": True, "phase3_present": True}
 
 
-def test_standard_mono_enedis(captures: Path) -> None:
-    frames, d = _decode(captures / "std_mono__enedis_tic2websocket_ticFrameStandard.bin")
+def test_standard_mono_enedis() -> None:
+    frames, d = _decode("standard/mono__enedis_tic2websocket_ticFrameStandard")
     assert len(frames) == 1 and not d.rejects
     f = frames[0]
     assert f.values == ENEDIS_STD
@@ -130,8 +137,8 @@ def test_standard_mono_enedis(captures: Path) -> None:
     assert slots[5:] == [None] * 6
 
 
-def test_standard_pcoup_invalid_rejected_rest_kept(captures: Path) -> None:
-    frames, d = _decode(captures / "std_mono__enedis_tic2websocket_ticFrameStandard_PCOUP_Invalid.bin")
+def test_standard_pcoup_invalid_rejected_rest_kept() -> None:
+    frames, d = _decode("standard/mono__enedis_tic2websocket_ticFrameStandard_PCOUP_Invalid")
     assert len(frames) == 1
     f = frames[0]
     assert f.invalid == ["PCOUP"]
@@ -140,8 +147,8 @@ def test_standard_pcoup_invalid_rejected_rest_kept(captures: Path) -> None:
     assert f.timestamps == ENEDIS_STD_STAMPS
 
 
-def test_standard_mono_continuous(captures: Path) -> None:
-    frames, d = _decode(captures / "std_mono__ticdecodecpp_continuous_linky_1P_standard_TIC_sample.bin")
+def test_standard_mono_continuous() -> None:
+    frames, d = _decode("standard/mono_base__ticdecodecpp_continuous_linky_1P_standard_TIC_sample")
     assert len(frames) == 12 and not d.rejects
     seconds = [34, 35, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44]
     east = [11887649] * 6 + [11887650] * 6
@@ -161,8 +168,8 @@ def test_standard_mono_continuous(captures: Path) -> None:
         assert "DATE" not in f.values  # DATE has no value, only its timestamp
 
 
-def test_standard_tri_tempo(captures: Path) -> None:
-    frames, d = _decode(captures / "std_tri_tempo__teleinfo-nom_message_standard.bin", wrap=True)
+def test_standard_tri_tempo() -> None:
+    frames, d = _decode("standard/tri_tempo__teleinfo-nom_message_standard")  # a body: wrapped in STX/ETX
     assert len(frames) == 1 and not d.rejects
     f = frames[0]
     v = f.values
@@ -184,18 +191,20 @@ def test_standard_tri_tempo(captures: Path) -> None:
     assert f.timestamps["DATE"] == "2020-02-14T23:08:04+01:00"
     assert f.timestamps["SMAXSN2-1"] == "2020-02-13T10:11:42+01:00"
     j = f.to_json()
-    stge = j["stge"]  # 463A0800 (TIC.md §1.8): NTARF 03, day white, tomorrow blue, PM1 in progress
+    stge = j["stge"]  # 463A0800 (docs/PROTOCOL.md §8): NTARF 03, day white, tomorrow blue, PM1 in progress
     assert stge["supplier_index"] == 3 == v["NTARF"]
     assert (stge["tempo_today"], stge["tempo_tomorrow"]) == ("white", "blue")
     assert stge["mobile_peak"] == 1 and stge["mobile_peak_notice"] == 0
     assert j["relais"] == [True] + [False] * 7
 
 
-def test_historique_hc_console_dump(captures: Path) -> None:
+def test_historique_hc_console_dump() -> None:
     """hallard's README excerpt is a console dump: no STX/ETX/CR; trailing spaces are space checksums."""
-    text = (captures / "hist_mono_hc__hallard_teleinfo-test_README_excerpt.txt").read_bytes()
+    c = capture("historique/mono_hc__hallard_teleinfo-test_README_excerpt")
+    text = c.path.read_bytes()
     lines = [ln for ln in text.split(b"\n") if ln]
     raw = b"\x02" + b"".join(b"\n" + ln + b"\r" for ln in lines) + b"\x03"
+    assert c.stream() == raw  # what every other test of this capture feeds
     frames = Decoder("historique").feed(raw)
     assert len(frames) == 1
     f = frames[0]
@@ -204,3 +213,87 @@ def test_historique_hc_console_dump(captures: Path) -> None:
     assert f.values["HCHC"] == 723392 and f.values["HCHP"] == 1742238
     assert f.values["PTEC"] == "HP.." and f.values["IINST"] == 1 and f.values["PAPP"] == 180
     assert f.values["ISOUSC"] == 15 and f.values["IMAX"] == 2 and f.values["HHPHC"] == "A"
+
+
+# --- the corpus: one parametrised test over every committed capture ----------------------------------------------
+
+
+def test_the_corpus_is_complete() -> None:
+    """Seven captures from four public projects, each with its expected output and its origin written down."""
+    assert len(CAPTURES) == 7
+    assert {c.mode for c in CAPTURES} == {"historique", "standard"}
+    readme = (DATA / "README.md").read_text()
+    expected = {c.expected_path for c in CAPTURES}
+    assert set(DATA.glob("*/*.expected.jsonl")) == expected  # no expected file without its capture
+    for c in CAPTURES:
+        assert c.expected_path.is_file(), c.name
+        assert f"`{c.path.relative_to(DATA)}`" in readme, f"{c.name}: origin and licence missing from the README"
+
+
+@pytest.mark.parametrize("c", CAPTURES, ids=lambda c: c.name)
+def test_capture_decodes_to_its_expected_output(c: Capture) -> None:
+    frames, decoder = c.decode()
+    want_frames, summary = c.expected()
+    assert summary["frames"] == len(want_frames) > 0
+    assert [f.to_json() for f in frames] == want_frames
+    assert dict(decoder.rejects) == summary["rejects"]
+    assert decoder.assembler.stats.skipped_bytes == summary["skipped_bytes"]
+    assert observed(c) == c.expected_path.read_text().splitlines()  # byte for byte what --write would store
+
+
+def _spec_groups(body: bytes, mode: str) -> list[tuple[str, str | None, str, bool]]:
+    """Every group of a frame body as (label, horodate, data, checksum ok), read with the spec's rule alone.
+
+    Historique (02E §1.5.2): LF label SP data SP chk CR, the sum runs from the label to the end of the data.
+    Standard (54E §5.3.6): LF label HT [horodate HT] data HT chk CR, the sum includes the HT before the checksum.
+    chk = (sum & 0x3F) + 0x20, so it may be a space: nothing is stripped.
+    """
+    sep = b"\t" if mode == "standard" else b" "
+    out = []
+    for line in body.split(b"\n"):
+        if line in (b"", b"\r"):  # line ends normalised by a capture tool: an empty line between groups
+            continue
+        assert line.endswith(b"\r") and line[-3:-2] == sep, line
+        group = line[:-1]
+        summed = group[:-1] if mode == "standard" else group[:-2]
+        ok = (sum(summed) & 0x3F) + 0x20 == group[-1]
+        fields = group[:-2].split(b"\t") if mode == "standard" else group[:-2].split(b" ", 1)
+        label, *rest = (f.decode("ascii") for f in fields)
+        horodate, data = (rest[0], rest[1]) if len(rest) == 2 else (None, rest[0])
+        out.append((label, horodate, data, ok))
+    return out
+
+
+def _iso(horodate: str) -> str:
+    """54E §6.2.1.1: SAAMMJJhhmmss, season H/h = +01:00, E/e = +02:00, a space = no offset (local time)."""
+    s, d = horodate[0], horodate[1:]
+    offset = {"H": "+01:00", "h": "+01:00", "E": "+02:00", "e": "+02:00", " ": ""}[s]
+    return f"20{d[0:2]}-{d[2:4]}-{d[4:6]}T{d[6:8]}:{d[8:10]}:{d[10:12]}{offset}"
+
+
+@pytest.mark.parametrize("c", CAPTURES, ids=lambda c: c.name)
+def test_expected_output_is_what_the_bytes_say(c: Capture) -> None:
+    """The expected file against the raw bytes, group by group, with no code of the decoder involved."""
+    bodies = re.findall(rb"\x02([^\x02\x03\x04]*)\x03", c.stream())  # complete frames only
+    want_frames, _ = c.expected()
+    assert len(bodies) == len(want_frames) > 0
+    for body, want in zip(bodies, want_frames, strict=True):
+        assert want["mode"] == c.mode
+        values: dict[str, Any] = {}
+        stamps: dict[str, str] = {}
+        invalid: list[str] = []
+        for label, horodate, data, ok in _spec_groups(body, c.mode):
+            if not ok:
+                invalid.append(label)
+                continue
+            if horodate is not None:
+                stamps[label] = _iso(horodate)
+            if data:  # DATE: the horodate only, an empty data field (54E §6.2.3.3)
+                values[label] = data
+        assert want["invalid"] == invalid
+        assert want["timestamps"] == stamps
+        assert set(want["values"]) == set(values)
+        for label, got in want["values"].items():
+            # numbers are the digits read as an integer, text is the data without its padding
+            assert got == (int(values[label]) if isinstance(got, int) else values[label].strip(" ")), label
+        assert want["meter"] == values["ADSC" if c.mode == "standard" else "ADCO"]

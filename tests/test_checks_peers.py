@@ -1,4 +1,4 @@
-"""SSH peer checks in two network namespaces joined by a veth pair (NETWORK.md sections 5.4 and 6.1).
+"""SSH peer checks in two network namespaces joined by a veth pair (docs/NETWORK.md §5.4 and §6.1).
 
 ``peer`` (198.51.100.1) runs a real sshd; ``target`` (198.51.100.2) runs two listeners and the appliance (the
 ``teleinfo`` commands run there with ``ip netns exec``), and its nftables drop one listener's port for packets
@@ -192,6 +192,7 @@ def test_unknown_host_key_is_refused_before_any_login(topo: Topology) -> None:
     assert not known.exists()  # nothing was added behind the operator's back
 
 
+@pytest.mark.slow
 def test_enroll_after_confirmation_then_the_dropped_port_is_reported(topo: Topology) -> None:
     conf, known = topo.config("enrolled")
     fp = host_fingerprint(topo.host_pub)
@@ -230,6 +231,7 @@ def test_enroll_after_confirmation_then_the_dropped_port_is_reported(topo: Topol
     assert elapsed < 60
 
 
+@pytest.mark.slow
 def test_changed_host_key_is_refused_and_no_command_runs(topo: Topology) -> None:
     conf, known = topo.config("changed")
     other = topo.root / "other_host"

@@ -122,6 +122,7 @@ def fake_nmap(tmp_path: Path, body: str) -> str:
     return str(path)
 
 
+@pytest.mark.slow
 def test_hanging_nmap_is_killed_at_its_timeout(tmp_path: Path) -> None:
     cfg = PortsCheckConfig(nmap=fake_nmap(tmp_path, "import time; time.sleep(60)"), timeout=1.0)
     start = time.monotonic()

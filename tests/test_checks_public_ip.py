@@ -1,4 +1,4 @@
-"""The public-IP check against a local HTTP server on 127.0.0.1 that plays the providers (NETWORK.md section 7):
+"""The public-IP check against a local HTTP server on 127.0.0.1 that plays the providers (docs/NETWORK.md §7):
 a valid address, an HTML page, a private address, 429, a slow answer, a trickled answer, a refused connection."""
 
 from __future__ import annotations
@@ -99,12 +99,14 @@ def refused_url() -> str:
     return f"http://127.0.0.1:{free_port()}/ip"
 
 
+@pytest.mark.integration
 def test_valid_answer_with_our_user_agent(providers: Providers) -> None:
     assert ask_provider(providers.url("/valid"), 2.0) == "81.56.1.2"
     assert providers.agents == [USER_AGENT]
     assert USER_AGENT.startswith("teleinfo-appliance/")
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize(
     ("path", "reason"),
     [
@@ -120,12 +122,14 @@ def test_bad_answers_are_rejected(providers: Providers, path: str, reason: str) 
         ask_provider(providers.url(path), 2.0)
 
 
+@pytest.mark.integration
 def test_429_gives_retry_after(providers: Providers) -> None:
     with pytest.raises(ProviderError, match="429") as info:
         ask_provider(providers.url("/429"), 2.0)
     assert info.value.retry_after == 1200.0
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", ["/slow", "/trickle"])
 def test_slow_and_trickled_answers_time_out(providers: Providers, path: str) -> None:
     start = time.monotonic()
@@ -139,6 +143,7 @@ def test_refused_connection() -> None:
         ask_provider(refused_url(), 1.0)
 
 
+@pytest.mark.integration
 def test_first_valid_provider_wins_and_is_recorded(providers: Providers) -> None:
     bad = [providers.url(p) for p in ("/html", "/private", "/429", "/slow")] + [refused_url()]
     cfg = PublicIpCheckConfig(providers=[*bad, providers.url("/valid")], timeout=0.4)
@@ -157,6 +162,7 @@ def test_first_valid_provider_wins_and_is_recorded(providers: Providers) -> None
     assert {a["provider"] for a in result.details["attempts"]} <= set(bad)
 
 
+@pytest.mark.integration
 def test_every_provider_bad_is_an_error_naming_each_reason(providers: Providers) -> None:
     urls = [providers.url(p) for p in ("/html", "/private", "/slow")] + [refused_url()]
     (result,) = PublicIpChecker(PublicIpCheckConfig(providers=urls, timeout=0.4)).run(time.monotonic() + 10)
@@ -167,6 +173,7 @@ def test_every_provider_bad_is_an_error_naming_each_reason(providers: Providers)
     assert result.fields == {}  # no public_ip point without an address
 
 
+@pytest.mark.integration
 def test_429_backs_off_that_provider(providers: Providers) -> None:
     checker = PublicIpChecker(PublicIpCheckConfig(providers=[providers.url("/429")], backoff=60))
     first = checker.run(time.monotonic() + 10)[0]
@@ -178,6 +185,7 @@ def test_429_backs_off_that_provider(providers: Providers) -> None:
     assert "(1200 s left)" in second.message or "(1199 s left)" in second.message
 
 
+@pytest.mark.integration
 def test_change_of_address_is_an_event_and_survives_a_restart(providers: Providers, tmp_path: Path) -> None:
     state = tmp_path / "public_ip"
     cfg = PublicIpCheckConfig(providers=[providers.url("/valid")])
@@ -200,6 +208,7 @@ def test_change_of_address_is_an_event_and_survives_a_restart(providers: Provide
     assert state.read_text() == "81.56.1.3\n"
 
 
+@pytest.mark.integration
 def test_deadline_stops_asking_further_providers(providers: Providers) -> None:
     cfg = PublicIpCheckConfig(providers=[providers.url("/valid")])
     (result,) = PublicIpChecker(cfg).run(time.monotonic() - 1)

@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pytest_mock import MockerFixture
 
 from appliance.checks import ports as ports_module
 from appliance.checks import scheduler
@@ -224,32 +226,31 @@ def ports_config(tmp_path: Path, port: int, **checks: Any) -> Config:
     return replace(cfg, checks=replace(cfg.checks, **checks))
 
 
-def test_a_hung_check_is_abandoned_at_the_deadline(
-    tmp_path: Path, listener: int, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.mark.slow
+def test_a_hung_check_is_abandoned_at_the_deadline(tmp_path: Path, listener: int, mocker: MockerFixture) -> None:
     """A check that ignores every timeout (a library bug): only a fake can hang on demand."""
-
-    def hang(*_args: object) -> CheckResult:
-        time.sleep(3)
-        raise AssertionError("never reported")
-
-    monkeypatch.setattr(ports_module, "check_target", hang)
+    release = threading.Event()
+    hung = mocker.patch.object(ports_module, "check_target", side_effect=lambda *_args: release.wait(10))
     runner = CheckRunner(ports_config(tmp_path, listener, deadline=0.3), persist=False)
     start = time.monotonic()
-    (result,) = runner.run("ports")
-    assert time.monotonic() - start < scheduler.GRACE + 1.5
-    assert result.status == ERROR
-    assert result.message == "did not finish within 0.3 s (abandoned)"
-    (again,) = runner.run("ports")  # the abandoned thread still sleeps: no second one is started
-    assert "previous run, abandoned after the deadline, is still running" in again.message
+    try:
+        (result,) = runner.run("ports")
+        assert time.monotonic() - start < scheduler.GRACE + 1.5
+        assert result.status == ERROR
+        assert result.message == "did not finish within 0.3 s (abandoned)"
+        (again,) = runner.run("ports")  # the abandoned thread still hangs: no second one is started
+        assert "previous run, abandoned after the deadline, is still running" in again.message
+        hung.assert_called_once()
+        deadline = hung.call_args.args[2]  # the check was given the run's deadline
+        assert start < deadline <= start + 0.3 + 0.1
+    finally:
+        release.set()  # let the abandoned thread end
 
 
-def test_a_crashing_check_is_an_error_result(tmp_path: Path, listener: int, monkeypatch: pytest.MonkeyPatch) -> None:
-    def crash(*_args: object) -> CheckResult:
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(ports_module, "check_target", crash)
+def test_a_crashing_check_is_an_error_result(tmp_path: Path, listener: int, mocker: MockerFixture) -> None:
+    crash = mocker.patch.object(ports_module, "check_target", side_effect=RuntimeError("boom"))
     (result,) = CheckRunner(ports_config(tmp_path, listener), persist=False).run("ports")
+    crash.assert_called_once()
     assert result.status == ERROR
     assert result.message == "crashed: RuntimeError: boom"
 
@@ -277,6 +278,7 @@ class Control:
         self.sock.close()
 
 
+@pytest.mark.slow
 def test_service_runs_checks_on_check_now(vm: VM, providers: Providers, listener: int, tmp_path: Path) -> None:
     health, control = free_port(), free_port()
     conf = tmp_path / "teleinfo.toml"

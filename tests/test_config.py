@@ -122,6 +122,7 @@ def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.mark.integration
 def test_check_config_and_example_commands(tmp_path: Path) -> None:
     example = run_cli("print-example-config")
     assert example.returncode == 0
@@ -137,6 +138,7 @@ def test_check_config_and_example_commands(tmp_path: Path) -> None:
     assert "outputs.multicast.port: must be at least 1 (got 0)" in r.stderr
 
 
+@pytest.mark.integration
 def test_run_refuses_an_invalid_configuration(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[outputs.multicast]\nttl = -1\n")

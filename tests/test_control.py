@@ -107,6 +107,7 @@ def test_first_client_is_principal_and_the_longest_waiting_is_promoted(serve: Ca
     e.close()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(60)
 def test_random_arrivals_and_departures_keep_arrival_order(serve: Callable[..., ControlServer]) -> None:
     server = serve(max_clients=64)
@@ -248,6 +249,7 @@ def test_a_slow_watcher_loses_frames_and_never_blocks_the_reader(
 
 
 # --- bounds ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_oversized_line_and_flood_get_an_error_and_a_disconnect(serve: Callable[..., ControlServer]) -> None:
     port = port_of(serve(max_line_bytes=100, max_commands_per_second=5))
     principal, second, third = join(port), join(port), join(port)
@@ -355,6 +357,7 @@ def slowloris(port: int, seconds: int, done: list[float]) -> None:
     done.append(time.monotonic() - t0)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_abuse_never_stalls_the_reader_nor_leaks(serve: Callable[..., ControlServer], stats: Stats) -> None:
     server = serve(max_clients=32, max_commands_per_second=50)

@@ -146,6 +146,7 @@ def write_config(tmp_path: Path, device: Path, extra: str = "") -> Path:
 
 
 # --- whole reports -----------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.integration
 def test_all_well_with_a_historique_meter_and_reachable_servers(
     tmp_path: Path, meter: PtyMeter, mosquitto: int, influxd: int
@@ -175,6 +176,7 @@ def test_all_well_with_a_historique_meter_and_reachable_servers(
     assert out.rstrip().endswith("0 problem(s), 1 warning(s)")
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_standard_meter_with_historique_configured_is_a_failure_with_its_fix(tmp_path: Path, meter: PtyMeter) -> None:
     config = write_config(tmp_path, meter.path)
@@ -193,6 +195,7 @@ def test_standard_meter_with_historique_configured_is_a_failure_with_its_fix(tmp
     assert elapsed < 10  # 1.5 s at 1200 Bd finds nothing, the standard window stops at the second frame
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_silent_and_garbled_meters(tmp_path: Path, meter: PtyMeter) -> None:
     config = write_config(tmp_path, meter.path)
@@ -231,6 +234,7 @@ def test_every_problem_comes_with_its_fix(tmp_path: Path) -> None:
     assert out.rstrip().endswith("5 problem(s), 0 warning(s)")
 
 
+@pytest.mark.integration
 def test_invalid_configuration_is_reported_and_the_rest_still_checked(tmp_path: Path) -> None:
     config = tmp_path / "bad.toml"
     config.write_text("[source]\nmode = 3\n")
@@ -273,6 +277,7 @@ def test_console_on_the_uart(tmp_path: Path) -> None:
     assert next(check_console(Path("/dev/ttyUSB0"), cmdline)).status == "skip"  # a USB dongle: no console there
 
 
+@pytest.mark.integration
 def test_boot_config_before_and_after_firmware_apply(tmp_path: Path) -> None:
     boot = tmp_path / "bootfs"
     shutil.copytree(FIRMWARE_DATA / "pi5", boot)
@@ -285,6 +290,7 @@ def test_boot_config_before_and_after_firmware_apply(tmp_path: Path) -> None:
     assert next(check_boot(Path("/dev/ttyAMA0"), tmp_path / "absent")).status == "skip"
 
 
+@pytest.mark.integration
 def test_a_getty_on_the_port_is_found(tmp_path: Path, meter: PtyMeter) -> None:
     """A real process named agetty with the port open, as systemd-getty-generator would start."""
     agetty = tmp_path / "agetty"
@@ -310,6 +316,7 @@ def test_clock_states() -> None:
     assert never_set.status == "FAIL" and "1970-01-02" in never_set.detail
 
 
+@pytest.mark.integration
 def test_doctor_is_a_listed_command() -> None:
     result = subprocess.run([sys.executable, "-m", "appliance", "--help"], capture_output=True, text=True, cwd=ROOT)
     assert "doctor" in result.stdout

@@ -221,6 +221,7 @@ def assert_clean(p: ServiceProc) -> None:
     assert "Traceback" not in log and "ERROR" not in log, log
 
 
+@pytest.mark.slow
 def test_points_written_by_the_service_arrive_and_nothing_touches_the_disk(tmp_path: Path) -> None:
     rig = Rig(tmp_path, password="s3cret")  # the token from the environment, basic authentication
     try:
@@ -267,6 +268,7 @@ def test_a_60_s_outage_with_a_restart_of_the_service_loses_nothing(rig: Rig) -> 
     assert_clean(b)
 
 
+@pytest.mark.slow
 def test_sigkill_while_spooling_then_restart_loses_nothing(rig: Rig) -> None:
     a = rig.service()
     wait_until(lambda: len(rig.receiver.times()) >= 2, 15)
@@ -277,6 +279,7 @@ def test_sigkill_while_spooling_then_restart_loses_nothing(rig: Rig) -> None:
     # Every frame the service published, except at most the very last (killed between the two outputs), is
     # either in victoria-metrics already or in the spool.
     on_disk = Spool(rig.spool_dir).peek(10_000).frames
+    assert len(on_disk) >= 4  # what was spooled before the kill (the loop below checks each one arrives)
     spool_times = {frame_time(f) for f in on_disk}
     published = rig.receiver.times()
     rig.vm.start(rig.tmp)
@@ -294,6 +297,7 @@ def test_sigkill_while_spooling_then_restart_loses_nothing(rig: Rig) -> None:
     assert_clean(b)
 
 
+@pytest.mark.slow
 def test_stop_is_bounded_when_the_server_hangs_and_nothing_queued_is_lost(rig: Rig) -> None:
     # A listening socket nobody accepts on: connections open, requests are never answered.
     with socket.socket() as silent:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from appliance.outputs.base import Fanout, OutputWorker
 from appliance.stats import Stats
 from appliance.tic import Frame
@@ -139,6 +141,7 @@ def test_open_failure_is_retried_with_backoff() -> None:
     assert out.closed and stats.snapshot()["outputs"]["late"]["state"] == "stopped"
 
 
+@pytest.mark.slow
 def test_stop_is_bounded_even_when_an_output_hangs() -> None:
     stats = Stats()
     blocked = Blocked()

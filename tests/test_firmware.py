@@ -2,7 +2,7 @@
 
 The script runs as a user runs it (a subprocess on a copied boot partition), and the result is read the way the
 firmware reads it: :func:`effective` evaluates config.txt's model filters, so each model is checked for the
-settings it will actually get (IMAGE.md §2), not just for lines being present.
+settings it will actually get (docs/IMAGE.md §2), not just for lines being present.
 """
 
 from __future__ import annotations

@@ -4,40 +4,40 @@ from __future__ import annotations
 
 from appliance.tic import Decoder, FrameAssembler, encode_frame, encode_group
 
-G1 = encode_group("historique", "PAPP", "00750")
-G2 = encode_group("historique", "IINST", "003")
-FRAME = encode_frame([G1, G2])
+GROUP1 = encode_group("historique", "PAPP", "00750")
+GROUP2 = encode_group("historique", "IINST", "003")
+FRAME = encode_frame([GROUP1, GROUP2])
 
 
 def test_frame_split_byte_by_byte_and_concatenated() -> None:
     fa = FrameAssembler()
     out = [body for b in FRAME * 3 for body in fa.feed(bytes([b]))]
-    assert out == [G1 + G2] * 3
-    assert FrameAssembler().feed(FRAME * 3) == [G1 + G2] * 3
+    assert out == [GROUP1 + GROUP2] * 3
+    assert FrameAssembler().feed(FRAME * 3) == [GROUP1 + GROUP2] * 3
 
 
 def test_garbage_before_first_stx_is_skipped_and_counted() -> None:
     fa = FrameAssembler()
-    assert fa.feed(b"\x00\xffgarbage\r\n" + FRAME) == [G1 + G2]
+    assert fa.feed(b"\x00\xffgarbage\r\n" + FRAME) == [GROUP1 + GROUP2]
     assert fa.stats.skipped_bytes == 11
 
 
 def test_eot_drops_the_frame_in_progress() -> None:
     d = Decoder()
-    frames = d.feed(b"\x02" + G1 + b"\x04" + FRAME)
+    frames = d.feed(b"\x02" + GROUP1 + b"\x04" + FRAME)
     assert [f.values for f in frames] == [{"PAPP": 750, "IINST": 3}]
     assert d.rejects == {"interrupted": 1}
 
 
 def test_eot_inside_a_group_drops_the_frame() -> None:
     d = Decoder()
-    assert d.feed(b"\x02" + G1[:5] + b"\x04" + G1[5:] + b"\x03") == []
+    assert d.feed(b"\x02" + GROUP1[:5] + b"\x04" + GROUP1[5:] + b"\x03") == []
     assert d.rejects == {"interrupted": 1}
 
 
 def test_new_stx_before_etx_restarts_the_frame() -> None:
     d = Decoder()
-    frames = d.feed(b"\x02" + G1 + G2[:4] + FRAME)
+    frames = d.feed(b"\x02" + GROUP1 + GROUP2[:4] + FRAME)
     assert [f.values for f in frames] == [{"PAPP": 750, "IINST": 3}]
     assert d.rejects == {"interrupted": 1}
 
@@ -60,7 +60,7 @@ def test_endless_stream_without_etx_is_bounded_and_counted() -> None:
         assert fa.pending <= 1024
     assert fa.stats.overflow == 1
     # It resynchronises on the next frame.
-    assert fa.feed(FRAME) == [G1 + G2]
+    assert fa.feed(FRAME) == [GROUP1 + GROUP2]
 
 
 def test_lf_flood_inside_frames_is_bounded() -> None:
@@ -72,7 +72,7 @@ def test_lf_flood_inside_frames_is_bounded() -> None:
 
 
 def test_tri_phase_standard_frame_fits() -> None:
-    # G9: a three-phase standard frame is over 1300 bytes; ESPHome's 1024-byte buffer overflowed.
+    # docs/PROTOCOL.md §10.9: a three-phase standard frame is over 1300 bytes; ESPHome's 1024-byte buffer overflowed.
     groups = [encode_group("standard", f"EASF{i:02d}", "000000000") for i in range(1, 11)] * 8
     frame = encode_frame(groups)
     assert len(frame) > 1300
@@ -88,9 +88,9 @@ def test_empty_frame_is_counted_not_emitted() -> None:
 
 def test_reset_forgets_a_partial_frame() -> None:
     d = Decoder()
-    d.feed(b"\x02" + G1)
+    d.feed(b"\x02" + GROUP1)
     d.reset()
-    assert d.feed(G2 + b"\x03" + FRAME)[0].values == {"PAPP": 750, "IINST": 3}
+    assert d.feed(GROUP2 + b"\x03" + FRAME)[0].values == {"PAPP": 750, "IINST": 3}
     assert d.rejects == {"interrupted": 1}
 
 

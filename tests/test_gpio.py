@@ -136,6 +136,7 @@ def test_off_peak_restricted_to_colours(make: Any, factory: MockFactory) -> None
     assert pin.state is True
 
 
+@pytest.mark.slow
 def test_load_shedding_hysteresis_and_minimum_times(make: Any, factory: MockFactory) -> None:
     """ISOUSC 30 A = 6000 VA: shed at >= 90 % (5400 VA), restore at <= 75 % (4500 VA); min_on 0.3 s, min_off 0.5 s
     (the start counts as switching off)."""
@@ -217,6 +218,7 @@ def test_led_flashes_once_per_valid_frame_and_twice_when_an_output_fails(make: A
     assert len(led.states) == 5 and gpio.led.pattern == "frame_failing"
 
 
+@pytest.mark.slow
 def test_led_shows_no_meter_data(make: Any, factory: MockFactory) -> None:
     stats = Stats()
     gpio = make(led_pin=LED_PIN, stats=stats, no_data_after=0.3)
@@ -383,12 +385,15 @@ print(service.stats.frames, sorted(m for m in sys.modules if "gpio" in m))
 """
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_gpio_disabled_imports_nothing_of_it() -> None:
     result = subprocess.run([sys.executable, "-c", DISABLED], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split(" ", 1)[1].strip() == "[]"
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_service_drives_gpio_end_to_end(tmp_path: Path) -> None:
     """`teleinfo run --simulate` with the mock pin factory: the LED flashes for the simulator's frames, the

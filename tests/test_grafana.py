@@ -151,6 +151,7 @@ def test_provisioning_files() -> None:
 def test_structure() -> None:
     schema = documented_schema()
     assert {"teleinfo_check", "teleinfo_ports", "teleinfo_health_output"} <= set(schema)
+    assert set(dashboards()) == {"teleinfo-energy.json", "teleinfo-network.json"}
     for name, dash in dashboards().items():
         panels = panels_of(dash)
         ids = [p["id"] for p in panels]
@@ -407,6 +408,7 @@ def energy_targets() -> list[tuple[dict[str, Any], dict[str, Any]]]:
     return list(targets_of(dashboards()["teleinfo-energy.json"]))
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("period", ["1d", "1w"])
 def test_energy_panels_return_what_each_meter_sends(week: Week, period: str) -> None:
@@ -435,6 +437,7 @@ def test_energy_panels_return_what_each_meter_sends(week: Week, period: str) -> 
     assert seen["Energy per ${period} by tariff index"] == set(METERS)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_meter_variable_lists_every_meter(week: Week) -> None:
     [var] = [v for v in dashboards()["teleinfo-energy.json"]["templating"]["list"] if v["name"] == "meter"]
@@ -442,6 +445,7 @@ def test_meter_variable_lists_every_meter(week: Week) -> None:
     assert {v[1] for v in series["values"]} == set(week.ids.values())
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_daily_energy_in_local_days_and_monday_weeks(week: Week) -> None:
     """BASE index spread per Paris day equals the Python computation; weeks start on Monday 00:00 Paris."""
@@ -461,22 +465,34 @@ def test_daily_energy_in_local_days_and_monday_weeks(week: Week) -> None:
     assert starts[0] == WEEK and all(s.weekday() == 0 and s.hour == 0 for s in starts)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_gaps_stay_null(week: Week) -> None:
-    """The six hours without data are null buckets in the power and current graphs, not interpolated values."""
-    meter = week.ids["standard TEMPO three-phase"]
-    for p, t in energy_targets():
-        if p["title"] not in ("Apparent power", "Current per phase") or "GROUP BY time($grouping)" not in t["query"]:
-            continue
-        series = week.query(substitute(t["query"], meter, grouping="1h"))
-        if not series:
-            continue
-        values = dict(series[0]["values"])
-        in_gap = [v for ts, v in values.items() if GAP[0].timestamp() <= ts < GAP[1].timestamp()]
-        assert len(in_gap) == 6 and all(v is None for v in in_gap), t["alias"]
-        assert values[int(GAP[1].timestamp())] is not None
+    """The six hours without data are null buckets in the power and current graphs, not interpolated values.
+
+    Every grouped query of those two panels is checked on a meter that sends its field (PAPP and IINST come from a
+    single-phase historique meter, IINST1-3 from a three-phase one, SINSTS* and IRMS* from a three-phase standard
+    one), so a query that returned nothing for all of them would fail here rather than pass unchecked.
+    """
+    meters = [week.ids[n] for n in ("historique TEMPO", "historique TEMPO three-phase", "standard TEMPO three-phase")]
+    grouped = [
+        t
+        for p, t in energy_targets()
+        if p["title"] in ("Apparent power", "Current per phase") and "GROUP BY time($grouping)" in t["query"]
+    ]
+    assert len(grouped) >= 10  # PAPP, SINSTS, SINSTS1-3; IINST, IINST1-3, IRMS1-3
+    for t in grouped:
+        answers = [week.query(substitute(t["query"], meter, grouping="1h")) for meter in meters]
+        with_data = [series for series in answers if series]
+        assert with_data, f"{t['alias']}: no meter of the week sends it"
+        for series in with_data:
+            values = dict(series[0]["values"])
+            in_gap = [v for ts, v in values.items() if GAP[0].timestamp() <= ts < GAP[1].timestamp()]
+            assert len(in_gap) == 6 and all(v is None for v in in_gap), t["alias"]
+            assert values[int(GAP[1].timestamp())] is not None
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_tempo_colours_agree_between_modes(week: Week) -> None:
     """Same seed, same instants: the standard meter's STGE, read through the dashboards' mappings, gives the
@@ -499,6 +515,7 @@ def test_tempo_colours_agree_between_modes(week: Week) -> None:
     assert colours == {"BLEU", "BLANC", "ROUGE"}
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_subscribed_power(week: Week) -> None:
     """PREF in VA for standard meters; ISOUSC x 200 V (x 3 on three-phase) for historique ones."""
@@ -514,6 +531,7 @@ def test_subscribed_power(week: Week) -> None:
         assert {v for _, v in s["values"] if v is not None} == {va}, name
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_network_panels(week: Week) -> None:
     """Every network and health query returns data; the values show the week's events."""
@@ -551,6 +569,7 @@ def test_network_panels(week: Week) -> None:
     assert rates and all(abs(v - 2.0) < 1e-9 for v in rates)  # 20 frames every 10 minutes
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_month_panels(week: Week) -> None:
     """The month panels have no GROUP BY time: one value per index over the whole range, and the whole week's

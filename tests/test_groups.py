@@ -16,7 +16,7 @@ def decode_one(group: bytes, mode: str = "auto") -> tuple[dict, dict, list, dict
 @pytest.mark.parametrize(
     ("raw", "label", "value"),
     [
-        # Worked examples of TIC.md §1.4 (from the captures).
+        # Worked examples of docs/PROTOCOL.md §4 (from the captures).
         (b"\nADCO 021861348497 L\r", "ADCO", "021861348497"),
         (b"\nPTEC HP..  \r", "PTEC", "HP.."),  # space checksum
         (b"\nEAST\t099765794\tG\r", "EAST", 99765794),
@@ -85,7 +85,7 @@ def test_format_violations_are_rejected(mode: str, label: str, data: str, horoda
 
 
 def test_unknown_labels_are_kept_as_text() -> None:
-    # Early G1 meters (TIC.md G12) send SINST1 and SMAXN instead of SINSTS / SMAXSN.
+    # Early "G1 pilote" meters (docs/PROTOCOL.md §10.12) send SINST1 and SMAXN instead of SINSTS / SMAXSN.
     values, stamps, invalid, _ = decode_one(encode_group("standard", "SINST1", "00240"))
     assert values == {"SINST1": "00240"} and invalid == []
     values, stamps, _, _ = decode_one(encode_group("standard", "SMAXN", "01024", "E230301065253"))

@@ -1,4 +1,4 @@
-"""Home Assistant discovery (``appliance/ha.py``) against NETWORK.md §1 and HA's own rules, and the templates
+"""Home Assistant discovery (``appliance/ha.py``) against docs/NETWORK.md §1 and HA's own rules, and the templates
 rendered the way HA renders them (Jinja2's immutable sandbox, ``value_json`` and ``this``) on real frames."""
 
 from __future__ import annotations
@@ -103,6 +103,8 @@ def test_discovery_payload_follows_network_md(mode: str, kw: dict[str, Any]) -> 
             assert dc == "enum" and unit is None and sc is None
     ids = [c["unique_id"] for c in p["cmps"].values()]
     assert len(ids) == len(set(ids))
+    # The unit and state-class rules above ran: every meter has energy indexes, an apparent power, a current.
+    assert {"energy", "apparent_power", "current"} <= {c.get("device_class") for c in p["cmps"].values()}
 
 
 def test_units_and_classes() -> None:

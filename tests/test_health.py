@@ -215,6 +215,7 @@ def test_meter_shown_when_configured(serve: Callable[..., HealthServer], stats: 
     assert json.loads(get(port, "/status")[2])["meter"] == METER
 
 
+@pytest.mark.slow
 def test_down_when_frames_stop_and_up_when_they_resume(serve: Callable[..., HealthServer], stats: Stats) -> None:
     port = port_of(serve())
     assert agent_line(port).startswith("up ready 100% #starting")  # within down_after of the start
@@ -252,6 +253,7 @@ def test_nc_prints_the_line(serve: Callable[..., HealthServer], stats: Stats) ->
     assert out.stdout.startswith("up ready 100% #ok frames=1") and out.stdout.count("\n") == 1
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_nagios_check_tcp_and_check_http(serve: Callable[..., HealthServer], stats: Stats) -> None:
     check_tcp, check_http = need("check_tcp"), need("check_http")
@@ -290,7 +292,7 @@ class HAProxy:
         hp = health_port
         # Silent checks (agent without agent-send, tcp-check expect) take up to ~0.35 s: the 150 ms peek, plus up to
         # 200 ms by which HAProxy 2.6 delays the last ACK of the handshake (seen with tcpdump), so the timeouts
-        # (agent-inter, timeout check) stay at 1 s, as in NETWORK.md's recipe.
+        # (agent-inter, timeout check) stay at 1 s, as in docs/NETWORK.md §2.2.
         check = "check inter 400ms rise 1 fall 1"
         agent = f"agent-check agent-port {hp} agent-inter 1s"
         self.cfg_path.write_text(
@@ -337,6 +339,7 @@ class HAProxy:
         }
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(90)
 def test_haproxy_agent_httpchk_and_tcp_check(serve: Callable[..., HealthServer], stats: Stats, tmp_path: Path) -> None:
@@ -451,6 +454,7 @@ def short_connection(port: int, rng: random.Random) -> None:
         pass  # random bytes may be answered and closed before they are all sent
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_abuse_never_stalls_the_reader_nor_leaks(serve: Callable[..., HealthServer], stats: Stats) -> None:
     port = port_of(serve(max_connections=16, read_timeout=1.0))
@@ -500,6 +504,7 @@ def teleinfo_status(port: int, *extra: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_teleinfo_status_exit_codes(serve: Callable[..., HealthServer], stats: Stats) -> None:
     port = port_of(serve())
     stats.source("open", mode="standard")

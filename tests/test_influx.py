@@ -41,6 +41,7 @@ from appliance.simulator import PARIS, MeterSimulator
 from appliance.stats import Stats
 from appliance.tic import HISTORIQUE, STANDARD, Decoder, Frame, Kind
 
+from .captures import all_captures
 from .mosquitto import TestCA
 from .servers import InfluxD, VictoriaMetrics
 from .util import free_port, wait_until
@@ -147,19 +148,19 @@ METERS = [  # every shape of frame the service can produce: modes, phases, contr
 ]
 
 
-def capture_frames(captures: Path) -> list[Frame]:
-    """The real captures' frames (early meters with labels outside the specifications included)."""
+def capture_frames() -> list[Frame]:
+    """The real captures' frames (tests/data/tic)."""
     out: list[Frame] = []
-    for path in sorted(captures.glob("*.bin")):
-        for decoded in Decoder("auto").feed(path.read_bytes()):
-            f = decoded.received(time.time() - 3600)  # a capture's DATE is years old: reception time is used
+    for c in all_captures():
+        for f in Decoder("auto").feed(c.stream()):
+            f = f.received(time.time() - 3600)  # a capture's DATE is years old: reception time is used
             if f.meter is not None:  # a frame with no known meter is not written
                 out.append(f)
     return out
 
 
 def test_influxd_accepts_every_line_with_stable_field_types_across_meters_modes_and_restarts(
-    influxd: InfluxD, tmp_path: Path, captures: Path
+    influxd: InfluxD, tmp_path: Path
 ) -> None:
     influxd.execute('CREATE DATABASE "schema"')
     written: list[Frame] = []
@@ -172,7 +173,8 @@ def test_influxd_accepts_every_line_with_stable_field_types_across_meters_modes_
             write_v1(influxd, "schema", lines)
             written += frames
         if run == 0:
-            frames = capture_frames(captures)
+            frames = capture_frames()
+            assert len(frames) == 23  # every frame of the seven captures
             write_v1(influxd, "schema", [line for f in frames for line in frame_lines(f)])
             written += frames
             influxd.stop()
@@ -304,6 +306,7 @@ def test_https_with_a_ca_file_without_it_and_unverified(tmp_path: Path, caplog: 
         vm.stop()
 
 
+@pytest.mark.slow
 def test_a_server_that_never_answers_times_out_and_stop_is_bounded(tmp_path: Path, caplog: Any) -> None:
     # A listening socket nobody accepts on: the kernel completes the handshake, no answer ever comes.
     with socket.socket() as silent:
@@ -383,6 +386,7 @@ class V2Shim:
         self._thread.join(5)
 
 
+@pytest.mark.slow
 def test_type_conflict_is_rejected_counted_and_never_retried(influxd: InfluxD, tmp_path: Path, caplog: Any) -> None:
     influxd.execute('CREATE DATABASE "conflict"')
     write_v1(influxd, "conflict", [f"teleinfo,meter=000000000000,mode=historique ptec=1i {int(time.time()) - 7200}"])

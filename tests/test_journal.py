@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import os
 import shutil
@@ -11,6 +12,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from pytest_mock import MockerFixture
 
 from appliance.config import Config, JournalConfig
 from appliance.journal import Journal, JournalError, _members, read_segment, segment_files
@@ -212,3 +214,41 @@ def test_the_service_journals_every_read_with_the_stamp_its_frames_got(
     assert len(seen) == 40
     assert [(f.values, f.received_at) for f in again] == [(f.values, f.received_at) for f in seen]
     assert svc.stats.snapshot()["journal"]["written_chunks"] == len(blobs)  # shown in GET /status
+
+
+def test_a_failed_fsync_rolls_the_write_back_and_the_chunks_are_written_once(
+    tmp_path: Path, mocker: MockerFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The SD card fills up between write() and fsync(): the half-written member is cut off again, the chunks stay
+    in memory, and once the card has room they land exactly once, in order.  Only a fake disk fails at that point
+    on demand: the journal's fsync raises ENOSPC twice, then syncs for real."""
+    real_fsync = os.fsync
+    failures = [OSError(errno.ENOSPC, "No space left on device")] * 2
+
+    def fsync(fd: int) -> None:
+        if failures:
+            raise failures.pop()
+        real_fsync(fd)
+
+    fake_fsync = mocker.patch("appliance.journal.os.fsync", side_effect=fsync)
+    j = Journal(JournalConfig(enabled=True, flush_interval=3600, flush_kb=1024), tmp_path, "historique")
+    j.start()  # its own flushes are an hour or a megabyte away: the test flushes by hand
+    first, second = chunks(5), chunks(5, t0=T0 + 10)
+    for t, d in first:
+        j.append(d, t)
+    j.flush()  # write() succeeds, fsync() fails: rolled back
+    assert j.last_error == "[Errno 28] No space left on device" and j.written == 0
+    assert j.snapshot()["buffered_bytes"] == sum(len(d) for _, d in first)
+    assert segment_files(tmp_path) == []  # no torn member, and no empty (unreadable) segment left behind
+    for t, d in second:
+        j.append(d, t)
+    j.flush()  # the second failure: still nothing on disk, nothing lost
+    assert j.written == 0 and j.last_error is not None
+    j.flush()  # room again
+    assert j.last_error is None and j.written == 10 and j.snapshot()["buffered_bytes"] == 0
+    j.close()
+    [segment] = segment_files(tmp_path)
+    assert read_segment(segment).seq == 0  # the number of the segment that failed: no gap for replay
+    assert all_chunks(tmp_path) == first + second
+    assert fake_fsync.call_count >= 3
+    assert sum("cannot write" in r.getMessage() for r in caplog.records) == 1  # logged once, not per retry

@@ -192,6 +192,7 @@ def test_discovery_again_on_home_assistant_birth(broker: Mosquitto, subscriber: 
         out.close()
 
 
+@pytest.mark.slow
 def test_broker_killed_and_restarted_mid_stream(tmp_path: Path) -> None:
     """Through the service's worker and spool: nothing lost, nothing reordered, discovery re-sent."""
     frames = make_frames(30)
@@ -252,6 +253,7 @@ def test_partial_delivery_when_the_broker_dies(tmp_path: Path) -> None:
         broker.stop()
 
 
+@pytest.mark.slow
 def test_silent_broker_send_and_close_are_bounded(broker: Mosquitto) -> None:
     """A broker that stops answering (SIGSTOP: the kernel still accepts bytes, nothing acknowledges)."""
     assert broker.proc is not None
@@ -436,6 +438,7 @@ def run_argv(config: Path) -> list[str]:
     return [sys.executable, "-m", "appliance", "run", "--config", str(config), "--no-view"]
 
 
+@pytest.mark.slow
 def test_service_killed_subscribers_get_offline_at_once(broker: Mosquitto, tmp_path: Path) -> None:
     avail = "teleinfo/bridge/svc-under-test/status"
     with Subscriber(broker.port, ["teleinfo/#"]) as sub:
@@ -455,6 +458,7 @@ def test_service_killed_subscribers_get_offline_at_once(broker: Mosquitto, tmp_p
         wait_until(lambda: late.on(avail) == [b"offline"], 5)
 
 
+@pytest.mark.slow
 def test_service_with_a_wrong_password(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TEST_MQTT_PASSWORD", "Wr0ng-Secret")  # the service inherits it
     with Mosquitto(tmp_path / "broker", users={"tic": "right"}) as broker:
@@ -480,6 +484,7 @@ def _netns_tools() -> None:
             pytest.skip(f"{tool} not installed")
 
 
+@pytest.mark.slow
 @pytest.mark.root
 @pytest.mark.parametrize(
     ("host", "port", "expected"),

@@ -34,7 +34,7 @@ from appliance.outputs.multicast import (
     open_receiver,
     split_json,
 )
-from appliance.simulator.model import PARIS, MeterSimulator
+from appliance.simulator import PARIS, MeterSimulator
 from appliance.stats import Stats
 from appliance.tic import HISTORIQUE, STANDARD, Decoder, Frame, Kind
 
@@ -167,9 +167,11 @@ def test_json_parts_fit_and_merge_for_every_frame_kind(max_bytes: int) -> None:
         *sim_frames(2, mode="historique", phases=3, contract="TEMPO", seed=5),
         *sim_frames(2, mode="standard", phases=3, contract="EJP", seed=6),
     ]
+    counts = []
     for frame in frames:
         whole = frame.to_json()
         parts = split_json(whole, max_bytes)
+        counts.append(len(parts))
         for p in parts:
             # Only a part holding one single value (a day profile is ~450 bytes) may exceed the limit.
             obj = json.loads(p)
@@ -181,6 +183,7 @@ def test_json_parts_fit_and_merge_for_every_frame_kind(max_bytes: int) -> None:
         if len(parts) == 1:
             assert json.loads(parts[0]) == whole and "part" not in json.loads(parts[0])
         assert compact(merge_json_parts([json.loads(p) for p in parts])) == compact(whole)
+    assert max(counts) > 1  # at every limit some frame (at least the 3.5 kB one) is split: the part checks ran
 
 
 def test_influx_lines_of_a_split_frame_share_tags_and_timestamp() -> None:
@@ -229,14 +232,21 @@ def test_interface_by_name_uses_its_address() -> None:
 
 
 def test_sending_without_any_receiver_works() -> None:
-    out = MulticastOutput(config(*unique_group(), format="json"))
+    """Nobody listening is no error, and the socket stays usable: a receiver that joins later gets the next frame."""
+    group, port = unique_group()
+    out = MulticastOutput(config(group, port, format="json"))
     out.open()
     try:
         for f in mixed_frames():
-            out.send(f)
+            out.send(f)  # raises OSError if a datagram cannot leave
+        with open_receiver(group, port, LOOPBACK) as late:
+            last = sim_frames(1, mode="historique")[0]
+            out.send(last)
+            got = [json.loads(d) for d in drain(late)]
     finally:
         out.close()
     out.close()  # twice is harmless
+    assert got == [json.loads(json.dumps(last.to_json()))]  # a historique frame fits in one datagram
 
 
 @pytest.mark.parametrize(
@@ -432,6 +442,7 @@ def test_listen_prints_the_frames_sent(mode: str) -> None:
             assert "fields)" in line
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_listen_reports_errors_and_timeouts() -> None:
     group, port = unique_group()
@@ -504,6 +515,7 @@ def raw_capture(tmp_path: Path) -> tuple[Path, list[Frame], float]:
     return path, [replace(f, received_at=base + i) for i, f in enumerate(frames)], base
 
 
+@pytest.mark.slow
 @pytest.mark.root
 @pytest.mark.integration
 @pytest.mark.parametrize(("fmt", "by_name"), [("json", False), ("influx", True)])

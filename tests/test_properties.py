@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from appliance.tic import HISTORIQUE, STANDARD, Decoder, Kind
 
-from .conftest import CAPTURES
+from .captures import all_captures
 
 MAX_FRAME = 2048
 CACHE = 256
@@ -20,16 +19,11 @@ CHECKED_KINDS = {Kind.INT, Kind.ID, Kind.ENUM, Kind.HEX, Kind.OPTARIF, Kind.PROF
 
 
 def _corpus() -> bytes:
-    """Real frames from every capture (wrapped when the capture has no STX/ETX)."""
-    parts = []
-    for path in sorted(CAPTURES.glob("*.bin")):
-        data = path.read_bytes()
-        parts.append(data if b"\x02" in data else b"\x02" + data + b"\x03")
-    return b"".join(parts)
+    """Real frames from every committed binary capture (bodies wrapped in STX/ETX)."""
+    return b"".join(c.stream() for c in all_captures() if c.kind != "console")
 
 
-CORPUS = _corpus() if CAPTURES.is_dir() else b""
-needs_corpus = pytest.mark.skipif(not CORPUS, reason="../shared/captures not found")
+CORPUS = _corpus()
 
 
 def _frames(data: bytes) -> list[bytes]:
@@ -63,7 +57,6 @@ def test_control_heavy_streams_are_bounded(stream: list[int]) -> None:
     assert d.assembler.pending <= MAX_FRAME
 
 
-@needs_corpus
 @settings(max_examples=150, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_any_chunking_gives_the_same_frames(data: st.DataObject) -> None:
@@ -85,7 +78,6 @@ def _checked(frame_values: dict, mode: str) -> dict:
     return {k: v for k, v in frame_values.items() if (s := table.get(k)) is not None and s.kind in CHECKED_KINDS}
 
 
-@needs_corpus
 @settings(
     max_examples=int(os.environ.get("TI_HYPOTHESIS_EXAMPLES", "1500")), suppress_health_check=[HealthCheck.too_slow]
 )
@@ -102,6 +94,8 @@ def test_single_corrupted_byte_never_changes_a_checked_value(data: st.DataObject
     assert frames, "the following clean frame must decode"
     assert frames[-1].values == clean.values
     before = _checked(clean.values, clean.mode)
+    if len(frames) == 1:  # the corrupted frame gave nothing at all: its loss must show in the counters
+        assert sum(d.rejects.values()) or d.assembler.stats.skipped_bytes, "a lost frame must be accounted for"
     for f in frames[:-1]:
         after = _checked(f.values, f.mode)
         for label, value in after.items():

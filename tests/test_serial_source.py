@@ -246,12 +246,13 @@ def test_reads_frames_raw_in_the_configured_framing(
         bytesize, parity = 8, "N"
     assert port is not None and (port.bytesize, port.parity, port.stopbits) == (bytesize, parity, 1)
     port_framing = f"{bytesize}{parity}1"
-    assert not termios.tcgetattr(meter.slave)[3] & termios.ICANON  # raw: ETX and CR survive (TIC.md G7)
+    assert not termios.tcgetattr(meter.slave)[3] & termios.ICANON  # raw: ETX and CR survive (docs/PROTOCOL.md §10.7)
     src = r.stats.src
     assert src["state"] == "open" and src["bytes"] == len(data) and src["mode"] == "standard"
     assert messages(caplog, "opened") == [f"serial {meter.path} ({meter.slave_name}) opened at 9600 Bd {port_framing}"]
 
 
+@pytest.mark.slow
 def test_unplug_and_replug_under_a_by_id_link(
     meter: PtyMeter, rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -285,6 +286,7 @@ def test_unplug_and_replug_under_a_by_id_link(
     assert r.stats.src["reconnects"] == 1
 
 
+@pytest.mark.slow
 def test_a_by_id_link_repointed_while_open_is_followed(
     tmp_path: Path, meter: PtyMeter, rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -303,6 +305,7 @@ def test_a_by_id_link_repointed_while_open_is_followed(
         assert r.stats.src["reconnects"] == 1
 
 
+@pytest.mark.slow
 def test_no_data_timeout_reopens_and_recovers(
     meter: PtyMeter, rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -358,6 +361,7 @@ def test_auto_locks_on_the_first_verifying_mode_and_remembers_it(
     assert r.source.baudrate == 1200 and tty_speed(meter) == termios.B1200
 
 
+@pytest.mark.slow
 def test_auto_alternates_speeds_and_relocks_when_the_meter_switches_mode(
     meter: PtyMeter, rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -407,6 +411,7 @@ def test_auto_alternates_speeds_and_relocks_when_the_meter_switches_mode(
     assert r.reader.indexes() == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_garbage_flood_never_raises_and_keeps_reopening(
     meter: PtyMeter, rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -440,6 +445,7 @@ def test_garbage_flood_never_raises_and_keeps_reopening(
     wait_until(lambda: r.source.is_open, 2)  # still up, still trying
 
 
+@pytest.mark.slow
 def test_missing_device_retries_quietly_and_stops_promptly(
     tmp_path: Path, rig: Callable[..., Rig], caplog: pytest.LogCaptureFixture
 ) -> None:

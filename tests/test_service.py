@@ -515,6 +515,7 @@ def assert_clean_log(svc: Proc) -> None:
 
 
 # --- 1. every frame, once, to every receiver ------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "fmt", "n"), [("standard", "json", 6), ("standard", "influx", 6),
                                                 ("historique", "json", 5), ("historique", "influx", 5)])  # fmt: skip
 def test_every_frame_reaches_two_receivers_exactly_once(
@@ -539,6 +540,7 @@ def test_every_frame_reaches_two_receivers_exactly_once(
 # --- 2. from one network namespace to another ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_service_in_one_namespace_reaches_two_receivers_in_another(veth_pair: VethPair, rig: Rig) -> None:
     pair = veth_pair
@@ -563,6 +565,7 @@ def test_service_in_one_namespace_reaches_two_receivers_in_another(veth_pair: Ve
 
 
 # --- 3. the adapter is unplugged and plugged back -------------------------------------------------------------
+@pytest.mark.slow
 def test_unplugged_adapter_is_reopened_and_no_frame_after_replug_is_lost(rig: Rig) -> None:
     rig.write_config(mode="standard", fmt="influx")
     sim = meter("standard")
@@ -596,6 +599,7 @@ def test_unplugged_adapter_is_reopened_and_no_frame_after_replug_is_lost(rig: Ri
 
 
 # --- 4. bad input ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_garbage_flood_then_valid_frames(rig: Rig) -> None:
     rig.write_config(mode="standard", fmt="json")
     sim = meter("standard")
@@ -614,6 +618,7 @@ def test_garbage_flood_then_valid_frames(rig: Rig) -> None:
     assert_clean_log(svc)
 
 
+@pytest.mark.slow
 def test_wrong_speed_publishes_nothing_until_reload_to_auto(rig: Rig) -> None:
     """``mode = "standard"`` on a historique meter: what a meter read at the wrong speed looks like to the service.
 
@@ -644,6 +649,7 @@ def test_wrong_speed_publishes_nothing_until_reload_to_auto(rig: Rig) -> None:
     assert_clean_log(svc)
 
 
+@pytest.mark.slow
 def test_meter_switching_mode_is_followed_in_auto(rig: Rig) -> None:
     rig.write_config(mode="auto", fmt="json")
     hist, std = meter("historique", seed=3), meter("standard", seed=3)
@@ -730,6 +736,7 @@ def test_missing_configuration_file_is_refused(tmp_path: Path) -> None:
     assert p.stderr.splitlines()[1:] == [f"{path}: 1 error(s):", f"  - file not found: {path}"], p.stderr
 
 
+@pytest.mark.slow
 def test_no_receiver_yet_then_a_late_one_gets_the_frames(rig: Rig) -> None:
     rig.write_config(mode="standard", fmt="influx")
     sim = meter("standard")
@@ -751,6 +758,7 @@ def test_no_receiver_yet_then_a_late_one_gets_the_frames(rig: Rig) -> None:
 
 
 # --- 5. systemd ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_systemd_ready_watchdog_status_and_stop(rig: Rig, sig: signal.Signals) -> None:
     rig.write_config(mode="standard", fmt="json")
@@ -784,6 +792,7 @@ def test_systemd_ready_watchdog_status_and_stop(rig: Rig, sig: signal.Signals) -
     assert_clean_log(svc)
 
 
+@pytest.mark.slow
 def test_sighup_with_a_valid_configuration_moves_to_the_new_port(rig: Rig) -> None:
     rig.write_config(mode="standard", fmt="influx")
     new_port = free_port(socket.SOCK_DGRAM)
@@ -810,6 +819,7 @@ def test_sighup_with_a_valid_configuration_moves_to_the_new_port(rig: Rig) -> No
     assert_clean_log(svc)
 
 
+@pytest.mark.slow
 def test_sighup_with_an_invalid_configuration_keeps_the_running_one(rig: Rig) -> None:
     rig.write_config(mode="standard", fmt="influx")
     rx = rig.receiver("influx")
@@ -833,6 +843,7 @@ def test_sighup_with_an_invalid_configuration_keeps_the_running_one(rig: Rig) ->
 
 
 # --- 6. logging under systemd --------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_journal_priorities_and_one_line_per_state_change(rig: Rig) -> None:
     rig.write_config(mode="standard", fmt="json")
     rx = rig.receiver("json")

@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from appliance.outputs.base import OutputWorker
 from appliance.outputs.spool import Spool
 from appliance.stats import Stats
@@ -63,6 +65,7 @@ def test_survives_a_restart_and_partial_commits(tmp_path: Path) -> None:
     assert east(again.peek(1000).frames) == list(range(4, 100))
 
 
+@pytest.mark.integration
 def test_a_frame_written_is_never_lost_to_kill_9(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""

@@ -7,6 +7,8 @@ hostile clients speaking the raw protocol; TLS.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pytest_mock import MockerFixture
 
 from appliance.config import SyncServerConfig
 from appliance.sync.protocol import Connection, ProtocolError, check_path
@@ -222,6 +225,7 @@ def random_ops(root: Path, rng: random.Random, rounds: int) -> None:
         time.sleep(rng.random() * 0.01)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.root
 @pytest.mark.timeout(120)
@@ -277,6 +281,7 @@ def staging_size(tmp: Path, name: str) -> int:
     return total
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(90)
 def test_kill9_of_client_then_server_mid_upload_resumes_and_converges(tmp_path: Path) -> None:
@@ -367,6 +372,7 @@ def inproc(tmp_path: Path) -> Iterator[SyncServer]:
         server.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_hostile_clients_are_refused_logged_and_confined(
@@ -463,6 +469,50 @@ def test_hostile_clients_are_refused_logged_and_confined(
 
 @pytest.mark.integration
 @pytest.mark.timeout(60)
+def test_a_full_disk_mid_upload_is_resumed_once_there_is_room(
+    inproc: SyncServer, tmp_path: Path, mocker: MockerFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The server's disk fills up in the middle of an upload: the connection ends with the error logged, nothing
+    half-written appears in the tree, and once there is room again the upload resumes from what reached the disk.
+    Only a fake disk fills up on demand: os.write refuses, past 200 kB, writes to the server's staging files."""
+    caplog.set_level(logging.INFO, "appliance.sync")
+    room: dict[str, int | None] = {"left": 200_000}
+    real_write = os.write
+    staging = str(tmp_path / "srv" / ".partial")
+
+    def write(fd: int, block: bytes) -> int:
+        left = room["left"]
+        if left is not None and os.readlink(f"/proc/self/fd/{fd}").startswith(staging):
+            if len(block) > left:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            room["left"] = left - len(block)
+        return real_write(fd, block)
+
+    disk = mocker.patch("appliance.sync.upload.os.write", side_effect=write)
+    data = random.Random(5).randbytes(600_000)
+    alice = Raw(inproc.port)
+    assert alice.hello("alice", TOKEN.format("alice"))["ok"] is True
+    assert alice.ask({"op": "put", "path": "big", "size": len(data)})["offset"] == 0
+    with contextlib.suppress(OSError):  # the server may close before all of it is sent
+        alice.conn.send({"op": "data", "offset": 0}, data)
+    assert alice.closed()
+    wait_until(lambda: any("No space left on device" in m for m in caplog.messages), 5)
+    assert not (tmp_path / "srv" / "alice" / "big").exists()  # nothing half-written in the tree
+
+    room["left"] = None  # room again
+    again = Raw(inproc.port)
+    assert again.hello("alice", TOKEN.format("alice"))["ok"] is True
+    offer = again.ask({"op": "put", "path": "big", "size": len(data)})
+    offset = offer["offset"]
+    assert 0 < offset <= 200_000 and offer["sha256"] == hashlib.sha256(data[:offset]).hexdigest()
+    again.conn.send({"op": "data", "offset": offset}, data[offset:])
+    assert again.ask({"op": "commit", "sha256": hashlib.sha256(data).hexdigest()})["ok"] is True
+    assert (tmp_path / "srv" / "alice" / "big").read_bytes() == data
+    assert disk.call_count > 3
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
 def test_a_new_login_supersedes_the_old_and_a_reset_upload_resumes(inproc: SyncServer, tmp_path: Path) -> None:
     conns = []
     for i in range(12):
@@ -494,6 +544,7 @@ def test_a_new_login_supersedes_the_old_and_a_reset_upload_resumes(inproc: SyncS
 
 
 # --- TLS ------------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_tls_from_the_configuration(tmp_path: Path) -> None:
@@ -536,6 +587,7 @@ def test_tls_from_the_configuration(tmp_path: Path) -> None:
 
 
 # --- the purpose: a live journal carried off to the server, replayable there ---------------------------------------
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_a_live_journal_is_mirrored_segment_by_segment_and_replays_from_the_server(tmp_path: Path) -> None:
@@ -575,6 +627,7 @@ def test_a_live_journal_is_mirrored_segment_by_segment_and_replays_from_the_serv
         server.stop()
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_moves_out_of_and_into_the_tree_symlinks_and_fifos(inproc: SyncServer, tmp_path: Path) -> None:
@@ -662,6 +715,7 @@ def test_abandoned_uploads_are_bounded_and_count_against_the_quota(inproc: SyncS
     assert refused["ok"] is False and "quota" in refused["error"]
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_command_line_errors_are_clear(inproc: SyncServer, tmp_path: Path) -> None:

@@ -47,6 +47,7 @@ def settings(name: str) -> dict[str, list[str]]:
     return out
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(p.name for p in UNITS.glob("*.service")))
 def test_unit_verifies_without_a_warning(tmp_path: Path, name: str) -> None:
     unit = staged(tmp_path, name)
@@ -55,6 +56,7 @@ def test_unit_verifies_without_a_warning(tmp_path: Path, name: str) -> None:
     assert result.stderr == "", result.stderr  # unknown keys are only warnings: none allowed
 
 
+@pytest.mark.integration
 def test_credentials_dropin_verifies_without_a_warning(tmp_path: Path) -> None:
     unit = staged(tmp_path, "teleinfo.service", dropins=("credentials.conf",))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)
@@ -62,6 +64,7 @@ def test_credentials_dropin_verifies_without_a_warning(tmp_path: Path) -> None:
     assert "LoadCredential" in (UNITS / "credentials.conf").read_text()
 
 
+@pytest.mark.integration
 def test_service_exposure_is_at_most_the_target(tmp_path: Path) -> None:
     unit = staged(tmp_path, "teleinfo.service")
     result = subprocess.run(
@@ -94,6 +97,7 @@ def test_service_settings_the_appliance_relies_on() -> None:
     assert "PrivateDevices" not in s  # would hide the serial port and GPIO
 
 
+@pytest.mark.integration
 def test_sysusers_creates_the_service_user_in_its_groups(tmp_path: Path) -> None:
     if shutil.which("systemd-sysusers") is None:
         pytest.skip("systemd-sysusers not installed")

@@ -78,7 +78,8 @@ def test_tempo_colours_from_both_modes() -> None:
     h = read_meter("historique", {"OPTARIF": "BBR(", "PTEC": "HCJW", "DEMAIN": "ROUG", "BBRHCJW": 5})
     assert (h.contract, h.period, h.tempo_today, h.tempo_tomorrow) == ("TEMPO", "tempo_white_hc", "white", "red")
     assert read_meter("historique", {"PTEC": "HPJB", "DEMAIN": "----"}).tempo_tomorrow is None
-    s = read_meter("standard", {"NGTF": "TEMPO", "NTARF": 6, "STGE": "9B3A9000"})  # TIC.md: red today, white next
+    # docs/PROTOCOL.md: red today, white next
+    s = read_meter("standard", {"NGTF": "TEMPO", "NTARF": 6, "STGE": "9B3A9000"})
     assert (s.period, s.tempo_today, s.tempo_tomorrow) == ("tempo_red_hp", "red", "white")
 
 

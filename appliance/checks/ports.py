@@ -1,4 +1,4 @@
-"""Open TCP ports of a machine, with nmap, compared with the ports expected open (NETWORK.md section 5).
+"""Open TCP ports of a machine, with nmap, compared with the ports expected open (docs/NETWORK.md §5).
 
 nmap runs as a subprocess with a timeout (killed past it), so a scan that hangs costs its timeout and nothing
 else.  The command is always ``nmap -sT -Pn -n --open -p PORTS -oX - HOST``: a connect scan gives the same results

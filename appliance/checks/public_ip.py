@@ -1,4 +1,4 @@
-"""The public IP address in use, asked of HTTP services that answer it in plain text (NETWORK.md section 7).
+"""The public IP address in use, asked of HTTP services that answer it in plain text (docs/NETWORK.md §7).
 
 Providers are tried in random order (no single service sees every poll, and one that is down costs one short
 timeout), each with a connect timeout and a deadline for its whole answer, so a server that trickles bytes cannot

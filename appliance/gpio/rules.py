@@ -26,8 +26,8 @@ or invalid).  A :class:`Channel` then applies what every output shares:
 * **Forcing.**  ``force(on, seconds)`` holds a state for a time whatever the rule says; when it expires (or is
   released) the rule's current wish applies, within the minimum times.
 
-Tariff data (TIC.md §1.6/§1.8, 02E/54E): historique PTEC (``HC..``/``HP..``, Tempo ``HCJB``...``HPJR``) and DEMAIN;
-standard LTARF (the supplier's label, ``HEURE CREUSE``, ``HC BLEU``...) and STGE's Tempo colour bits.  Power:
+Tariff data (docs/PROTOCOL.md §6/§8, 02E/54E): historique PTEC (``HC..``/``HP..``, Tempo ``HCJB``...``HPJR``) and
+DEMAIN; standard LTARF (the supplier's label, ``HEURE CREUSE``, ``HC BLEU``...) and STGE's Tempo colour bits.  Power:
 historique PAPP against ISOUSC x 200 VA (the subscribed current at 200 VA per ampere, 30 A = 6 kVA), standard
 SINSTS against PREF (kVA).  RELAIS (standard only): relay n is bit n-1.
 """

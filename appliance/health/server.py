@@ -1,4 +1,4 @@
-"""The health socket: one TCP port that HAProxy, Nagios, nc and curl read unchanged (docs NETWORK.md §2.2).
+"""The health socket: one TCP port that HAProxy, Nagios, nc and curl read unchanged (docs/NETWORK.md §2.2).
 
 ::
 

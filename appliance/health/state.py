@@ -20,7 +20,7 @@ Without any output, flowing data is enough for ``up``.  While no frame has come 
 for the frame age, so a meter that never speaks is reported down ``down_after`` seconds after the start, and a
 normal start is not.
 
-Every line starts with the state word and carries a percentage (NETWORK.md §2.2 rules 1 and 2): HAProxy keeps the
+Every line starts with the state word and carries a percentage (docs/NETWORK.md §2.2 rules 1 and 2): HAProxy keeps the
 last weight it was given, and ``tcp-check expect rstring ^up`` / ``check_tcp -e "up ready"`` look at the start.
 The ``#`` text is short, printable ASCII.
 

@@ -1,7 +1,10 @@
 """A simulated Linky meter: realistic TIC frames for tests, demos and ``teleinfo run --simulate``.
 
-:mod:`~appliance.simulator.model` is pure (bytes and expected readings, time is an argument);
-:mod:`~appliance.simulator.output` puts frames on a wire or serves them in-process at the real baud rate.
+:mod:`~appliance.simulator.model` is pure (bytes and expected readings, time is an argument), built from
+:mod:`~appliance.simulator.load` (the household), :mod:`~appliance.simulator.tariffs` (the contracts' calendars)
+and :mod:`~appliance.simulator.groups` (what each frame holds); :mod:`~appliance.simulator.injection` damages
+frames on demand; :mod:`~appliance.simulator.output` puts frames on a wire or serves them in-process at the real
+baud rate.
 
 >>> from datetime import datetime
 >>> from appliance.tic import Decoder
@@ -11,18 +14,12 @@
 [True]
 """
 
-from appliance.simulator.model import (
-    BAUDRATES,
-    CONTRACTS,
-    PARIS,
-    ErrorInjector,
-    Injection,
-    LoadEvent,
-    MeterSimulator,
-    Period,
-    SimFrame,
-)
+from appliance.simulator.injection import ErrorInjector, Injection
+from appliance.simulator.load import LoadEvent
+from appliance.simulator.model import BAUDRATES, MeterSimulator, SimFrame
 from appliance.simulator.output import Chunk, Output, SimulatedStream, chunks, open_output, write_frames
+from appliance.simulator.seeded import PARIS
+from appliance.simulator.tariffs import CONTRACTS, Period
 
 __all__ = [
     "BAUDRATES",

@@ -8,7 +8,7 @@ per group, not per byte, which keeps a Pi Zero idle.
 
 >>> from datetime import datetime
 >>> from io import BytesIO
->>> from appliance.simulator.model import PARIS, MeterSimulator
+>>> from appliance.simulator import PARIS, MeterSimulator
 >>> sink = BytesIO()
 >>> frames = MeterSimulator(start=datetime(2024, 6, 1, tzinfo=PARIS)).frames()
 >>> write_frames((next(frames) for _ in range(2)), sink)
@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from appliance.simulator.model import BAUDRATES, BITS_PER_BYTE, ErrorInjector, MeterSimulator, SimFrame
+from appliance.simulator.injection import ErrorInjector
+from appliance.simulator.model import BAUDRATES, BITS_PER_BYTE, MeterSimulator, SimFrame
 
 __all__ = ["Chunk", "Output", "SimulatedStream", "chunks", "open_output", "write_frames"]
 
@@ -157,7 +158,7 @@ class SimulatedStream:
     and catches up.
 
     >>> from datetime import datetime
-    >>> from appliance.simulator.model import PARIS
+    >>> from appliance.simulator import PARIS
     >>> stream = SimulatedStream(MeterSimulator(mode="standard", start=datetime(2024, 6, 1, tzinfo=PARIS)))
     >>> stream.read(timeout=0.5)[:1]
     b'\\x02'

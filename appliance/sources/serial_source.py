@@ -6,19 +6,19 @@ An appliance has no operator, so everything that can go wrong with a serial link
   another ``ttyUSBn``: the device is opened by the path as configured (a ``/dev/serial/by-id/...`` link is
   resolved again at every open), a vanished or re-pointed path counts as lost, and every read error
   (``SerialException``/``OSError``, e.g. EIO on a pty whose master closed) closes the port and schedules a reopen.
-* **The port is open but nothing useful comes.**  The watchdog is on *progress*, not on bytes (STYLE.md §5.4):
-  garbage at the wrong speed or from a demodulator that cannot follow 9600 Bd (TIC.md G8) keeps bytes flowing,
-  so only a frame the service reports as verified (:meth:`SerialSource.frame_ok`) resets the no-data timer.
+* **The port is open but nothing useful comes.**  The watchdog is on *progress*, not on bytes (docs/DESIGN.md §1):
+  garbage at the wrong speed or from a demodulator that cannot follow 9600 Bd (docs/PROTOCOL.md §10.8) keeps bytes
+  flowing, so only a frame the service reports as verified (:meth:`SerialSource.frame_ok`) resets the no-data timer.
 * **Which speed?**  In ``auto`` mode the port alternates between 9600 Bd (standard) and 1200 Bd (historique), each
-  for a window long enough to see a whole frame even when reading starts mid-frame (TIC.md G5), until a frame
-  verifies; that mode is then locked and remembered, so a reopen tries it first.
+  for a window long enough to see a whole frame even when reading starts mid-frame (docs/PROTOCOL.md §10.5), until a
+  frame verifies; that mode is then locked and remembered, so a reopen tries it first.
 * **Retrying forever without flooding.**  Reopen attempts back off from 0.5 s, doubling up to
   ``reconnect_max_backoff``, and wait on the service's ``stop`` event in slices of at most 0.25 s, so ``read()``
   always returns quickly (the caller pings the systemd watchdog and handles SIGHUP between reads).  Each state
   change is logged once, not once per attempt; every change also goes to :meth:`Stats.source`.
 
-The port is opened raw by pyserial (no canonical mode, so ETX and CR survive, TIC.md G7), in 7E1 (the TIC's
-own format) or 8N1 for UARTs without parity (the decoder masks bit 7, TIC.md G6).
+The port is opened raw by pyserial (no canonical mode, so ETX and CR survive, docs/PROTOCOL.md §10.7), in 7E1 (the TIC's
+own format) or 8N1 for UARTs without parity (the decoder masks bit 7, docs/PROTOCOL.md §10.6).
 
 All methods are meant to be called from one thread (the service's reader); a lock makes :meth:`close` safe from
 another thread too, which then waits for the current read (at most ~0.25 s).
@@ -354,7 +354,7 @@ class SerialSource:
         return ser
 
     def _new_serial(self, device: str, baud: int) -> serial.Serial:
-        """Open ``device``; if it refuses 7E1 (EINVAL), read it as 8N1 instead, as TIC.md G6 describes.
+        """Open ``device``; if it refuses 7E1 (EINVAL), read it as 8N1 instead, as docs/PROTOCOL.md §10.6 describes.
 
         A tty that cannot do parity (a pty; a UART driver without parity) keeps CS8 whatever is asked, and a
         kernel that applies POSIX strictly then fails ``tcsetattr`` with EINVAL when nothing else changed, i.e.

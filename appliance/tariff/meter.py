@@ -5,7 +5,7 @@ the frame (or the configured calendar) does not name maps to None, and the engin
 unattributed; a label the frame lacks is simply absent.
 
 * **Contract.**  Historique: OPTARIF (``BASE``, ``HC..``, ``EJP.``, ``BBRx``).  Standard: NGTF is free text set
-  by the supplier (TIC.md §1.7), read by keyword (``TEMPO``/``BBR``, ``EJP``, ``CREUSE``/``PLEINE``/``HC``,
+  by the supplier (docs/PROTOCOL.md §7), read by keyword (``TEMPO``/``BBR``, ``EJP``, ``CREUSE``/``PLEINE``/``HC``,
   ``BASE``); anything else leaves the contract unknown unless ``tariff.contract`` names it.
 * **Indexes.**  Historique: the labels of 02E (BASE, HCHC/HCHP, BBRH*, EJPHN/EJPHPM) name their period.
   Standard: EASF01-10, index n counting the n-th period of the contract's calendar.
@@ -130,7 +130,7 @@ def _historique(values: Mapping[str, object], meter: str | None, contract: str, 
     kva = kva_cfg or None
     max_va: int | None = kva * 1000 if kva else None
     if max_va is None and isousc:
-        # Linky: ISOUSC = PREF / 200 V, a third of it per phase (TIC.md §1.6); older meters count at 230 V.
+        # Linky: ISOUSC = PREF / 200 V, a third of it per phase (docs/PROTOCOL.md §6); older meters count at 230 V.
         # The check of impossible jumps wants an upper bound, so the larger reading (230 V) is taken.
         max_va = isousc * 230 * (3 if three_phase else 1)
         kva = round(isousc * 200 * (3 if three_phase else 1) / 1000)

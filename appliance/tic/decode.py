@@ -6,10 +6,11 @@
     standard    LF label HT [horodate HT] data HT chk CR    chk = (sum(label ... data HT) & 0x3F) + 0x20
 
 (02E v4 §1.5.2 note; 54E §5.3.6.)  The two rules never accept the same group, and accepting either would double
-the rate of undetected errors, so each frame is checked with exactly the rule of its mode (TIC.md §1.4, G4).
-The checksum may be a space (G1): nothing here strips a line.  Standard data may contain spaces (G2): standard
-groups are split on HT only.  A group that passes its checksum must still match its label's length and charset
-(``labels.py``); otherwise it is rejected as ``format``, because a bit-6 flip keeps the checksum valid.
+the rate of undetected errors, so each frame is checked with exactly the rule of its mode (docs/PROTOCOL.md §4, §10.4).
+The checksum may be a space (docs/PROTOCOL.md §10.1): nothing here strips a line.  Standard data may contain spaces
+(docs/PROTOCOL.md §10.2): standard groups are split on HT only.  A group that passes its checksum must still match its
+label's length and charset (``labels.py``); otherwise it is rejected as ``format``, because a bit-6 flip keeps the
+checksum valid.
 
 Bad input never raises: every rejected group or frame is counted by reason in :attr:`Decoder.rejects`
 (``checksum``, ``malformed``, ``format``, ``interrupted``, ``overflow``, ``empty``) and the rest is kept.
@@ -72,7 +73,7 @@ def _check_fields(table: dict[str, LabelSpec], label: bytes, horodate: bytes | N
         if stamp is None:
             return (RejectReason.FORMAT, name)
     spec = table.get(name)
-    if spec is None:  # unknown label (early G1 meters: SINST1, SMAXN...): kept as text
+    if spec is None:  # unknown label (early "G1 pilote" meters: SINST1, SMAXN...): kept as text
         if _PRINTABLE.fullmatch(data) is None:
             return (RejectReason.FORMAT, name)
         value: object = data.decode("ascii").strip(" ")

@@ -1,6 +1,6 @@
 """Building TIC groups and frames, byte for byte as a meter sends them (used by the simulator and tests).
 
-Group layout (TIC.md §1.3-1.4)::
+Group layout (docs/PROTOCOL.md §3-§4)::
 
     historique  LF label SP data SP chk CR              chk over  label SP data
     standard    LF label HT [horodate HT] data HT chk CR  chk over  label ... data HT

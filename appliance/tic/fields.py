@@ -65,7 +65,7 @@ _COLOUR = (None, "blue", "white", "red")
 
 
 def decode_stge(hex_text: str) -> dict[str, Any]:
-    """Decode the 32-bit status register STGE (54E §6.2.3.14, TIC.md §1.8) into named fields.
+    """Decode the 32-bit status register STGE (54E §6.2.3.14, docs/PROTOCOL.md §8) into named fields.
 
     >>> decode_stge("003A0001")["supplier_index"]
     1

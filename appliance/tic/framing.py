@@ -1,10 +1,10 @@
 """Cutting a raw TIC byte stream into frames (STX ... ETX), whatever size the chunks come in.
 
-TIC.md §1.2: a frame is STX (0x02), the groups, ETX (0x03).  EOT (0x04) means the meter interrupted the
+docs/PROTOCOL.md §2: a frame is STX (0x02), the groups, ETX (0x03).  EOT (0x04) means the meter interrupted the
 frame (remote reading, CBETM long/short switch) and will start over with STX; such a frame is dropped.  A new
 STX before ETX also means the previous frame was cut.  Everything before the first STX is skipped: every real
-capture starts mid-frame (G5).  Bytes are masked to 7 bits first, so a 7E1 line read as 8N1 (parity in bit 7,
-TIC.md G6) decodes the same.
+capture starts mid-frame (docs/PROTOCOL.md §10.5).  Bytes are masked to 7 bits first, so a 7E1 line read as 8N1 (parity
+in bit 7, docs/PROTOCOL.md §10.6) decodes the same.
 
 Memory is bounded: a frame longer than ``max_frame`` bytes is dropped as an overflow and the assembler waits
 for the next STX, so an endless stream with no ETX (or a flood of LF) holds at most ``max_frame`` bytes.  The

@@ -1,7 +1,7 @@
 """Declarative table of every TIC label of both Enedis specifications.
 
 Sources: ERDF-NOI-CPT_02E v4 §2.3-2.5 (historique: single-phase, three-phase long and short frames) and
-Enedis-NOI-CPT_54E v3 §6.2.2 (standard: all 71 labels).  ``../shared/docs/TIC.md`` §1.6-1.7 transcribes both.
+Enedis-NOI-CPT_54E v3 §6.2.2 (standard: all 71 labels).  ``docs/PROTOCOL.md`` §6-§7 summarises both.
 
 Each :class:`LabelSpec` says how long the data field is, which characters it may hold, how to turn it into a
 typed value, and whether the group carries a horodate.  Validation is part of decoding: a single bit-6 flip

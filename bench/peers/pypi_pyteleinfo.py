@@ -7,7 +7,7 @@ at a time until ETX.  The adapter does that framing with :func:`~peers.fake_io.f
 
 It verifies each group against *either* checksum rule and splits on SP or HT, so it claims both modes, but it
 rejects any group holding both SP and HT, which every real standard frame has (NGTF, LTARF, MSG1, PJOURF+1 hold
-spaces; TIC.md G2): in standard mode it raises on every frame.  Historique works.
+spaces; docs/PROTOCOL.md §10.2): in standard mode it raises on every frame.  Historique works.
 
 Requires Python >= 3.12, and shares the import name ``teleinfo`` with the unrelated teleinfo 1.3.1.
 """
