@@ -57,6 +57,10 @@ __all__ = [
     "legal_time",
     "state_payload",
     "state_topic",
+    "tariff_components",
+    "tariff_discovery_payload",
+    "tariff_discovery_topic",
+    "tariff_state_topic",
     "usable_labels",
 ]
 
@@ -213,8 +217,8 @@ def _sensor(spec: LabelSpec, meter: str, topic: str | None) -> dict[str, Any]:
     if label == "OPTARIF":
         cfg["device_class"] = "enum"
         cfg["options"] = list(_CONTRACT_NAMES.values())
-        cfg["value_template"] = _enum_template("'tariff' in value_json", "value_json['tariff']['contract']",
-                                               _CONTRACT_NAMES)  # fmt: skip
+        contract = "value_json['tariff']['contract']"
+        cfg["value_template"] = _enum_template("'tariff' in value_json", contract, _CONTRACT_NAMES)
         if topic:
             cfg.update(_attributes(label, "code", topic))
         return cfg
@@ -369,6 +373,135 @@ def discovery_payload(
         "payload_not_available": "offline",
         "qos": qos,
         "cmps": components(mode, meter, sorted(labels), attributes_topic=state),
+    }
+
+
+# --- the tariff record ----------------------------------------------------------------------------------
+def tariff_state_topic(base: str, meter: str) -> str:
+    """``<base>/<meter>/tariff``: the tariff record (docs/TARIFF.md section 5), retained."""
+    return f"{base}/{meter}/tariff"
+
+
+def tariff_discovery_topic(prefix: str, meter: str) -> str:
+    """``<prefix>/device/linky_<meter>_tariff/config``: the tariff entities, on the meter's own HA device."""
+    return f"{prefix}/device/linky_{meter}_tariff/config"
+
+
+def _money_template(path: str) -> str:
+    return f"{{% if {path} is none %}}None{{% else %}}{{{{ {path} }}}}{{% endif %}}"
+
+
+def _period_template(scope: str, period: str, key: str) -> str:
+    """A period's ``wh`` or ``cost`` today or this month; 0 when nothing was counted in it (zero energy costs
+    nothing, whatever its price), ``None`` when its energy has no price."""
+    entry = f"value_json['{scope}']['periods'].get('{period}')"
+    if key == "wh":
+        return f"{{% set e = {entry} %}}{{{{ e['wh'] if e else 0 }}}}"
+    cost = "{% if not e %}0.0{% elif e['cost'] is none %}None{% else %}{{ e['cost'] }}{% endif %}"
+    return f"{{% set e = {entry} %}}{cost}"
+
+
+def _counter(
+    meter: str, key: str, name: str, scope: str, template: str, money: str | None
+) -> tuple[str, dict[str, Any]]:
+    """An energy (Wh) or money total that starts again each day or month: ``total`` with ``last_reset`` (the
+    scope's local midnight), the only state class HA allows for ``monetary``."""
+    cfg: dict[str, Any] = {"p": "sensor", "name": name, **_ids("sensor", meter, key)}
+    if money is None:
+        cfg.update(device_class="energy", unit_of_measurement="Wh")
+    else:
+        cfg.update(device_class="monetary", unit_of_measurement=money, suggested_display_precision=2)
+    cfg["state_class"] = "total"
+    cfg["last_reset_value_template"] = f"{{{{ value_json['{scope}']['start'] }}}}"
+    cfg["value_template"] = template
+    return key, cfg
+
+
+_SCOPES: Final = (("today", "aujourd'hui"), ("month", "ce mois-ci"))
+
+
+def tariff_components(
+    meter: str, currency: str, periods: Iterable[str], attributes_topic: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """The tariff entities of ``meter``: the price per kWh now (the Energy dashboard's "entity with the current
+    price": unit ``<currency>/kWh``, which ``monetary`` does not allow, so no device class), the period now
+    (readable, its key in ``code``), and energy and cost today and this month, in total and for each of
+    ``periods``.
+
+    >>> c = tariff_components("064468368739", "EUR", ["hc", "hp"])
+    >>> c["tariff_price"]["unit_of_measurement"], "device_class" in c["tariff_price"]
+    ('EUR/kWh', False)
+    >>> c["tariff_hc_cost_month"]["device_class"], c["tariff_hc_cost_month"]["state_class"]
+    ('monetary', 'total')
+    """
+    price: dict[str, Any] = {
+        "p": "sensor",
+        "name": "Prix du kWh en cours",
+        **_ids("sensor", meter, "tariff_price"),
+        "unit_of_measurement": f"{currency}/kWh",
+        "state_class": "measurement",
+        "suggested_display_precision": 4,
+        "value_template": "{% if value_json['price'] %}{{ value_json['price']['value'] }}{% else %}None{% endif %}",
+    }
+    period: dict[str, Any] = {
+        "p": "sensor",
+        "name": "Période tarifaire en cours",
+        **_ids("sensor", meter, "tariff_period"),
+        "device_class": "enum",
+        "options": list(PERIOD_NAMES.values()),
+        "value_template": f"{{% set m = {json.dumps(PERIOD_NAMES, ensure_ascii=False)} %}}"
+        "{{ m.get(value_json['period'] or '', 'None') }}",
+    }
+    if attributes_topic:
+        price["json_attributes_topic"] = period["json_attributes_topic"] = attributes_topic
+        price["json_attributes_template"] = "{{ (value_json['price'] or {}) | tojson }}"
+        period["json_attributes_template"] = (
+            "{{ {'code': value_json['period'], 'label': value_json['period_label']} | tojson }}"
+        )
+    out = {"tariff_price": price, "tariff_period": period}
+    for scope, when in _SCOPES:
+        for key, name, template, money in (
+            ("energy", f"Énergie {when}", f"{{{{ value_json['{scope}']['wh'] }}}}", None),
+            ("cost", f"Coût de l'énergie {when}", _money_template(f"value_json['{scope}']['cost']"), currency),
+            ("total", f"Coût {when}, abonnement compris", _money_template(f"value_json['{scope}']['total']"), currency),
+        ):
+            k, cfg = _counter(meter, f"tariff_{key}_{scope}", name, scope, template, money)
+            out[k] = cfg
+    for p in periods:
+        label = PERIOD_NAMES.get(p, p)
+        for scope, when in _SCOPES:
+            for key, name, money in (("energy", "Énergie", None), ("cost", "Coût", currency)):
+                template = _period_template(scope, p, "wh" if money is None else "cost")
+                k, cfg = _counter(meter, f"tariff_{p}_{key}_{scope}", f"{name} {label} {when}", scope, template, money)
+                out[k] = cfg
+    return out
+
+
+def tariff_discovery_payload(
+    meter: str,
+    mode: str | None,
+    currency: str,
+    periods: Iterable[str],
+    *,
+    state: str,
+    availability: str,
+    qos: int = 1,
+) -> dict[str, Any]:
+    """The discovery message of the tariff entities (publish it retained on :func:`tariff_discovery_topic`).
+
+    Its ``dev`` is the meter's (:func:`device`), so HA shows the costs on the meter's device; ``state`` is
+    :func:`tariff_state_topic`.  The Tempo colours are the meter's own entities (``tempo_today``,
+    ``tempo_tomorrow``), not repeated here.
+    """
+    return {
+        "dev": device(meter, mode),
+        "o": dict(ORIGIN),
+        "state_topic": state,
+        "availability_topic": availability,
+        "payload_available": "online",
+        "payload_not_available": "offline",
+        "qos": qos,
+        "cmps": tariff_components(meter, currency, periods, attributes_topic=state),
     }
 
 

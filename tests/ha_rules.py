@@ -153,7 +153,15 @@ class Entity:
     last_reset: datetime | None = None
 
     def receive(self, payload: str | dict[str, Any]) -> str:
-        """Apply one message on the state topic as HA would; returns the new state; :class:`Warned` on a warning."""
+        """Apply one message on the state topic as HA would; returns the new state; :class:`Warned` on a warning.
+
+        sensor.py ``_state_message_received``: the state first, then ``last_reset`` from every message."""
+        state = self._state(payload)
+        if self.config["p"] == "sensor":
+            self._last_reset(payload)
+        return state
+
+    def _state(self, payload: str | dict[str, Any]) -> str:
         c = self.config
         rendered = render(c["value_template"], payload, self.state, self.attributes)
         if "json_attributes_template" in c:
@@ -172,7 +180,6 @@ class Entity:
                 raise Warned(f"{self.cid}: non-numeric value {rendered!r} for a numeric sensor") from None
             if not math.isfinite(value):
                 raise Warned(f"{self.cid}: {rendered!r}")
-            self._last_reset(payload)
             self.state = rendered
             return self.state
         options = c.get("options")
@@ -220,7 +227,7 @@ class Entity:
         if template is None:
             return
         rendered = render(template, payload, self.state, self.attributes)
-        if not rendered:
+        if not rendered:  # "Ignoring empty last_reset message"
             return
         try:
             self.last_reset = datetime.fromisoformat(rendered)
