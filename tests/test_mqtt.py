@@ -144,6 +144,7 @@ def test_home_assistant_sees_valid_entities_and_states(broker: Mosquitto, subscr
     mode = frames[0].mode
     entities: dict[str, Entity] = {}
     replayed = 0
+    restarted = False
     for topic, payload, _retained, _at in list(subscriber.messages):
         if topic == discovery_topic(frames[0]):
             disc = json.loads(payload)
@@ -156,6 +157,12 @@ def test_home_assistant_sees_valid_entities_and_states(broker: Mosquitto, subscr
         elif topic == state_topic(frames[0]):
             frame = frames[replayed]
             state = json.loads(payload)
+            if mode == "historique" and "PTEC" not in frame.values and not restarted:
+                # Home Assistant restarts just before a short frame: every state unknown, and the frame lacks
+                # PTEC, DEMAIN and HHPHC. The templates must send no value (None), not "unknown" as an option.
+                restarted = True
+                for entity in entities.values():
+                    entity.state, entity.attributes = "unknown", {}
             for cid, entity in entities.items():
                 before = entity.state
                 want = wanted(mode, cid, frame, state)
@@ -171,7 +178,7 @@ def test_home_assistant_sees_valid_entities_and_states(broker: Mosquitto, subscr
     elif name == "standard base":
         assert not relays and not {"tempo_today", "tempo_tomorrow"} & ids
     else:
-        assert entities["ptec"].state in PERIOD_NAMES.values() and entities["ptec"].attributes["code"]
+        assert restarted and entities["ptec"].state in PERIOD_NAMES.values() and entities["ptec"].attributes["code"]
         assert entities["demain"].state in entities["demain"].config["options"]
 
 
