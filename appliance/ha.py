@@ -364,6 +364,13 @@ def discovery_payload(
     ``state`` and ``availability`` are the topics (:func:`state_topic`, :func:`availability_topic`); they and
     ``qos`` are shared by every component.
     """
+    return _device_message(meter, mode, components(mode, meter, sorted(labels), state), state, availability, qos)
+
+
+def _device_message(
+    meter: str, mode: str | None, cmps: dict[str, Any], state: str, availability: str, qos: int
+) -> dict[str, Any]:
+    """A device discovery message: the meter's device, the origin, and what every component shares."""
     return {
         "dev": device(meter, mode),
         "o": dict(ORIGIN),
@@ -372,7 +379,7 @@ def discovery_payload(
         "payload_available": "online",
         "payload_not_available": "offline",
         "qos": qos,
-        "cmps": components(mode, meter, sorted(labels), attributes_topic=state),
+        "cmps": cmps,
     }
 
 
@@ -493,16 +500,8 @@ def tariff_discovery_payload(
     :func:`tariff_state_topic`.  The Tempo colours are the meter's own entities (``tempo_today``,
     ``tempo_tomorrow``), not repeated here.
     """
-    return {
-        "dev": device(meter, mode),
-        "o": dict(ORIGIN),
-        "state_topic": state,
-        "availability_topic": availability,
-        "payload_available": "online",
-        "payload_not_available": "offline",
-        "qos": qos,
-        "cmps": tariff_components(meter, currency, periods, attributes_topic=state),
-    }
+    cmps = tariff_components(meter, currency, periods, attributes_topic=state)
+    return _device_message(meter, mode, cmps, state, availability, qos)
 
 
 # --- state -------------------------------------------------------------------------------------------------

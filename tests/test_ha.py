@@ -202,8 +202,8 @@ STREAMS = {
 }  # fmt: skip
 
 
-def stream(name: str) -> list[Frame]:
-    mode, start, seed, step, n, kw = STREAMS[name]
+def simulated(mode: str, start: datetime, seed: int, step: float | None, n: int, kw: dict[str, Any]) -> list[Frame]:
+    """``n`` frames of a simulated meter, decoded, with their simulated reception times."""
     sim = MeterSimulator(mode=mode, start=start.replace(tzinfo=PARIS), seed=seed, **kw)  # type: ignore[arg-type]
     dec = Decoder(mode)  # type: ignore[arg-type]
     out: list[Frame] = []
@@ -211,7 +211,12 @@ def stream(name: str) -> list[Frame]:
     while len(out) < n:
         sim_frame = next(it)
         out.extend(f.received(sim_frame.at.timestamp()) for f in dec.feed(sim_frame.data))
-    return out
+    return out[:n]
+
+
+def stream(name: str) -> list[Frame]:
+    mode, start, seed, step, n, kw = STREAMS[name]
+    return simulated(mode, start, seed, step, n, kw)
 
 
 @pytest.mark.parametrize("name", list(STREAMS))

@@ -25,16 +25,17 @@ from appliance.outputs.base import OutputWorker
 from appliance.outputs.influx import InfluxOutput
 from appliance.outputs.mqtt import MqttOutput
 from appliance.records import TARIFF, Record, TariffRecord
-from appliance.simulator import PARIS, MeterSimulator
+from appliance.simulator import PARIS
 from appliance.stats import Stats
 from appliance.tariff import TariffEngine, TariffPublisher, parse_tariff
 from appliance.tariff.lines import PERIOD_MEASUREMENT, TARIFF_MEASUREMENT, record_periods, tariff_lines
 from appliance.tariff.periods import CONTRACT_PERIODS
-from appliance.tic import Decoder, Frame
+from appliance.tic import Frame
 
 from .ha_rules import Entity, check_discovery
 from .mosquitto import Mosquitto, Subscriber
 from .servers import InfluxD, VictoriaMetrics
+from .test_ha import simulated
 from .test_mqtt import cfg_for
 from .test_tariff import PRICES
 from .util import wait_until
@@ -44,14 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def frames(mode: str, contract: str, start: datetime, step: float, n: int, seed: int = 4) -> list[Frame]:
     """``n`` decoded frames of a simulated meter, with their reception times."""
-    sim = MeterSimulator(mode=mode, contract=contract, start=start, seed=seed)  # type: ignore[arg-type]
-    dec = Decoder(mode)  # type: ignore[arg-type]
-    out: list[Frame] = []
-    it = sim.frames(step=step)
-    while len(out) < n:
-        f = next(it)
-        out.extend(d.received(f.at.timestamp()) for d in dec.feed(f.data))
-    return out[:n]
+    return simulated(mode, start, seed, step, n, {"contract": contract})
 
 
 def engine() -> TariffEngine:
