@@ -108,7 +108,8 @@ class MqttOutput:
         self.availability_topic = ha.availability_topic(cfg.base_topic, self.client_id)
         self.ha_status_topic = f"{cfg.discovery_prefix}/status"
         self._conn: _Connection | None = None
-        self._lock = threading.Lock()  # _meters: read by the paho thread (HA birth), written by the worker
+        # _meters and _tariffs: read by the paho thread (HA birth), written by the worker and (tariffs) by encode.
+        self._lock = threading.Lock()
         self._meters: dict[str, _Meter] = {}
         self._tariffs: dict[str, tuple[str | None, str, tuple[str, ...]]] = {}  # meter -> what its discovery says
         self.connects = 0
