@@ -14,16 +14,22 @@ spooled frames (docs/DATA_FORMAT.md sections 5 and 6).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Final, Protocol
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from appliance.checks.results import CheckResult
 
-__all__ = ["CHECK", "FRAME", "HEALTH", "CheckRun", "HealthSample", "Record"]
+if TYPE_CHECKING:
+    from appliance.tariff.engine import TariffEngine
+
+__all__ = ["CHECK", "FRAME", "HEALTH", "TARIFF", "CheckRun", "HealthSample", "Record", "TariffRecord"]
 
 FRAME: Final = "frame"
 CHECK: Final = "check"
 HEALTH: Final = "health"
+TARIFF: Final = "tariff"
 
 
 class Record(Protocol):
@@ -58,3 +64,29 @@ class HealthSample:
     at: float
     host: str
     snapshot: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class TariffRecord:
+    """The tariff engine's record at ``at`` (POSIX seconds): :meth:`TariffEngine.snapshot` (docs/TARIFF.md
+    section 5), with the meter and TIC mode it was counted from (None before the first frame that named them).
+
+    MQTT publishes :meth:`to_json` retained with Home Assistant entities, InfluxDB writes it as
+    ``teleinfo_tariff`` and ``teleinfo_tariff_period`` points (docs/DATA_FORMAT.md section 7).
+    """
+
+    kind: ClassVar[str] = TARIFF
+
+    at: float
+    meter: str | None
+    mode: str | None
+    snapshot: Mapping[str, Any]
+
+    @classmethod
+    def from_engine(cls, engine: TariffEngine, at: datetime) -> TariffRecord:
+        """The record of ``engine`` at the aware instant ``at``."""
+        return cls(at.timestamp(), engine.meter, engine.mode, engine.snapshot(at))
+
+    def to_json(self) -> dict[str, Any]:
+        """The snapshot, as published on MQTT and served to the live page."""
+        return dict(self.snapshot)

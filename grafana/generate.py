@@ -336,8 +336,167 @@ TEMPO_COLOURS = {
 }
 
 
+# The tariff engine's points (docs/DATA_FORMAT.md section 7): one teleinfo_tariff point per record, one
+# teleinfo_tariff_period point per period; the last point of each local day holds the day's whole total.
+TARIFF = "teleinfo_tariff"
+TARIFF_PERIOD = "teleinfo_tariff_period"
+BY_DAY_PERIOD = "GROUP BY time(1d), \"period\" fill(null) tz('${tz}')"
+BY_PERIOD_TAG = 'GROUP BY "period"'
+CURRENCY_UNIT = "currencyEUR"  # tariff.currency's default; change it here (Grafana unit ids) for another currency
+PERIOD_COLOURS = {
+    "tempo_blue_hc": "dark-blue",
+    "tempo_blue_hp": "blue",
+    "tempo_white_hc": "#b0b0b0",
+    "tempo_white_hp": "#e0e0e0",
+    "tempo_red_hc": "dark-red",
+    "tempo_red_hp": "red",
+    "hc": "green",
+    "hp": "orange",
+    "base": "yellow",
+    "ejp_normal": "green",
+    "ejp_peak": "red",
+}
+
+
+def tariff_query(measurement: str, agg: str, field: str, alias: str, group: str = "") -> dict[str, Any]:
+    """``agg("field")`` of the selected meter's tariff points, named ``alias`` (``$tag_period``: one series per
+    period, the column keeping the field's name)."""
+    name = field if alias.startswith("$") else alias
+    q = f'SELECT {agg}("{field}") AS "{name}" FROM "{measurement}" WHERE {METER} AND $timeFilter {group}'
+    return target(q.rstrip(), alias)
+
+
+def cost_panels() -> list[dict[str, Any]]:
+    """The cost row: the price now and over time, today's and this month's cost, energy and cost per tariff
+    period per day and per month, from the tariff engine's points (not from the meter's indexes: the engine
+    has already split every index by period and day, priced each day at the prices in force that day, and
+    added the subscription)."""
+    per_period = {"overrides": colour_overrides(PERIOD_COLOURS)}
+    return [
+        row("Costs"),
+        panel(
+            "stat",
+            "Price now (per kWh)",
+            [tariff_query(TARIFF, "last", "price", "price")],
+            unit=CURRENCY_UNIT,
+            decimals=4,
+            w=6,
+            h=5,
+            description="Price per kWh of the tariff period in force (tariff.prices, or the dated regulated "
+            "defaults): what Home Assistant's Energy dashboard also gets as the current price.",
+        ),
+        panel(
+            "stat",
+            "Cost today",
+            [
+                tariff_query(TARIFF, "last", "today_total", "with subscription"),
+                tariff_query(TARIFF, "last", "today_cost", "energy"),
+            ],
+            unit=CURRENCY_UNIT,
+            decimals=2,
+            w=6,
+            h=5,
+            description="Today (local day): the cost of the energy counted, and with today's share of the "
+            "monthly subscription.",
+        ),
+        panel(
+            "stat",
+            "Cost this month",
+            [
+                tariff_query(TARIFF, "last", "month_total", "with subscription"),
+                tariff_query(TARIFF, "last", "month_cost", "energy"),
+            ],
+            unit=CURRENCY_UNIT,
+            decimals=2,
+            w=6,
+            h=5,
+            description="This month to date: energy cost, and with the subscription.",
+        ),
+        panel(
+            "stat",
+            "Energy this month",
+            [tariff_query(TARIFF, "last", "month_wh", "energy")],
+            unit="watth",
+            w=6,
+            h=5,
+            description="Energy counted this month, all periods.",
+        ),
+        panel(
+            "timeseries",
+            "Energy per day by tariff period",
+            [tariff_query(TARIFF_PERIOD, "last", "today_wh", "$tag_period", BY_DAY_PERIOD)],
+            unit="watth",
+            bars=True,
+            stacked=True,
+            description="Energy per local day (${tz}) and tariff period, as the tariff engine counted it from "
+            "the meter's own indexes (docs/TARIFF.md): the last value of each day is that day's total.",
+            **per_period,
+        ),
+        panel(
+            "timeseries",
+            "Cost per day by tariff period",
+            [tariff_query(TARIFF_PERIOD, "last", "today_cost", "$tag_period", BY_DAY_PERIOD)],
+            unit=CURRENCY_UNIT,
+            bars=True,
+            stacked=True,
+            description="Cost of each period's energy per local day, at the prices in force that day "
+            "(subscription not included). No bar: no price for that energy.",
+            **per_period,
+        ),
+        panel(
+            "bargauge",
+            "This month by tariff period",
+            [tariff_query(TARIFF_PERIOD, "last", "month_cost", "$tag_period", BY_PERIOD_TAG)],
+            unit=CURRENCY_UNIT,
+            w=8,
+            time_from="now/M",
+            description="Cost of each period's energy since the first day of this month.",
+            **per_period,
+        ),
+        panel(
+            "bargauge",
+            "Energy this month by tariff period",
+            [tariff_query(TARIFF_PERIOD, "last", "month_wh", "$tag_period", BY_PERIOD_TAG)],
+            unit="watth",
+            w=8,
+            time_from="now/M",
+            description="Energy of each period since the first day of this month.",
+            **per_period,
+        ),
+        panel(
+            "bargauge",
+            "Last month by tariff period",
+            [tariff_query(TARIFF_PERIOD, "last", "month_cost", "$tag_period", BY_PERIOD_TAG)],
+            unit=CURRENCY_UNIT,
+            w=8,
+            time_from="now/M",
+            time_shift="1M/M",
+            description="Cost of each period's energy during the whole previous month (its last record).",
+            **per_period,
+        ),
+        panel(
+            "timeseries",
+            "Cost per day, subscription included",
+            [tariff_query(TARIFF, "last", "today_total", "total", "GROUP BY time(1d) fill(null) tz('${tz}')")],
+            unit=CURRENCY_UNIT,
+            bars=True,
+            description="What each local day cost: energy at that day's prices plus its share of the monthly "
+            "subscription.",
+        ),
+        panel(
+            "timeseries",
+            "Price per kWh",
+            [tariff_query(TARIFF, "last", "price", "price", BY_GROUPING)],
+            unit=CURRENCY_UNIT,
+            decimals=4,
+            description="Price per kWh of the period in force over time: the period switches (HC/HP, Tempo "
+            "colours) and price changes at a date.",
+        ),
+    ]
+
+
 def energy() -> dict[str, Any]:
-    """Meter data: power, current, voltage, energy by tariff index, maxima, Tempo, production."""
+    """Meter data: power, current, voltage, energy by tariff index, maxima, Tempo, costs, production."""
     all_indexes = [*HIST_INDEXES, *STD_SUPPLIER]
     tempo_today = [
         field_query("last", "ptec", "PTEC", where='"ptec" =~ /^H[CP]J[BWR]$/', group=""),
@@ -539,6 +698,7 @@ def energy() -> dict[str, Any]:
             "(standard), or ISOUSC x 200 V per phase (historique: ISOUSC is the per-phase setting current). "
             "SMAXSN is the maximum the meter itself measured; the others are the highest value written.",
         ),
+        *cost_panels(),
         row("Production"),
         panel(
             "timeseries",
@@ -590,7 +750,7 @@ def energy() -> dict[str, Any]:
     return dashboard(
         "teleinfo-energy",
         "Linky energy",
-        "Power, energy per tariff index, Tempo, production: what the teleinfo appliance writes to InfluxDB.",
+        "Power, energy per tariff index, Tempo, costs, production: what the teleinfo appliance writes to InfluxDB.",
         variables,
         panels,
         "now-7d",

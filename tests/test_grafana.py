@@ -49,15 +49,19 @@ from appliance.config import (
     PortsTargetConfig,
     PublicIpCheckConfig,
 )
-from appliance.lineproto import field_key
+from appliance.lineproto import field_key, parse_line
 from appliance.metrics import snapshot_lines
 from appliance.outputs.influx import frame_lines
+from appliance.records import Record, TariffRecord
 from appliance.service import Service
 from appliance.simulator import PARIS, MeterSimulator
 from appliance.stats import Stats
+from appliance.tariff import TariffEngine, TariffPublisher, parse_tariff
+from appliance.tariff.lines import tariff_lines
 from appliance.tic import Decoder
 
 from .servers import InfluxD, VictoriaMetrics
+from .test_tariff import PRICES
 from .util import free_port, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,7 +74,7 @@ GAP = (WEEK + timedelta(days=2, hours=12), WEEK + timedelta(days=2, hours=18))  
 SEED = 4
 START, END = int(WEEK.timestamp()), int((WEEK + timedelta(days=7)).timestamp()) - 1
 # A Grafana interval variable may only take these; units Grafana knows (valueFormats categories).
-UNITS = {"short", "none", "voltamp", "kvoltamp", "watth", "kwatth", "watt", "amp", "volt", "s"}
+UNITS = {"short", "none", "voltamp", "kvoltamp", "watth", "kwatth", "watt", "amp", "volt", "s", "currencyEUR"}
 GRAFANA_BUILTINS = {"timeFilter", "__interval", "interval", "__timeFilter", "col", "tag_"}
 
 
@@ -242,6 +246,14 @@ class Week:
     influx: InfluxD
     ids: dict[str, str] = field(default_factory=dict)  # meter name -> ADCO/ADSC
     points: dict[str, list[tuple[int, dict[str, Any]]]] = field(default_factory=dict)  # id -> [(time, fields)]
+    # The tariff engine's points: measurement -> id -> [(time, fields)]; and each meter's engine, to compare.
+    tariff: dict[str, dict[str, list[tuple[int, dict[str, Any]]]]] = field(default_factory=dict)
+    engines: dict[str, TariffEngine] = field(default_factory=dict)
+
+    def points_of(self, measurement: str, meter: str) -> list[tuple[int, dict[str, Any]]]:
+        if measurement == "teleinfo":
+            return self.points[meter]
+        return self.tariff.get(measurement, {}).get(meter, [])
 
     def query(self, q: str) -> list[dict[str, Any]]:
         params = urllib.parse.urlencode({"db": DB, "q": q, "epoch": "s"})
@@ -262,6 +274,8 @@ def _write(port: int, lines: list[str]) -> None:
 
 
 def _meter_lines(week: Week) -> list[str]:
+    """Each meter's frames (the InfluxDB output's lines) and the tariff engine's records for them (the lines of
+    docs/DATA_FORMAT.md section 7, through the same encoder as the output), with the prices of every period."""
     lines: list[str] = []
     for i, (name, kw) in enumerate(METERS.items()):
         meter_id = f"0219{i:08d}"
@@ -269,6 +283,9 @@ def _meter_lines(week: Week) -> list[str]:
         decoder = Decoder(kw["mode"])
         points = week.points.setdefault(meter_id, [])
         week.ids[name] = meter_id
+        records: list[Record] = []
+        engine = week.engines[name] = TariffEngine(parse_tariff({"prices": [PRICES]}))
+        publisher = TariffPublisher(engine, records.append)
         for _, sim_frame in zip(range(FRAMES), sim.frames(step=STEP), strict=False):
             if GAP[0] <= sim_frame.at < GAP[1]:
                 continue
@@ -279,6 +296,15 @@ def _meter_lines(week: Week) -> list[str]:
                 ts = int(frame_text[0].rsplit(" ", 1)[1])
                 values = {field_key(k): v for k, v in frame.values.items() if k not in ("ADCO", "ADSC", "PRM")}
                 points.append((ts, values))
+                publisher.on_frame(frame)
+        for record in records:
+            assert isinstance(record, TariffRecord)
+            for line in tariff_lines(record):
+                lines.append(line)
+                point = parse_line(line)
+                assert point.time is not None
+                fields = {**point.fields, **point.tags}
+                week.tariff.setdefault(point.measurement, {}).setdefault(meter_id, []).append((point.time, fields))
     return lines
 
 
@@ -419,10 +445,12 @@ def test_energy_panels_return_what_each_meter_sends(week: Week, period: str) -> 
         for name, meter in week.ids.items():
             q = substitute(t["query"], meter, period=period)
             series = week.query(q)
-            want = expected_nonempty(t["query"], week.points[meter])
+            measurement, _ = named_keys(t["query"])
+            want = expected_nonempty(t["query"], week.points_of(measurement, meter))
             assert bool(series) == want, f"{p['title']} / {t['alias']} for {name}: {q}"
-            for s in series:
-                assert s["columns"] == ["time", t["alias"]], q
+            column = re.search(r'AS "([^"]+)"', t["query"])
+            for s in series:  # a per-tag series ($tag_period) keeps its column name; Grafana renames it
+                assert s["columns"] == ["time", t["alias"] if "$" not in t["alias"] else column and column[1]], q
                 assert any(v[1] is not None for v in s["values"]), q
             if series:
                 seen.setdefault(p["title"], set()).add(name)
@@ -625,3 +653,48 @@ def test_service_writes_its_health_counters(tmp_path: Path) -> None:
     assert samples[("teleinfo_health_rejects", "")] == samples[("teleinfo_health_rejects_count", "checksum")] == 3
     assert samples[("teleinfo_health_rejects_count", "format")] == 0
     assert ("teleinfo_health_output_spooled", "influxdb") in samples
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", ["historique TEMPO", "standard HCHP three-phase", "standard EJP"])
+def test_cost_row_equals_the_engines_ledger(week: Week, name: str) -> None:
+    """The cost row's daily energy and cost per period, read back from influxd, equal the tariff engine's own
+    ledger for every local day of the week (the record published when a day ends makes the day's last point its
+    whole total, outage included); the month bars equal the week's sum (the engine started on its Monday); the
+    daily total adds each day's share of the monthly subscription."""
+    meter, engine = week.ids[name], week.engines[name]
+    panels = {p["title"]: p for p in panels_of(dashboards()["teleinfo-energy.json"])}
+
+    def per_period(title: str) -> dict[tuple[str, int], float]:
+        [t] = panels[title]["targets"]
+        return {
+            (s["tags"]["period"], ts): v
+            for s in week.query(substitute(t["query"], meter))
+            for ts, v in s["values"]
+            if v is not None
+        }
+
+    energy, cost = per_period("Energy per day by tariff period"), per_period("Cost per day by tariff period")
+    [total_q] = panels["Cost per day, subscription included"]["targets"]
+    [totals] = week.query(substitute(total_q["query"], meter))
+    total = dict(totals["values"])
+    days = [(WEEK + timedelta(days=d)).date() for d in range(7)]
+    month_wh: dict[str, int] = {}
+    for day in days:
+        midnight = int(datetime.combine(day, datetime.min.time(), tzinfo=PARIS).timestamp())
+        ledger = engine.day_energy(day)
+        assert ledger and "unattributed" not in ledger
+        day_cost = 0.0
+        for period, wh in ledger.items():
+            assert energy[(period, midnight)] == wh, (day, period)
+            assert cost[(period, midnight)] == pytest.approx(wh / 1000 * PRICES[period])
+            day_cost += wh / 1000 * PRICES[period]
+            month_wh[period] = month_wh.get(period, 0) + wh
+        assert total[midnight] == pytest.approx(day_cost + PRICES["subscription_per_month"] / 31)
+    [month_q] = panels["Energy this month by tariff period"]["targets"]
+    got = {s["tags"]["period"]: s["values"][0][1] for s in week.query(substitute(month_q["query"], meter))}
+    assert {p: v for p, v in got.items() if v} == month_wh
+    [price_q] = panels["Price now (per kWh)"]["targets"]
+    [[[_, price]]] = [s["values"] for s in week.query(substitute(price_q["query"], meter))]
+    last_period = week.tariff["teleinfo_tariff"][meter][-1][1]["period"]
+    assert price == PRICES[last_period]

@@ -53,7 +53,8 @@ from appliance.errors import ApplianceError, error_reason
 from appliance.lineproto import frame_to_lines
 from appliance.metrics import sample_lines
 from appliance.outputs.base import PartialDelivery, Rejected
-from appliance.records import CHECK, HEALTH, CheckRun, HealthSample, Record
+from appliance.records import CHECK, HEALTH, TARIFF, CheckRun, HealthSample, Record, TariffRecord
+from appliance.tariff.lines import tariff_lines
 from appliance.tic import Frame
 
 __all__ = ["CONNECT_TIMEOUT", "InfluxError", "InfluxOutput", "frame_lines", "make_client"]
@@ -144,7 +145,8 @@ class InfluxOutput:
 
     name = "influxdb"
     durable = True
-    accepts = frozenset({CHECK, HEALTH})  # self-check results (section 5), the appliance's counters (section 6)
+    # Self-check results (section 5), the appliance's counters (section 6), the tariff record (section 7).
+    accepts = frozenset({CHECK, HEALTH, TARIFF})
 
     def __init__(self, cfg: InfluxConfig) -> None:
         self.cfg = cfg
@@ -219,11 +221,13 @@ class InfluxOutput:
 
     # --- records (RecordOutput) ---------------------------------------------------------------------------
     def encode(self, record: Record) -> list[str]:
-        """Check runs and health samples as line protocol, second precision like the frames."""
+        """Check runs, health samples and tariff records as line protocol, second precision like the frames."""
         if isinstance(record, CheckRun):
             return to_lines(list(record.results))
         if isinstance(record, HealthSample):
             return sample_lines(record)
+        if isinstance(record, TariffRecord):
+            return tariff_lines(record)
         return []
 
     def deliver(self, units: Sequence[Any]) -> None:

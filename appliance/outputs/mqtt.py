@@ -40,7 +40,8 @@ from appliance import ha
 from appliance.config import MqttConfig
 from appliance.errors import ApplianceError, error_reason
 from appliance.outputs.base import PartialDelivery
-from appliance.records import CHECK, CheckRun, Record
+from appliance.records import CHECK, TARIFF, CheckRun, Record, TariffRecord
+from appliance.tariff.lines import record_periods
 from appliance.tic import Frame
 
 __all__ = ["TIMEOUT", "MqttError", "MqttOutput"]
@@ -96,7 +97,9 @@ class MqttOutput:
 
     name = "mqtt"
     durable = True
-    accepts = frozenset({CHECK})  # the latest result of each self-check, retained (docs/DATA_FORMAT.md section 5)
+    # The latest result of each self-check (docs/DATA_FORMAT.md section 5) and the tariff record (section 7),
+    # retained.
+    accepts = frozenset({CHECK, TARIFF})
 
     def __init__(self, cfg: MqttConfig, timeout: float = TIMEOUT) -> None:
         self.cfg = cfg
@@ -105,8 +108,10 @@ class MqttOutput:
         self.availability_topic = ha.availability_topic(cfg.base_topic, self.client_id)
         self.ha_status_topic = f"{cfg.discovery_prefix}/status"
         self._conn: _Connection | None = None
-        self._lock = threading.Lock()  # _meters: read by the paho thread (HA birth), written by the worker
+        # _meters and _tariffs: read by the paho thread (HA birth), written by the worker and (tariffs) by encode.
+        self._lock = threading.Lock()
         self._meters: dict[str, _Meter] = {}
+        self._tariffs: dict[str, tuple[str | None, str, tuple[str, ...]]] = {}  # meter -> what its discovery says
         self.connects = 0
         self.connect_failures = 0
         self.skipped = 0  # frames not published on purpose (publish_interval, publish_on_change)
@@ -153,11 +158,27 @@ class MqttOutput:
             self._fail(conn, handed, states, e)
 
     def encode(self, record: Record) -> list[_Message]:
-        """A check run: its ``{status, at, results}`` retained on ``<base>/checks/<check>``, QoS 1 at least."""
-        if not isinstance(record, CheckRun):
-            return []
-        topic = f"{self.cfg.base_topic}/checks/{record.check}"
-        return [_Message(topic, _json(record.to_json()), max(1, self.cfg.qos), retain=True)]
+        """A check run: its ``{status, at, results}`` retained on ``<base>/checks/<check>``.  A tariff record: the
+        record retained on ``<base>/<meter>/tariff``, after its Home Assistant discovery when the entities it
+        calls for changed.  QoS 1 at least: the latest one must arrive."""
+        qos = max(1, self.cfg.qos)
+        if isinstance(record, CheckRun):
+            topic = f"{self.cfg.base_topic}/checks/{record.check}"
+            return [_Message(topic, _json(record.to_json()), qos, retain=True)]
+        if isinstance(record, TariffRecord) and record.meter is not None:
+            meter = record.meter
+            messages = []
+            if self.cfg.discovery:
+                seen = (record.mode, str(record.snapshot.get("currency") or ""), tuple(record_periods(record.snapshot)))
+                with self._lock:
+                    changed = self._tariffs.get(meter) != seen
+                    self._tariffs[meter] = seen
+                if changed:
+                    messages.append(self._tariff_discovery(meter, *seen))
+            topic = ha.tariff_state_topic(self.cfg.base_topic, meter)
+            messages.append(_Message(topic, _json(record.to_json()), qos, retain=True))
+            return messages
+        return []
 
     def deliver(self, units: Sequence[Any]) -> None:
         """Publish messages made by :meth:`encode`; return once the broker acknowledged them all, else raise."""
@@ -238,12 +259,27 @@ class MqttOutput:
         )
         return _Message(ha.discovery_topic(self.cfg.discovery_prefix, meter), _json(payload), 1, retain=True)
 
+    def _tariff_discovery(self, meter: str, mode: str | None, currency: str, periods: tuple[str, ...]) -> _Message:
+        payload = ha.tariff_discovery_payload(
+            meter,
+            mode,
+            currency,
+            periods,
+            state=ha.tariff_state_topic(self.cfg.base_topic, meter),
+            availability=self.availability_topic,
+            qos=max(1, self.cfg.qos),
+        )
+        return _Message(ha.tariff_discovery_topic(self.cfg.discovery_prefix, meter), _json(payload), 1, retain=True)
+
     def _all_discovery(self) -> list[_Message]:
         if not self.cfg.discovery:
             return []
         with self._lock:
             meters = list(self._meters.items())
-        return [self._discovery(m, st.mode, st.announced) for m, st in meters if st.announced]
+            tariffs = list(self._tariffs.items())
+        return [self._discovery(m, st.mode, st.announced) for m, st in meters if st.announced] + [
+            self._tariff_discovery(m, *seen) for m, seen in tariffs
+        ]
 
     # --- publishing ----------------------------------------------------------------------------------------
     def _publish(self, conn: _Connection, m: _Message) -> mqtt.MQTTMessageInfo:

@@ -220,7 +220,7 @@ class TariffEngine:
         spans: list[tuple[date, float]] = []
         cur = t0
         while True:
-            midnight = datetime.combine(day + timedelta(days=1), time(), tzinfo=self.tz).timestamp()
+            midnight = self._midnight(day + timedelta(days=1)).timestamp()
             end = min(midnight, t1)
             spans.append((day, end - cur))
             if end >= t1:
@@ -273,6 +273,20 @@ class TariffEngine:
             del self._closed[month]
 
     # --- output ------------------------------------------------------------------------------------------
+    @property
+    def meter(self) -> str | None:
+        """The meter (ADCO/ADSC) of the last reading that named one."""
+        return self._meter
+
+    @property
+    def mode(self) -> str | None:
+        """The TIC mode of the last reading."""
+        return self._mode
+
+    def _midnight(self, day: date) -> datetime:
+        """The local midnight that starts ``day`` (DST-aware: days of 23 and 25 hours)."""
+        return datetime.combine(day, time(), tzinfo=self.tz)
+
     def _price(self, day: date, period: str) -> Price | None:
         if period == UNATTRIBUTED:
             return None
@@ -353,10 +367,12 @@ class TariffEngine:
         month_days = [today.replace(day=d) for d in range(1, today.day + 1)]
         day_totals = self._totals([today])
         day_totals["date"] = today.isoformat()
+        day_totals["start"] = self._midnight(today).isoformat()
         day_totals["subscription"] = self._subscription([today])
         in_month = sorted(d for d in self._days if f"{d:%Y-%m}" == month_key)
         month_totals = self._totals(in_month, self._closed.get(month_key))
         month_totals["month"] = month_key
+        month_totals["start"] = self._midnight(today.replace(day=1)).isoformat()
         month_totals["days"] = calendar.monthrange(today.year, today.month)[1]
         month_totals["subscription"] = self._subscription(month_days)
         for totals in (day_totals, month_totals):

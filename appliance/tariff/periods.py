@@ -30,6 +30,7 @@ __all__ = [
     "DEMAIN_COLOURS",
     "HISTORIQUE_REGISTERS",
     "PERIODS",
+    "PERIOD_NAMES",
     "PTEC_PERIODS",
     "UNATTRIBUTED",
     "colour_of",
@@ -53,6 +54,20 @@ CONTRACT_PERIODS: Final[dict[str, tuple[str, ...]]] = {
     "EJP": ("ejp_normal", "ejp_peak"),
 }
 PERIODS: Final = tuple(p for periods in CONTRACT_PERIODS.values() for p in periods)
+#: What people call each period (French, like the meter's own labels): Home Assistant states, dashboards.
+PERIOD_NAMES: Final[dict[str, str]] = {
+    "base": "Toutes heures",
+    "hc": "Heures creuses",
+    "hp": "Heures pleines",
+    "tempo_blue_hc": "Heures creuses jours bleus",
+    "tempo_blue_hp": "Heures pleines jours bleus",
+    "tempo_white_hc": "Heures creuses jours blancs",
+    "tempo_white_hp": "Heures pleines jours blancs",
+    "tempo_red_hc": "Heures creuses jours rouges",
+    "tempo_red_hp": "Heures pleines jours rouges",
+    "ejp_normal": "Heures normales",
+    "ejp_peak": "Heures de pointe mobile",
+}
 #: Energy the meter counted in a register whose period nobody said (a standard index outside the calendar).
 UNATTRIBUTED: Final = "unattributed"
 
