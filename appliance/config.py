@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -812,6 +813,9 @@ def _convert(t: Any, value: Any, key: str, errors: list[str]) -> Any:
     elif t is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            errors.append(f"{key}: must be a finite number (got {value!r})")
+            return None
     elif t is str:
         ok = isinstance(value, str)
     else:
@@ -912,7 +916,7 @@ def _toml_value(value: Any) -> str:
 def _wrap(text: str, indent: str = "# ") -> list[str]:
     import textwrap
 
-    return [indent + line for line in textwrap.wrap(text, 116)] or [indent.rstrip()]
+    return [indent + line for line in textwrap.wrap(" ".join(text.split()), 116)] or [indent.rstrip()]
 
 
 def _field_default(f: dataclasses.Field[Any]) -> Any:

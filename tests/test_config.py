@@ -23,6 +23,7 @@ def test_example_is_valid_and_holds_the_defaults() -> None:
 
 def test_example_documents_every_key() -> None:
     text = render_example()
+    assert "     " not in text  # docstrings' indentation does not leak into the comments
     for key in ("kind", "device", "mode", "framing", "no_data_timeout", "group", "ttl", "interface", "precision"):
         assert f"\n{key} = " in text
     assert "[outputs.multicast]" in text and "[source.simulator]" in text
@@ -79,6 +80,7 @@ level = "debug"
         ("[source.simulator]\nphases = 2", "source.simulator.phases: must be 1 or 3 (got 2)"),
         ("[source.simulator]\nerrors = 1.5", "source.simulator.errors: must be at most 1 (got 1.5)"),
         ("[source]\nframing = true", "source.framing: must be '7E1' or '8N1' (got True)"),
+        ("[health]\ndown_after = nan", "health.down_after: must be a finite number (got nan)"),
     ],
 )
 def test_individual_errors(text: str, message: str) -> None:
