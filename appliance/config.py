@@ -715,6 +715,10 @@ class SyncConfig:
     server: SyncServerConfig = section(SyncServerConfig)
 
 
+# Sections defined next to their feature (they use opt() and section() above).
+from appliance.update.settings import UpdateConfig  # noqa: E402
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration."""
@@ -729,6 +733,7 @@ class Config:
     gpio: GpioConfig = section(GpioConfig)
     journal: JournalConfig = section(JournalConfig)
     sync: SyncConfig = section(SyncConfig)
+    update: UpdateConfig = section(UpdateConfig)
 
 
 # --- loading -----------------------------------------------------------------------------------------------
