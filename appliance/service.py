@@ -32,6 +32,7 @@ from appliance.outputs.spool import Spool
 from appliance.stats import Stats
 from appliance.systemd import Notifier
 from appliance.tic import Decoder, Frame
+from appliance.update.reboot import start_reporter
 
 if TYPE_CHECKING:
     from appliance.checks.scheduler import CheckScheduler
@@ -286,6 +287,7 @@ class Service:
         self._start_outputs()
         self._start_checks()
         self._start_journal()
+        updates = start_reporter(self.stats)  # /status: the running release, pending reboots (appliance.update)
         self.source = build_source(self.cfg, self.stats, self._stop)
         ready = False
         last_ping = 0.0
@@ -312,6 +314,7 @@ class Service:
                     self._reload()
         finally:
             self._notifier.stopping()
+            updates.stop()
             self.source.close()
             self._stop_gpio()
             self._stop_checks()
