@@ -128,10 +128,14 @@ def install_source(updater: Any, source: str, *, allow_downgrade: bool = False, 
                 max_bytes=int(u.max_mb * 1e6),
                 ca_file=u.ca_file,
             )
-            origin = redact(source)
+            origin, downloaded = redact(source), True
         else:
-            path, origin = Path(source), source
-        outcome = updater.install(path, source=origin, allow_downgrade=allow_downgrade, channel=channel)
+            path, origin, downloaded = Path(source), source, False
+        try:
+            outcome = updater.install(path, source=origin, allow_downgrade=allow_downgrade, channel=channel)
+        finally:
+            if downloaded:  # its space is given back, whatever happened
+                path.unlink(missing_ok=True)
     except LockBusy as e:
         updater.say(f"refused: {e}")
         return 3
