@@ -48,7 +48,12 @@ def migrate(doc: dict[str, Any], from_schema: int, to_schema: int | None = None)
         step = MIGRATIONS.get(n)
         if step is None:
             raise MigrationError([f"no migration from configuration schema {n} to {n + 1}"])
-        changes += step(doc) or [f"schema {n} -> {n + 1}"]
+        try:
+            changes += step(doc) or [f"schema {n} -> {n + 1}"]
+        except (KeyError, TypeError, ValueError, AttributeError) as e:  # a document the step did not expect
+            raise MigrationError(
+                [f"the migration from schema {n} to {n + 1} failed: {type(e).__name__}: {e}"]
+            ) from None
     return changes
 
 
