@@ -229,3 +229,19 @@ def test_release_side_command_line(tmp_path: Path, wheels: Path) -> None:
         capture_output=True, text=True, check=False, cwd=REPO,
     )  # fmt: skip
     assert verified.returncode == 0 and "good signature" in verified.stdout and "pyserial 3.5" in verified.stdout
+
+
+def test_image_bundle_script_with_given_wheels(tmp_path: Path, wheels: Path) -> None:
+    """image/bundle, the release script, offline: wheels given (the real one downloads them with image/wheels)."""
+    key = tmp_path / "release.key"
+    subprocess.run([sys.executable, "-m", "appliance.update.bundle", "keygen", str(key), str(tmp_path / "k.pem")],
+                   check=True, cwd=REPO)  # fmt: skip
+    result = subprocess.run(
+        [str(REPO / "image" / "bundle"), "--arch", "arm64", "--key", str(key), "--wheels", str(wheels),
+         "--channel", "beta", "--output", str(tmp_path / "out")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["beta.json", "teleinfo-update-0.2.0-aarch64.tar"]
+    refused = subprocess.run([str(REPO / "image" / "bundle"), "--arch", "arm64"], capture_output=True, text=True)
+    assert refused.returncode == 1 and "release key" in refused.stderr

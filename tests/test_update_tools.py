@@ -186,3 +186,39 @@ def test_boot_partition_bundle_is_tried_once_and_its_outcome_written_beside_it(t
     assert "bad signature" in (boot / "teleinfo-update.log").read_text()
     again = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
     assert again.returncode == 0 and again.stderr == ""  # nothing left to try, [update] off: nothing to do
+
+
+def test_wait_quiet_waits_for_spools_and_never_for_a_silent_service(tmp_path: Path) -> None:
+    """apt's hook: exit 0 at once without a service, 1 after the timeout while an output still holds frames."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Status(BaseHTTPRequestHandler):
+        def log_message(self, *_args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            body = json.dumps({"health": {"state": "up"}, "outputs": {"mqtt": {"spooled": 3}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    from tests.util import free_port
+
+    config = tmp_path / "teleinfo.toml"
+    command = [sys.executable, "-m", "appliance.cli", "update", "--config", str(config), "wait-quiet", "--timeout", "1"]
+    config.write_text(f'[health]\nbind = "127.0.0.1"\nport = {free_port()}\n')
+    assert subprocess.run(command, cwd=REPO, capture_output=True, check=False).returncode == 0
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Status)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        config.write_text(f'[health]\nbind = "127.0.0.1"\nport = {httpd.server_address[1]}\n')
+        t0 = time.monotonic()
+        result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
+        assert result.returncode == 1 and "3 frames still spooled" in result.stderr
+        assert 1 <= time.monotonic() - t0 < 10
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
