@@ -113,7 +113,7 @@ def seed_release(paths: Paths, name: str, source: str) -> dict[str, Any]:
         "name": name,
         "version": __version__,
         "config_schema": CONFIG_SCHEMA,
-        "installed": time.time(),
+        "installed": float(os.environ.get("SOURCE_DATE_EPOCH") or time.time()),  # reproducible image builds
         "source": source,
     }
     g.write_json(release / "release.json", record)
