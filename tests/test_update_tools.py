@@ -222,3 +222,27 @@ def test_wait_quiet_waits_for_spools_and_never_for_a_silent_service(tmp_path: Pa
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_install_as_another_user_is_refused_clearly() -> None:
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root to drop to an unprivileged user (setpriv)")
+    tmp_path = Path(tempfile.mkdtemp(prefix="teleinfo-update-user-"))  # pytest's own tmp is root-only
+    root = tmp_path / "root"
+    (root / "etc" / "teleinfo").mkdir(parents=True)
+    (root / "etc" / "teleinfo" / "teleinfo.toml").write_text("[health]\nenabled = false\n")
+    for d in (tmp_path, root, root / "etc", root / "etc" / "teleinfo"):
+        d.chmod(0o755)
+    (root / "etc" / "teleinfo" / "teleinfo.toml").chmod(0o644)
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-m", "appliance.cli",
+         "update", "--root", str(root), "install", str(tmp_path / "b.tar")],
+        capture_output=True, text=True, cwd=REPO, check=False,
+    )  # fmt: skip
+    shutil.rmtree(tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Permission denied" in result.stderr and "run it as root" in result.stderr
+    assert "Traceback" not in result.stderr

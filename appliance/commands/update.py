@@ -66,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
         "migrate-config": _migrate_config,
         "seed": _seed,
     }[args.update_command]
-    return int(handler(args, paths))
+    try:
+        return int(handler(args, paths))
+    except PermissionError as e:  # not root: a clear refusal, not a traceback
+        print(f"teleinfo update: {e.strerror}: {e.filename} (run it as root)", file=sys.stderr)
+        return 2
 
 
 def _say_factory(paths: Any) -> Any:
@@ -185,26 +189,23 @@ def _guard(_args: argparse.Namespace, paths: Any) -> int:
 
 def _wait_quiet(args: argparse.Namespace, paths: Any) -> int:
     """0 once no output holds spooled frames (or the service is unreachable), 1 at the timeout."""
-    from appliance.update.control import probe
+    from appliance.update.control import health_address, probe, spooled
 
     cfg = _config(args, paths)
     if cfg is None:
         return 2
-    host = "127.0.0.1" if cfg.health.bind in ("0.0.0.0", "::") else cfg.health.bind  # noqa: S104
+    address = health_address(cfg.health)
     deadline = time.monotonic() + args.timeout
-    while True:
-        doc = probe(host, cfg.health.port)
-        if not isinstance(doc, dict):
-            return 0
-        spooled = sum(o.get("spooled", 0) for o in doc.get("outputs", {}).values())
-        if not spooled:
-            return 0
+    while address is not None:
+        doc = probe(*address)
+        if not isinstance(doc, dict) or not spooled(doc):
+            break
         if time.monotonic() > deadline:
-            print(
-                f"teleinfo update wait-quiet: {spooled} frames still spooled after {args.timeout:g} s", file=sys.stderr
-            )
+            held = sum(spooled(doc).values())
+            print(f"teleinfo update wait-quiet: {held} frames still spooled after {args.timeout:g} s", file=sys.stderr)
             return 1
         time.sleep(1.0)
+    return 0
 
 
 def _migrate_config(args: argparse.Namespace, paths: Any) -> int:

@@ -15,7 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["ServiceControl", "ServiceState", "Systemctl", "probe"]
+__all__ = ["ServiceControl", "ServiceState", "Systemctl", "health_address", "probe", "spooled"]
 
 
 @dataclass(frozen=True)
@@ -71,3 +71,16 @@ def probe(host: str, port: int, timeout: float = 2.0) -> dict[str, Any] | str:
         return f"health socket {host}:{port} unreachable ({e.strerror or type(e).__name__})"
     except ValueError as e:
         return f"health socket {host}:{port}: {e}"
+
+
+def health_address(health: Any) -> tuple[str, int] | None:
+    """Where this machine reaches its own health socket (``[health]``), or None when it is disabled."""
+    if not health.enabled:
+        return None
+    host = "127.0.0.1" if health.bind in ("0.0.0.0", "::", "") else health.bind  # noqa: S104 - a bind, not a peer
+    return host, health.port
+
+
+def spooled(doc: dict[str, Any]) -> dict[str, int]:
+    """The outputs of a ``/status`` document that hold spooled frames (an outage, or a replay going on)."""
+    return {name: o.get("spooled", 0) for name, o in doc.get("outputs", {}).items() if o.get("spooled", 0)}

@@ -44,7 +44,7 @@ from typing import Any
 from appliance.config import Config
 from appliance.update import guard as g
 from appliance.update.bundle import BundleError, Manifest, load_public_keys, verify_and_extract
-from appliance.update.control import ServiceControl, probe
+from appliance.update.control import ServiceControl, health_address, probe, spooled
 from appliance.update.guard import Lock, Paths
 
 __all__ = ["Outcome", "RolledBack", "UpdateError", "Updater", "compare_versions", "seed_release"]
@@ -141,9 +141,7 @@ class Updater:
         self.python = python
         self._say = say or _LOG.info
         self.messages: list[str] = []  # what was said, in order (the boot partition's log gets the last one)
-        health = cfg.health
-        self.health_host = "127.0.0.1" if health.bind in ("0.0.0.0", "::", "") else health.bind  # noqa: S104
-        self.health_port = health.port if health.enabled else None
+        self.health = health_address(cfg.health)
 
     def say(self, message: str) -> None:
         self.messages.append(message)
@@ -365,9 +363,9 @@ class Updater:
         raise RolledBack(f"release {m.release_name} failed: {failure}. Release {old} {state}.")
 
     def _status(self) -> dict[str, Any] | str:
-        if self.health_port is None:
+        if self.health is None:
             return "health socket disabled ([health] enabled = false)"
-        return probe(self.health_host, self.health_port)
+        return probe(*self.health)
 
     def _wait_quiet(self) -> None:
         """Until no output holds spooled frames (bounded): a restart then never cuts a spool replay short."""
@@ -377,17 +375,17 @@ class Updater:
             doc = self._status()
             if not isinstance(doc, dict):
                 return
-            spooled = {n: o.get("spooled", 0) for n, o in doc.get("outputs", {}).items() if o.get("spooled", 0)}
-            if not spooled:
+            held = spooled(doc)
+            if not held:
                 if waited:
                     self.say("spools drained")
                 return
             if time.monotonic() > deadline:
-                self.say(f"spools still hold frames ({spooled}) after {self.cfg.update.quiet_timeout:g} s: "
+                self.say(f"spools still hold frames ({held}) after {self.cfg.update.quiet_timeout:g} s: "
                          "restarting anyway (the spool is durable and resumes)")  # fmt: skip
                 return
             if not waited:
-                self.say(f"waiting for the spools to drain before the restart: {spooled}")
+                self.say(f"waiting for the spools to drain before the restart: {held}")
                 waited = True
             time.sleep(1.0)
 
