@@ -28,6 +28,7 @@ COMMANDS = (
     "replay",
     "sync",
     "sync_server",
+    "update",
 )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -716,6 +717,10 @@ class SyncConfig:
     server: SyncServerConfig = section(SyncServerConfig)
 
 
+# Sections defined next to their feature (they use opt() and section() above).
+from appliance.update.settings import UpdateConfig  # noqa: E402
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration."""
@@ -730,6 +735,7 @@ class Config:
     gpio: GpioConfig = section(GpioConfig)
     journal: JournalConfig = section(JournalConfig)
     sync: SyncConfig = section(SyncConfig)
+    update: UpdateConfig = section(UpdateConfig)
 
 
 # --- loading -----------------------------------------------------------------------------------------------
@@ -814,6 +820,9 @@ def _convert(t: Any, value: Any, key: str, errors: list[str]) -> Any:
     elif t is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):
+            errors.append(f"{key}: must be a finite number (got {value!r})")
+            return None
     elif t is str:
         ok = isinstance(value, str)
     else:
@@ -914,7 +923,7 @@ def _toml_value(value: Any) -> str:
 def _wrap(text: str, indent: str = "# ") -> list[str]:
     import textwrap
 
-    return [indent + line for line in textwrap.wrap(text, 116)] or [indent.rstrip()]
+    return [indent + line for line in textwrap.wrap(" ".join(text.split()), 116)] or [indent.rstrip()]
 
 
 def _field_default(f: dataclasses.Field[Any]) -> Any:

@@ -36,6 +36,7 @@ from appliance.sources import Source, build_source
 from appliance.stats import Stats
 from appliance.systemd import Notifier
 from appliance.tic import Decoder, Frame, RejectReason
+from appliance.update.reboot import start_reporter
 
 if TYPE_CHECKING:
     from appliance.checks.scheduler import CheckScheduler
@@ -257,6 +258,7 @@ class Service:
         self._start_outputs()
         self._start_checks()
         self._start_journal()
+        updates = start_reporter(self.stats)  # /status: the running release, pending reboots (appliance.update)
         self.source = build_source(self.cfg, self.stats, self._stop)
         ready = False
         last_ping = 0.0
@@ -283,6 +285,7 @@ class Service:
                     self._reload()
         finally:
             self._notifier.stopping()
+            updates.stop()
             self.source.close()
             self._stop_gpio()
             self._stop_checks()

@@ -23,6 +23,7 @@ def test_example_is_valid_and_holds_the_defaults() -> None:
 
 def test_example_documents_every_key() -> None:
     text = render_example()
+    assert "     " not in text  # docstrings' indentation does not leak into the comments
     for key in ("kind", "device", "mode", "framing", "no_data_timeout", "group", "ttl", "interface", "precision"):
         assert f"\n{key} = " in text
     assert "[outputs.multicast]" in text and "[source.simulator]" in text
@@ -55,7 +56,7 @@ level = "debug"
     )
     assert errs == [
         "loging: unknown key (expected one of: source, outputs, health, control, state, logging, checks, gpio, "
-        "journal, sync)",
+        "journal, sync, update)",
         "source.devise: unknown key (expected one of: kind, device, mode, framing, no_data_timeout, "
         "reconnect_max_backoff, simulator)",
         "source.kind: must be 'serial' or 'simulator' (got 'usb')",
@@ -79,6 +80,11 @@ level = "debug"
         ("[source.simulator]\nphases = 2", "source.simulator.phases: must be 1 or 3 (got 2)"),
         ("[source.simulator]\nerrors = 1.5", "source.simulator.errors: must be at most 1 (got 1.5)"),
         ("[source]\nframing = true", "source.framing: must be '7E1' or '8N1' (got True)"),
+        ("[health]\ndown_after = nan", "health.down_after: must be a finite number (got nan)"),
+        ("[update]\ndeadline = inf", "update.deadline: must be a finite number (got inf)"),
+        ('[update]\nwindow = "3h-5h"', 'update.window: must be "HH:MM-HH:MM"'),
+        ('[update]\nurl = "ftp://x/y"', "update.url: must be an https:// (or http://) URL"),
+        ('[update]\nchannel = "../x"', "update.channel: must be 1-32 lower-case letters"),
     ],
 )
 def test_individual_errors(text: str, message: str) -> None:

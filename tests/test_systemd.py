@@ -57,6 +57,15 @@ def test_unit_verifies_without_a_warning(tmp_path: Path, name: str) -> None:
 
 
 @pytest.mark.integration
+def test_update_timer_verifies_without_a_warning(tmp_path: Path) -> None:
+    staged(tmp_path, "teleinfo-update.service")
+    shutil.copy(UNITS / "teleinfo-update.timer", tmp_path)
+    timer = tmp_path / "teleinfo-update.timer"
+    result = subprocess.run(["systemd-analyze", "verify", str(timer)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+
+
+@pytest.mark.integration
 def test_credentials_dropin_verifies_without_a_warning(tmp_path: Path) -> None:
     unit = staged(tmp_path, "teleinfo.service", dropins=("credentials.conf",))
     result = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60)

@@ -19,6 +19,8 @@ outputs            each *enabled* output only: a route to the multicast group (a
                    a TCP connection to the MQTT broker, an HTTP answer from InfluxDB's ``/ping``
 clock              the kernel says the clock is synchronised (adjtimex, as timedatectl does); frames carry it
 spool disk         free space for the spools of the durable outputs under ``state.directory``
+reboot             a reboot is pending (a kernel or firmware update installed, ``/run/reboot-required``), and
+                   an update left unfinished (``appliance.update.reboot``)
 =================  ===========================================================================================
 
 Nothing here sends a packet anywhere but to the servers the configuration names; the multicast check only asks
@@ -47,7 +49,7 @@ from typing import Any
 
 from appliance.commands import config_parent
 
-CHECKS = ("config", "device", "access", "holders", "console", "boot", "meter", "outputs", "clock", "disk")
+CHECKS = ("config", "device", "access", "holders", "console", "boot", "meter", "outputs", "clock", "disk", "reboot")
 _TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
 
 
@@ -63,7 +65,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "doctor",
         parents=[config_parent()],
-        help="check the serial port, UART, meter, outputs, clock and disk, with the fix for each problem",
+        help="check the serial port, UART, meter, outputs, clock, disk and pending reboots, with the fix for each",
         description="Check everything the appliance needs on this machine and explain how to fix each problem: "
         "the serial device and its permissions, the UART and console configuration, which mode and baud rate "
         "the meter answers on (by sampling the port for a few seconds), the configured outputs' servers, the "
@@ -144,6 +146,7 @@ def _checks(cfg: Any, args: argparse.Namespace) -> Iterator[Result]:
         ("outputs", lambda: check_outputs(cfg)),
         ("clock", lambda: check_clock()),
         ("disk", lambda: check_disk(cfg)),
+        ("reboot", lambda: check_reboot()),
     ]
     for name, step in steps:
         if name in skip:
@@ -508,6 +511,28 @@ def check_clock(state: int | None = None, now: float | None = None) -> Iterator[
         )
     else:
         yield Result("clock", "ok", "synchronised")
+
+
+def check_reboot(root: Path = Path("/")) -> Iterator[Result]:
+    """Security updates install themselves; a new kernel or firmware waits for a reboot nobody does by itself."""
+    from appliance.update.reboot import pending_reboot, release_info
+
+    reasons = pending_reboot(root)
+    if reasons:
+        yield Result("reboot", "warn", "pending: " + "; ".join(reasons), "reboot when convenient (systemctl reboot)")
+    else:
+        yield Result("reboot", "ok", "no reboot pending")
+    last = release_info(root).get("last_update", {})
+    if last.get("phase") not in (None, "committed", "rolled-back", "aborted"):
+        yield Result(
+            "update",
+            "warn",
+            f"an update to {last.get('to')} is unfinished ({last.get('phase')})",
+            "teleinfo update status; the next start of the service finishes or rolls it back",
+        )
+    elif last.get("phase") == "rolled-back":
+        yield Result("update", "warn", f"the last update was rolled back: {last.get('reason', '')}"[:300],
+                     "teleinfo update status; journalctl -u teleinfo-update -u teleinfo")  # fmt: skip
 
 
 def check_disk(cfg: Any) -> Iterator[Result]:
