@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import os
 import re
 import tomllib
@@ -814,6 +815,9 @@ def _convert(t: Any, value: Any, key: str, errors: list[str]) -> Any:
     elif t is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):  # TOML has nan and inf; no setting means either, and NaN passes ranges
+            errors.append(f"{key}: must be a finite number (got {value!r})")
+            return None
     elif t is str:
         ok = isinstance(value, str)
     else:

@@ -145,3 +145,16 @@ def test_run_refuses_an_invalid_configuration(tmp_path: Path) -> None:
     assert "invalid configuration, not starting" in r.stderr and "outputs.multicast.ttl" in r.stderr
     r = run_cli("run", "--config", str(tmp_path / "missing.toml"))
     assert r.returncode == 2 and "file not found" in r.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+nan"])
+def test_non_finite_numbers_are_refused_with_their_key_path(value: str) -> None:
+    """TOML spells NaN and infinities, and NaN passes every range check (every comparison is false): the engine
+    refuses both for every number of every section, with the key path."""
+    text = (
+        f"[source]\nno_data_timeout = {value}\n[checks.public_ip]\ninterval = {value}\n"
+        f'[[gpio.outputs]]\nname = "a"\npin = 17\nshed_above = {value}\n'
+    )
+    errs = errors_of(text)
+    for key in ("source.no_data_timeout", "checks.public_ip.interval", "gpio.outputs[0].shed_above"):
+        assert any(e.startswith(f"{key}: must be a finite number") for e in errs), errs
