@@ -38,8 +38,6 @@ import socket
 import stat
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,7 @@ from appliance.commands import config_parent
 
 CHECKS = ("config", "device", "access", "holders", "console", "boot", "meter", "outputs", "clock", "disk")
 _TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
+PROBE_BYTES = 4096  # of an HTTP probe's body: only its status matters
 
 
 @dataclass
@@ -462,15 +461,15 @@ def check_tcp(name: str, host: str, port: int, fix: str, timeout: float = 3.0) -
 
 
 def check_http(name: str, url: str, timeout: float) -> Result:
+    """Any HTTP answer means the server is reachable (authentication is checked by the output itself)."""
+    from appliance import httpclient
+
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - the configured http(s) URL
-            status = answer.status
-    except urllib.error.HTTPError as e:
-        status = e.code  # the server answered: it is reachable (authentication is checked by the output itself)
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        return Result(name, "FAIL", f"{url}: {reason}", "outputs.influxdb.url; is the server running?")
-    return Result(name, "ok", f"{url} answered HTTP {status}")
+        answer = httpclient.get(url, timeout=timeout, max_bytes=PROBE_BYTES)
+    except httpclient.HttpError as e:
+        why = e.reason[:1].upper() + e.reason[1:]  # as the TCP checks word it (strerror): "Connection refused"
+        return Result(name, "FAIL", f"{url}: {why}", "outputs.influxdb.url; is the server running?")
+    return Result(name, "ok", f"{url} answered HTTP {answer.status}")
 
 
 # --- clock and disk ----------------------------------------------------------------------------------------
