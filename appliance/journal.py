@@ -49,6 +49,7 @@ from typing import Final
 
 from appliance.config import JournalConfig
 from appliance.errors import ApplianceError
+from appliance.runtime import stop_thread
 from appliance.stats import Stats
 
 __all__ = [
@@ -220,9 +221,7 @@ class Journal:
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            _LOG.warning("journal: the last write did not finish within %.1f s", timeout)
+        stop_thread(self._thread, timeout, "journal writer (its last write)", _LOG)
 
     def _run(self) -> None:
         interval = self.cfg.flush_interval

@@ -24,6 +24,7 @@ from appliance import __version__, httpclient
 from appliance.checks.results import ERROR, OK, CheckResult
 from appliance.config import PublicIpCheckConfig
 from appliance.errors import ApplianceError
+from appliance.runtime import Backoff
 
 __all__ = ["USER_AGENT", "ProviderError", "PublicIpChecker", "ask_provider"]
 
@@ -82,9 +83,11 @@ def _address(body: bytes) -> str:
 
 
 @dataclass(slots=True)
-class _Backoff:
-    until: float = 0.0  # time.monotonic()
-    strikes: int = 0
+class _Provider:
+    """A provider's 429 backoff: left alone until ``until`` (monotonic), each further 429 doubling the wait."""
+
+    backoff: Backoff
+    until: float = 0.0
 
 
 class PublicIpChecker:
@@ -95,7 +98,7 @@ class PublicIpChecker:
         self.cfg = cfg
         self.state_file = state_file
         self.persist = persist
-        self._backoff: dict[str, _Backoff] = {}
+        self._providers: dict[str, _Provider] = {}
         self.last_address = self._load()
 
     def _load(self) -> str | None:
@@ -126,7 +129,7 @@ class PublicIpChecker:
         attempts: list[dict[str, str]] = []
         for url in providers:
             now = time.monotonic()
-            state = self._backoff.setdefault(url, _Backoff())
+            state = self._providers.setdefault(url, _Provider(Backoff(self.cfg.backoff, MAX_BACKOFF)))
             if state.until > now:
                 attempts.append({"provider": url, "error": f"backing off after 429 ({state.until - now:.0f} s left)"})
                 continue
@@ -138,12 +141,11 @@ class PublicIpChecker:
             except ProviderError as e:
                 attempts.append({"provider": url, "error": str(e)})
                 if e.retry_after is not None:
-                    state.strikes += 1
-                    wait = min(MAX_BACKOFF, max(self.cfg.backoff * 2 ** (state.strikes - 1), e.retry_after))
+                    wait = min(MAX_BACKOFF, max(state.backoff.next(), e.retry_after))
                     state.until = time.monotonic() + wait
                     _LOG.info("public IP: %s answered 429, left alone for %.0f s", url, wait)
                 continue
-            state.strikes = 0
+            state.backoff.reset()
             return [self._found(address, url, attempts, time.monotonic() - start)]
         reasons = "; ".join(f"{urlsplit(a['provider']).netloc}: {a['error']}" for a in attempts) or "no provider"
         return [
