@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Final, Protocol
 
 from appliance.checks.results import CheckResult
+from appliance.stats import StatsSnapshot
 
 __all__ = ["CHECK", "FRAME", "HEALTH", "CheckRun", "HealthSample", "Record"]
 
@@ -57,4 +58,4 @@ class HealthSample:
 
     at: float
     host: str
-    snapshot: dict[str, Any]
+    snapshot: StatsSnapshot

@@ -90,9 +90,9 @@ def run(frames: list[Frame], batch_size: int, root: Path) -> dict[str, float]:
         n = len(frames)
         t = time.perf_counter()
         worker.start()
-        while stats.snapshot()["outputs"]["influxdb"]["sent"] < n:
+        while stats.snapshot().outputs["influxdb"].sent < n:
             if time.perf_counter() - t > 600:
-                raise SystemExit(f"replay stuck: {stats.snapshot()['outputs']['influxdb']}")
+                raise SystemExit(f"replay stuck: {stats.snapshot().outputs['influxdb']}")
             time.sleep(0.001)
         replay_s = time.perf_counter() - t
         worker.stop(5)

@@ -104,7 +104,7 @@ def sample_results(providers: Providers, port: int) -> list[CheckResult]:
 
 def lane(stats: Stats, output: str) -> dict[str, Any]:
     """The counters of an output's lane of check records (``outputs.<name>.records.check`` in /status)."""
-    return dict(stats.snapshot()["outputs"][output].get("records", {}).get(CHECK, {}))
+    return dict(stats.snapshot().outputs[output].records.get(CHECK, {}))
 
 
 def run_of(results: list[CheckResult]) -> CheckRun:
@@ -430,11 +430,11 @@ def test_scheduler_publishes_latest_results_to_mqtt(broker: int, tmp_path: Path,
     checks.start()
     try:
         assert checks.check_now() == "ok check now: ports started; results in status (checks)"
-        wait_until(lambda: stats.snapshot()["checks"]["runs"] == 1, timeout=30)
-        doc = stats.snapshot()["checks"]
+        wait_until(lambda: stats.snapshot().sections["checks"]["runs"] == 1, timeout=30)
+        doc = stats.snapshot().sections["checks"]
         wait_until(lambda: lane(stats, "mqtt").get("written") == 1, timeout=10)
         assert lane(stats, "mqtt") == {"written": 1, "failed": 0, "dropped": 0, "backlog": 0, "last_error": None}
-        assert "influxdb" not in stats.snapshot()["outputs"]  # not enabled
+        assert "influxdb" not in stats.snapshot().outputs  # not enabled
         message = retained(broker, "teleinfo/checks/ports")
         assert message["status"] == "ok"
         assert message["results"][0]["open"] == [listener]
@@ -474,8 +474,8 @@ def test_checks_disabled_by_a_reload_leave_no_stale_results() -> None:
 
     stats = Stats()
     stats.set_extra("checks", {"public_ip": {"status": "ok"}})
-    assert "checks" in stats.snapshot()
+    assert "checks" in stats.snapshot().sections
     service = Service(parse_config("[checks]\nenabled = false\n"), stats=stats)
     service._start_checks()
-    assert "checks" not in stats.snapshot()
+    assert "checks" not in stats.snapshot().sections
     assert service.checks is None

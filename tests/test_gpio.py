@@ -319,7 +319,10 @@ def test_a_busy_pin_is_a_clear_error_and_the_service_runs_without_gpio(factory: 
         pytest.skip("on a Pi, auto would claim real pins")
     stats = Stats()
     assert start(replace(cfg, pin_factory="auto"), stats) is None  # logged; the service goes on without GPIO
-    assert stats.snapshot()["gpio"]["state"] == "error" and "not a Raspberry Pi" in stats.snapshot()["gpio"]["error"]
+    assert (
+        stats.snapshot().sections["gpio"]["state"] == "error"
+        and "not a Raspberry Pi" in stats.snapshot().sections["gpio"]["error"]
+    )
 
 
 def test_pin_factory_choice(tmp_path: Path) -> None:

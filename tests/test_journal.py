@@ -211,4 +211,4 @@ def test_the_service_journals_every_read_with_the_stamp_its_frames_got(
         again.extend(f.received(t) for f in decoder.feed(d))
     assert len(seen) == 40
     assert [(f.values, f.received_at) for f in again] == [(f.values, f.received_at) for f in seen]
-    assert svc.stats.snapshot()["journal"]["written_chunks"] == len(blobs)  # shown in GET /status
+    assert svc.stats.snapshot().sections["journal"]["written_chunks"] == len(blobs)  # shown in GET /status

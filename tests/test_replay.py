@@ -128,7 +128,7 @@ def test_a_replayed_day_gives_the_live_points_and_a_second_replay_adds_none(
     svc = Service(cfg, clock=lambda: source.now)
     runner = threading.Thread(target=svc.run)
     runner.start()
-    wait_until(lambda: svc.stats.snapshot()["outputs"].get("influxdb", {}).get("sent") == frames, 60)
+    wait_until(lambda: getattr(svc.stats.snapshot().outputs.get("influxdb"), "sent", None) == frames, 60)
     runner.join(10)
     assert not runner.is_alive()
     live = live_vm.samples()

@@ -113,7 +113,7 @@ class RecordingStats(Stats):
 
     @property
     def src(self) -> dict[str, object]:
-        return self.snapshot()["source"]  # type: ignore[no-any-return]
+        return self.snapshot().source.to_json()
 
 
 class FakeClock:

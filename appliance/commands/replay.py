@@ -144,9 +144,9 @@ class _Delivery:
         for frame in frames:
             self.worker.submit(frame)
         while self.worker.pending:
-            o = self.stats.snapshot()["outputs"][self.worker.name]
-            if o["state"] == "failing" and time.time() - o["since"] > self.give_up:
-                raise InfluxError(f"gave up after {self.give_up:g} s of failures: {o['last_error']}")
+            o = self.stats.snapshot().outputs[self.worker.name]
+            if o.state == "failing" and time.time() - o.since > self.give_up:
+                raise InfluxError(f"gave up after {self.give_up:g} s of failures: {o.last_error}")
             time.sleep(0.02)
 
     @property
