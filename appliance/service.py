@@ -22,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from appliance.config import Config, ConfigError
+from appliance.config import ConfigError
 from appliance.console import LiveView
 from appliance.control import ControlServer
 from appliance.health import HealthServer, summary
@@ -33,6 +33,7 @@ from appliance.outputs.base import Fanout, OutputWorker
 from appliance.outputs.spool import Spool
 from appliance.reader import FrameReader
 from appliance.records import CHECK, HEALTH
+from appliance.schema import Config
 from appliance.sources import Source, build_source
 from appliance.stats import Stats
 from appliance.systemd import Notifier

@@ -22,27 +22,24 @@ from typing import Any
 
 import pytest
 
-from appliance.checks import ports as ports_module
 from appliance.checks import scheduler
-from appliance.checks.peers import _compare
-from appliance.checks.ports import ScanReport, check_target
-from appliance.checks.public_ip import PublicIpChecker
+from appliance.checks.peers.check import _compare
+from appliance.checks.peers.config import PeerConfig
+from appliance.checks.ports import check as ports_module
+from appliance.checks.ports.check import ScanReport, check_target
+from appliance.checks.ports.config import PortsCheckConfig, PortsTargetConfig
+from appliance.checks.public_ip.check import PublicIpChecker
+from appliance.checks.public_ip.config import PublicIpCheckConfig
 from appliance.checks.results import ERROR, CheckResult, to_lines
 from appliance.checks.scheduler import CheckRunner, CheckScheduler
 from appliance.commands.status import fetch
-from appliance.config import (
-    Config,
-    InfluxConfig,
-    PeerConfig,
-    PortsCheckConfig,
-    PortsTargetConfig,
-    PublicIpCheckConfig,
-    parse_config,
-)
+from appliance.config import parse_config
 from appliance.outputs.base import Fanout, OutputWorker
-from appliance.outputs.influx import InfluxOutput
-from appliance.outputs.mqtt import MqttOutput
+from appliance.outputs.influxdb.config import InfluxConfig
+from appliance.outputs.influxdb.output import InfluxOutput
+from appliance.outputs.mqtt.output import MqttOutput
 from appliance.records import CHECK, CheckRun
+from appliance.schema import Config
 from appliance.service import simulated
 from appliance.stats import Stats
 
@@ -445,7 +442,7 @@ def test_scheduler_publishes_latest_results_to_mqtt(broker: int, tmp_path: Path,
 
 
 def test_mqtt_broker_down_is_counted(tmp_path: Path) -> None:
-    from appliance.config import MqttConfig
+    from appliance.outputs.mqtt.config import MqttConfig
 
     stats = Stats()
     out = MqttOutput(MqttConfig(enabled=True, host="127.0.0.1", port=free_port()), timeout=1.0)

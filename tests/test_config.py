@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import Config, ConfigError, Secret, load_config, parse_config, render_example
+from appliance.config import ConfigError, Secret, load_config, parse_config, render_example
+from appliance.schema import Config
 
 
 def errors_of(text: str) -> list[str]:
@@ -103,14 +104,14 @@ def test_secrets_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("TI_PW", "s3cret")
     (tmp_path / "pw").write_text("from-file\n")
     errors: list[str] = []
-    a = c._build(WithSecret, {"password": {"env": "TI_PW"}}, "x", errors)
-    b = c._build(WithSecret, {"password": {"file": str(tmp_path / "pw")}}, "x", errors)
+    a = c.build_section(WithSecret, {"password": {"env": "TI_PW"}}, "x", errors)
+    b = c.build_section(WithSecret, {"password": {"file": str(tmp_path / "pw")}}, "x", errors)
     assert errors == []
     assert a.password.get() == "s3cret" and b.password.get() == "from-file"
     assert "s3cret" not in repr(a) and "from-file" not in str(b.password)
-    c._build(WithSecret, {"password": {"env": "TI_MISSING"}}, "x", errors)
-    c._build(WithSecret, {"password": {"file": str(tmp_path / "none")}}, "x", errors)
-    c._build(WithSecret, {"password": 3}, "x", errors)
+    c.build_section(WithSecret, {"password": {"env": "TI_MISSING"}}, "x", errors)
+    c.build_section(WithSecret, {"password": {"file": str(tmp_path / "none")}}, "x", errors)
+    c.build_section(WithSecret, {"password": 3}, "x", errors)
     assert errors[0] == "x.password: environment variable 'TI_MISSING' is not set"
     assert errors[1].startswith("x.password: cannot read secret file")
     assert errors[2].startswith("x.password: must be a string,")

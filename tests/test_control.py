@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import appliance.control.server as control_module
-from appliance.config import ConfigError, ControlConfig, Secret, parse_config
+from appliance.config import ConfigError, Secret, parse_config
 from appliance.control import ControlServer, Session
+from appliance.control.config import ControlConfig
 from appliance.stats import Stats
 from appliance.tic import Frame
 

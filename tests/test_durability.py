@@ -29,8 +29,8 @@ import pytest
 
 from appliance.lineproto import frame_time, parse_line
 from appliance.outputs.base import OutputWorker
-from appliance.outputs.influx import InfluxOutput
-from appliance.outputs.multicast import open_receiver
+from appliance.outputs.influxdb.output import InfluxOutput
+from appliance.outputs.multicast.receiver import open_receiver
 from appliance.outputs.spool import Spool
 from appliance.stats import Stats
 

@@ -24,10 +24,12 @@ from typing import Any
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from appliance.config import ConfigError, ControlConfig, GpioConfig, GpioOutputConfig, parse_config
+from appliance.config import ConfigError, parse_config
 from appliance.control import ControlServer
+from appliance.control.config import ControlConfig
 from appliance.gpio import GpioController, GpioError, start
 from appliance.gpio.factory import board_model, factory_name, make_factory
+from appliance.schema import GpioConfig, GpioOutputConfig
 from appliance.simulator import PARIS, MeterSimulator
 from appliance.stats import Stats
 from appliance.tic import Decoder, Frame
@@ -374,7 +376,7 @@ def test_gpio_configuration_is_validated() -> None:
 DISABLED = """
 import sys, threading
 from dataclasses import replace
-from appliance.config import Config
+from appliance.schema import Config
 from appliance.service import Service, simulated
 cfg = simulated(Config())
 cfg = replace(cfg, outputs=replace(cfg.outputs, multicast=replace(cfg.outputs.multicast, enabled=False)),

@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import HealthConfig
 from appliance.health import HealthServer, evaluate, public_snapshot
+from appliance.health.config import HealthConfig
 from appliance.stats import OutputSnapshot, Stats, StatsSnapshot
 
 from .probes import Feeder, open_fds, rss_kib

@@ -1,8 +1,8 @@
 """The InfluxDB output against real servers: the schema, the write path and every way a write can fail.
 
 * influxd 1.6.7 (the strict line-protocol parser) takes the exact lines the output writes
-  (:func:`appliance.outputs.influx.frame_lines`) for every mode, phase count, contract and producer, for several
-  meters and across a restart of the server, with one type per field: the one ``docs/DATA_FORMAT.md`` gives.
+  (:func:`appliance.outputs.influxdb.output.frame_lines`) for every mode, phase count, contract and producer, for
+  several meters and across a restart of the server, with one type per field: the one ``docs/DATA_FORMAT.md`` gives.
 * victoria-metrics takes the same writes through ``/api/v2/write`` (what InfluxDB 1.8+, 2.x and 3.x accept),
   read back through its export API.
 * Failures: a wrong token, a refused connection, a server that accepts and never answers, https against a
@@ -32,10 +32,11 @@ from typing import Any
 
 import pytest
 
-from appliance.config import InfluxConfig, Secret
+from appliance.config import Secret
 from appliance.lineproto import field_key, frame_time
 from appliance.outputs.base import OutputWorker, Rejected
-from appliance.outputs.influx import InfluxError, InfluxOutput, frame_lines
+from appliance.outputs.influxdb.config import InfluxConfig
+from appliance.outputs.influxdb.output import InfluxError, InfluxOutput, frame_lines
 from appliance.outputs.spool import Spool
 from appliance.simulator import PARIS, MeterSimulator
 from appliance.stats import Stats

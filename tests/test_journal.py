@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import Config, JournalConfig
-from appliance.journal import Journal, JournalError, _members, read_segment, segment_files
+from appliance.journal import Journal, JournalConfig, JournalError, _members, read_segment, segment_files
+from appliance.schema import Config
 from appliance.service import Service
 from appliance.tic import Decoder, Frame
 

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import Config, InfluxConfig, JournalConfig
-from appliance.journal import Journal, segment_files
+from appliance.journal import Journal, JournalConfig, segment_files
+from appliance.outputs.influxdb.config import InfluxConfig
+from appliance.schema import Config
 from appliance.service import Service
 from appliance.simulator import PARIS, MeterSimulator
 
@@ -207,7 +208,7 @@ def test_a_server_that_keeps_failing_ends_the_replay_through_the_outputs_worker(
 
     from appliance.commands.replay import _Delivery, _Ledger, _Totals, replay
     from appliance.journal import read_segment
-    from appliance.outputs.influx import InfluxError, InfluxOutput
+    from appliance.outputs.influxdb.output import InfluxError, InfluxOutput
 
     writes: list[int] = []
 

@@ -90,7 +90,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from appliance.config import Config, ConfigError, config_path, load_config
+    from appliance.config import ConfigError, config_path, load_config
+    from appliance.schema import Config
 
     if args.sample is not None and not 0.2 <= args.sample <= 60:
         print("teleinfo doctor: --sample must be between 0.2 and 60 seconds", file=sys.stderr)
@@ -358,7 +359,7 @@ def sample(device: str, baud: int, framing: str, mode: str, seconds: float) -> t
 def check_meter(source: Any, seconds: float | None) -> Iterator[Result]:
     import serial
 
-    from appliance.sources.serial_source import DETECT_WINDOW
+    from appliance.sources.serial.source import DETECT_WINDOW
     from appliance.tic import BAUDRATES
 
     modes = ["standard", "historique"]

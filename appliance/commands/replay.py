@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any, Final
 from appliance.commands import config_parent
 
 if TYPE_CHECKING:
-    from appliance.config import InfluxConfig
     from appliance.journal import Segment
-    from appliance.outputs.influx import InfluxOutput
+    from appliance.outputs.influxdb.config import InfluxConfig
+    from appliance.outputs.influxdb.output import InfluxOutput
     from appliance.tic import Frame
 
 GIVE_UP_S: Final = 8.0  # seconds a server may keep failing before the replay stops: one that stays down is an error
@@ -139,7 +139,7 @@ class _Delivery:
 
     def send(self, frames: list[Frame]) -> None:
         """Deliver ``frames`` in order; raises :class:`InfluxError` when the server keeps failing."""
-        from appliance.outputs.influx import InfluxError
+        from appliance.outputs.influxdb.output import InfluxError
 
         for frame in frames:
             self.worker.submit(frame)
@@ -213,7 +213,7 @@ def _target(cfg: InfluxConfig, args: argparse.Namespace) -> InfluxConfig:
 def run(args: argparse.Namespace) -> int:
     from appliance.commands import load_config_or_report
     from appliance.journal import JournalError, read_segment
-    from appliance.outputs.influx import InfluxError, InfluxOutput
+    from appliance.outputs.influxdb.output import InfluxError, InfluxOutput
 
     err = sys.stderr
     cfg = load_config_or_report("replay", args.config)

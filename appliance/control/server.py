@@ -48,7 +48,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from appliance.config import ControlConfig, HealthConfig
+from appliance.control.config import ControlConfig
+from appliance.health.config import HealthConfig
 from appliance.health.state import status_document
 from appliance.netserver import Connection, Limits, SelectorServer
 from appliance.stats import Stats

@@ -19,11 +19,11 @@ from typing import Any, Final
 
 from gpiozero import LED, DigitalOutputDevice  # type: ignore[import-untyped, unused-ignore]
 
-from appliance.config import GpioConfig
 from appliance.gpio.factory import GpioError, make_factory
 from appliance.gpio.led import StatusLed
 from appliance.gpio.rules import Channel
 from appliance.runtime import stop_thread
+from appliance.schema import GpioConfig
 from appliance.stats import Stats
 from appliance.tic import Frame
 

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import urlsplit
 
-from appliance.config import HealthConfig
+from appliance.health.config import HealthConfig
 from appliance.health.state import HealthState, evaluate, status_document
 from appliance.netserver import Connection, Limits, SelectorServer
 from appliance.stats import Stats

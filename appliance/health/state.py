@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from appliance import __version__
-from appliance.config import HealthConfig
+from appliance.health.config import HealthConfig
 from appliance.stats import StatsSnapshot
 
 __all__ = ["HealthState", "evaluate", "public_snapshot", "status_document", "summary"]
@@ -67,7 +67,7 @@ class HealthState:
 def evaluate(snapshot: StatsSnapshot, cfg: HealthConfig) -> HealthState:
     """The health state of ``snapshot`` under the documented rules.
 
-    >>> from appliance.config import HealthConfig
+    >>> from appliance.health.config import HealthConfig
     >>> evaluate(StatsSnapshot(uptime_s=5, frames=3, last_frame_age_s=1.2), HealthConfig()).line
     'up ready 100% #ok frames=3 age=1.2s'
     """

@@ -34,8 +34,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final
 
-from appliance.config import SyncServerConfig
 from appliance.errors import ApplianceError
+from appliance.sync.config import SyncServerConfig
 from appliance.sync.protocol import CHUNK, READ_FLAGS, VERSION, Connection, ProtocolError, check_name, check_path
 
 __all__ = ["Refused", "SyncServer", "load_tokens"]

@@ -21,8 +21,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from appliance import __version__, httpclient
+from appliance.checks.public_ip.config import PublicIpCheckConfig
 from appliance.checks.results import ERROR, OK, CheckResult
-from appliance.config import PublicIpCheckConfig
 from appliance.errors import ApplianceError
 from appliance.runtime import Backoff
 

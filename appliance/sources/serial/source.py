@@ -46,8 +46,8 @@ except ImportError:  # pragma: no cover - not POSIX
         """Stands in for termios.error where there is no termios."""
 
 
-from appliance.config import SourceConfig
 from appliance.runtime import Backoff
+from appliance.sources.serial.config import SourceConfig
 from appliance.stats import Stats
 from appliance.tic import BAUDRATES
 
@@ -141,7 +141,7 @@ class SerialSource:
     """Bytes from the meter on ``cfg.device``; reopens by itself and finds the speed in ``auto`` mode.
 
     >>> import threading
-    >>> from appliance.config import SourceConfig
+    >>> from appliance.sources.serial.config import SourceConfig
     >>> from appliance.stats import Stats
     >>> src = SerialSource(SourceConfig(device="/nonexistent"), Stats(), threading.Event())
     >>> src.read()  # never raises: the port is reopened later, and "cannot open" is logged once
