@@ -59,19 +59,20 @@ class FrameReader:
 
     def feed(self, data: bytes, now: float) -> list[Frame]:
         """The frames completed by ``data`` (received at ``now``, wall clock), counted and reported."""
-        frames: list[Frame] = []
-        for decoded in self.decoder.feed(data):
-            meter = decoded.meter
-            if meter is not None and meter != self._known_meter:
+        frames = self.decoder.feed(data, now)  # stamped as they are built: no copy on the common path
+        for i, frame in enumerate(frames):
+            meter = frame.meter
+            if meter is None:
+                if self._known_meter is not None:  # rare (a corrupted address group): attributed, a new frame
+                    frame = frames[i] = frame.received(now, self._known_meter)
+            elif meter != self._known_meter:
                 self._known_meter = meter
                 self._stats.set_meter(meter)
-            frame = decoded.received(now, None if meter is not None else self._known_meter)
             if frame.verified:
                 self.source.frame_ok(frame.mode)
             else:
                 self.source.frame_bad()
             self._stats.frame(len(frame.values) + len(frame.timestamps))
-            frames.append(frame)
         epoch = self.decoder.epoch
         if epoch != self._reject_epoch:
             self._reject_epoch = epoch

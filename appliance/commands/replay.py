@@ -183,8 +183,7 @@ def replay(
             done = 0  # not the segment the ledger knew: everything again
         batch: list[Frame] = []
         for i, (t, data) in enumerate(seg.chunks):
-            for decoded in decoder.feed(data):
-                frame = decoded.received(t)  # as the service stamped it
+            for frame in decoder.feed(data, t):  # stamped as the service's reader stamps it
                 if frame.meter is None:
                     continue  # the service only publishes frames that name their meter
                 totals.frames += 1
