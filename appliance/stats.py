@@ -17,7 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from appliance.tic import RejectReason
@@ -37,14 +37,7 @@ class SourceSnapshot:
     since: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "detail": self.detail,
-            "mode": self.mode,
-            "reconnects": self.reconnects,
-            "bytes": self.bytes,
-            "since": self.since,
-        }
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,21 +60,13 @@ class OutputSnapshot:
     records: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "state": self.state,
-            "sent": self.sent,
-            "failed": self.failed,
-            "dropped": self.dropped,
-            "queued": self.queued,
-            "spooled": self.spooled,
-            "spool_dropped": self.spool_dropped,
-            "spool_error": self.spool_error,
-            "last_error": self.last_error,
-            "last_sent_at": self.last_sent_at,
-            "since": self.since,
-            **({"details": dict(self.details)} if self.details else {}),
-            **({"records": {k: dict(v) for k, v in self.records.items()}} if self.records else {}),
-        }
+        """Every counter; ``details`` and ``records`` only when the output has some."""
+        doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("details", "records")}
+        if self.details:
+            doc["details"] = dict(self.details)
+        if self.records:
+            doc["records"] = {k: dict(v) for k, v in self.records.items()}
+        return doc
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,25 +254,16 @@ class Stats:
                 rejects=dict(self._rejects),
                 last_frame_at=self._last_frame_wall,
                 last_frame_age_s=None if age is None else round(age, 3),
-                source=SourceSnapshot(src.state, src.detail, src.mode, src.reconnects, src.bytes, src.since),
-                outputs={
-                    name: OutputSnapshot(
-                        o.state,
-                        o.sent,
-                        o.failed,
-                        o.dropped,
-                        o.queued,
-                        o.spooled,
-                        o.spool_dropped,
-                        o.spool_error,
-                        o.last_error,
-                        o.last_sent_at,
-                        o.since,
-                        dict(o.details),
-                        {k: dict(v) for k, v in o.records.items()},
-                    )
-                    for name, o in self._outputs.items()
-                },
+                source=SourceSnapshot(**{f.name: getattr(src, f.name) for f in fields(SourceSnapshot)}),
+                outputs={name: _frozen(o) for name, o in self._outputs.items()},
                 meter=self._meter,
                 sections=dict(self._extra),
             )
+
+
+def _frozen(o: OutputStats) -> OutputSnapshot:
+    """A copy of an output's counters that nothing can change (its dicts copied too)."""
+    values = {f.name: getattr(o, f.name) for f in fields(OutputSnapshot)}
+    values["details"] = dict(o.details)
+    values["records"] = {k: dict(v) for k, v in o.records.items()}
+    return OutputSnapshot(**values)
