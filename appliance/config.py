@@ -1,11 +1,17 @@
-"""The configuration: one TOML file loaded into frozen, typed dataclasses, validated all at once.
+"""The configuration engine: one TOML file loaded into frozen, typed dataclasses, validated all at once.
 
-The schema below is the single source of truth: the loader validates against it, and
-``teleinfo print-example-config`` renders the commented example from the same field docs, so the example can
-never drift from what the loader accepts (a test loads it back).
+The schema is declared next to the code each section configures (``appliance/<part>/config.py``, and for the
+plugins ``appliance/<kind>/<name>/config.py``), assembled in :class:`appliance.schema.Config`, with the tools
+this module gives: :func:`opt` (a field: default, documentation, range, check), :func:`section` (a sub-table),
+:class:`Secret`, and the validators several sections share.  This module holds no section itself.
+
+The schema is the single source of truth: the loader validates against it, and ``teleinfo print-example-config``
+renders the commented example from the same field docs, so the example can never drift from what the loader
+accepts (a test loads it back).
 
 Every problem is collected with its key path (``outputs.multicast.ttl: must be at most 255 (got 300)``) and
-reported together, so a user fixes a file in one pass; unknown keys are errors, which catches typos.
+reported together, so a user fixes a file in one pass; unknown keys are errors, which catches typos; numbers
+must be finite (TOML spells ``nan`` and ``inf``, and NaN passes every range check).
 
 Secrets (passwords, tokens) are never written in the main file if the user prefers not to: any field of type
 :class:`Secret` accepts a plain string, ``{ env = "NAME" }`` or ``{ file = "/path" }`` (systemd credentials live
@@ -18,30 +24,45 @@ import dataclasses
 import ipaddress
 import math
 import os
-import re
 import tomllib
 import types
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from appliance.errors import ApplianceError
 
+if TYPE_CHECKING:
+    from appliance.schema import Config
+
 __all__ = [
     "DEFAULT_PATH",
-    "Config",
     "ConfigError",
     "Secret",
+    "build_section",
     "config_path",
+    "host_name",
+    "http_url",
+    "ip_address",
+    "is_loopback",
     "load_config",
+    "measurement_name",
+    "opt",
     "parse_config",
     "render_example",
+    "section",
 ]
 
 DEFAULT_PATH = Path("/etc/teleinfo/teleinfo.toml")
 ENV_PATH = "TELEINFO_CONFIG"
+
+
+def _root() -> type[Config]:
+    from appliance.schema import Config
+
+    return Config
 
 
 class ConfigError(ApplianceError):
@@ -97,36 +118,13 @@ def opt(
 
 
 def section(cls: type, doc: str | None = None) -> Any:
+    """A sub-table field: ``[parent.name]``, documented by ``doc`` or the class's docstring."""
     return field(default_factory=cls, metadata={"doc": doc or (cls.__doc__ or "").strip()})
 
 
-# --- checks ------------------------------------------------------------------------------------------------
-def _multicast_group(value: str) -> str | None:
-    try:
-        addr = ipaddress.IPv4Address(value)
-    except ValueError:
-        return f"not an IPv4 address: {value!r}"
-    if not addr.is_multicast:
-        return f"{value} is not a multicast address (224.0.0.0/4)"
-    if addr in ipaddress.IPv4Network("224.0.0.0/24"):
-        return f"{value} is in 224.0.0.0/24, reserved for link-local control traffic"
-    return None
-
-
-def _interface(value: str) -> str | None:
-    if not value:
-        return None
-    try:
-        ipaddress.IPv4Address(value)
-        return None
-    except ValueError:
-        pass
-    if len(value) > 15 or not value.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        return f"neither an IPv4 address nor an interface name: {value!r}"
-    return None
-
-
-def _ip_address(value: str) -> str | None:
+# --- validators several sections share (a section's own live in its config.py) ----------------------------
+def ip_address(value: str) -> str | None:
+    """An IP address to listen on."""
     try:
         ipaddress.ip_address(value)
     except ValueError:
@@ -134,7 +132,7 @@ def _ip_address(value: str) -> str | None:
     return None
 
 
-def _is_loopback(value: str) -> bool:
+def is_loopback(value: str) -> bool:
     """True for a loopback address, and for an invalid one (already reported by its own check)."""
     try:
         return ipaddress.ip_address(value).is_loopback
@@ -142,249 +140,21 @@ def _is_loopback(value: str) -> bool:
         return True
 
 
-def _measurement(value: str) -> str | None:
+def measurement_name(value: str) -> str | None:
+    """An InfluxDB measurement name (line protocol)."""
     if not value or value.startswith("_") or any(c in value for c in ' ,=\\"\n'):
         return f"invalid measurement name {value!r} (no spaces, commas, quotes, '=' or leading '_')"
     return None
 
 
-# --- schema ------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SimulatorConfig:
-    """The built-in meter simulator (used when source.kind = "simulator" or with --simulate)."""
-
-    mode: Literal["historique", "standard"] = opt("historique", "TIC mode the simulated meter speaks.")
-    phases: Literal[1, 3] = opt(1, "1 (single-phase) or 3 (three-phase).")
-    contract: Literal["BASE", "HCHP", "TEMPO", "EJP"] = opt("BASE", "Tariff contract: BASE, HCHP, TEMPO or EJP.")
-    producer: bool = opt(False, "Also inject energy into the grid (standard mode only).")
-    errors: float = opt(0.0, "Fraction of frames corrupted on purpose (bit flips, EOT, truncation).", lo=0, hi=1)
-    seed: int = opt(1, "Seed of the simulated load curve, so runs are reproducible.")
-
-    def validate(self) -> list[tuple[str, str]]:
-        if self.producer and self.mode == "historique":
-            return [("producer", "a producer needs standard mode: historique TIC carries no production data")]
-        return []
-
-
-@dataclass(frozen=True)
-class SourceConfig:
-    """Where the meter's bytes come from."""
-
-    kind: Literal["serial", "simulator"] = opt(
-        "serial", "serial: a TIC adapter on a serial port or USB; simulator: the built-in meter simulator."
-    )
-    device: str = opt(
-        "/dev/ttyAMA0",
-        "Serial device: /dev/ttyAMA0 is the GPIO header's PL011 once firmware/ is applied (all Pi models; on a "
-        "Pi 5 /dev/serial0 is the debug header); USB dongles: /dev/ttyUSB0 or a /dev/serial/by-id/... link.",
-    )
-    mode: Literal["auto", "historique", "standard"] = opt(
-        "auto", "TIC mode: auto tries standard (9600 Bd) and historique (1200 Bd) and keeps the one that verifies."
-    )
-    framing: Literal["7E1", "8N1"] = opt(
-        "7E1", "7E1 (the TIC's format), or 8N1 with bit 7 masked for UARTs without parity (Pi mini UART)."
-    )
-    no_data_timeout: float = opt(
-        30.0, "Seconds without a valid frame before the port is closed and reopened.", lo=3, hi=3600
-    )
-    reconnect_max_backoff: float = opt(30.0, "Longest wait between two attempts to reopen the port (s).", lo=1, hi=3600)
-    simulator: SimulatorConfig = section(SimulatorConfig)
-
-
-@dataclass(frozen=True)
-class MulticastConfig:
-    """UDP multicast: every frame, in real time, to every listener on the LAN (teleinfo listen, Telegraf...)."""
-
-    enabled: bool = opt(True, "Send frames to the multicast group.")
-    group: str = opt(
-        "239.255.42.1", "Multicast group (keep it in 239.255.0.0/16, the IPv4 local scope).", check=_multicast_group
-    )
-    port: int = opt(4242, "UDP port.", lo=1, hi=65535)
-    ttl: int = opt(1, "Multicast TTL: 1 keeps datagrams on the local network.", lo=0, hi=255)
-    interface: str = opt(
-        "",
-        'Outgoing interface, by IPv4 address or name ("" = the system\'s route). The simulator demo uses 127.0.0.1.',
-        check=_interface,
-    )
-    format: Literal["influx", "json"] = opt(
-        "influx", "influx: InfluxDB line protocol (Telegraf socket_listener, InfluxDB UDP); json: decoded frames."
-    )
-    precision: Literal["s", "ms", "us", "ns"] = opt(
-        "ns", "Timestamp precision of the line protocol (ns is what Telegraf and InfluxDB's UDP listener expect)."
-    )
-    measurement: str = opt("teleinfo", "Measurement name of the line protocol.", check=_measurement)
-    queue_size: int = opt(1000, "Frames queued for this output before the oldest are dropped.", lo=1, hi=1_000_000)
-
-
-def _topic(value: str) -> str | None:
-    if not value or any(c in value for c in "#+\0") or value.startswith("/") or value.endswith("/"):
-        return f"invalid MQTT topic prefix {value!r} (no wildcards, no leading or trailing '/')"
-    return None
-
-
-def _url(value: str) -> str | None:
+def http_url(value: str) -> str | None:
+    """An http:// or https:// URL."""
     if not value.startswith(("http://", "https://")):
         return f"must be an http:// or https:// URL (got {value!r})"
     return None
 
 
-@dataclass(frozen=True)
-class MqttConfig:
-    """MQTT (Home Assistant and any subscriber): a JSON state per frame, availability through a retained last
-    will, Home Assistant device discovery.  Frames that cannot be delivered are spooled on disk and replayed."""
-
-    enabled: bool = opt(False, "Publish to an MQTT broker.")
-    host: str = opt("localhost", "Broker host name or address.")
-    port: int = opt(1883, "Broker port (8883 is the usual TLS port).", lo=1, hi=65535)
-    protocol: Literal["3.1.1", "5"] = opt("3.1.1", "MQTT protocol version.")
-    tls: bool = opt(False, "Connect with TLS.")
-    ca_file: str = opt("", 'CA certificate file for TLS ("" = the system\'s CAs).')
-    cert_file: str = opt("", "Client certificate file, for brokers that authenticate clients by certificate.")
-    key_file: str = opt("", "Private key of the client certificate.")
-    username: str = opt("", 'User name ("" = anonymous).')
-    password: Secret | None = opt(None, "Password.", example='{ env = "TELEINFO_MQTT_PASSWORD" }')
-    client_id: str = opt("", 'Client id ("" = teleinfo-<hostname>).')
-    keepalive: int = opt(30, "Keepalive (s): how fast the broker notices a silent network loss.", lo=5, hi=3600)
-    qos: Literal[0, 1, 2] = opt(1, "QoS of state messages.")
-    base_topic: str = opt("teleinfo", "Topics start with this: <base_topic>/<meter>/state ...", check=_topic)
-    publish_interval: float = opt(
-        0.0, "Publish at most one state per meter every N seconds (0 = every frame).", lo=0, hi=3600
-    )
-    publish_on_change: bool = opt(False, "Skip a state whose values (DATE aside) did not change.")
-    discovery: bool = opt(True, "Publish Home Assistant MQTT discovery.")
-    discovery_prefix: str = opt("homeassistant", "Home Assistant's discovery prefix.", check=_topic)
-    queue_size: int = opt(1000, "Frames queued in memory for this output.", lo=1, hi=1_000_000)
-    spool_max_mb: float = opt(
-        64.0, "Disk space for frames kept while the broker is unreachable (MB).", lo=0.1, hi=100_000
-    )
-
-
-@dataclass(frozen=True)
-class InfluxConfig:
-    """InfluxDB through /api/v2/write (InfluxDB 1.8+, 2.x, 3.x, VictoriaMetrics).  Frames that cannot be written
-    are spooled on disk and replayed with their original timestamps."""
-
-    enabled: bool = opt(False, "Write to InfluxDB.")
-    url: str = opt("http://localhost:8086", "Server URL.", check=_url)
-    org: str = opt("", "Organisation (InfluxDB 2.x; ignored by 1.8 and 3.x).")
-    bucket: str = opt("teleinfo", "Bucket (InfluxDB 1.8: database/retention-policy).")
-    token: Secret | None = opt(
-        None, 'API token (InfluxDB 1.8: "user:password").', example='{ env = "TELEINFO_INFLUX_TOKEN" }'
-    )
-    measurement: str = opt("teleinfo", "Measurement name.", check=_measurement)
-    verify_tls: bool = opt(True, "Verify the server's TLS certificate.")
-    ca_file: str = opt("", 'CA certificate file for https ("" = the system\'s CAs).')
-    timeout: float = opt(5.0, "Timeout of one write (s).", lo=0.5, hi=120)
-    batch_size: int = opt(500, "Points per write when replaying the spool.", lo=1, hi=100_000)
-    queue_size: int = opt(1000, "Frames queued in memory for this output.", lo=1, hi=1_000_000)
-    spool_max_mb: float = opt(
-        64.0, "Disk space for frames kept while the server is unreachable (MB).", lo=0.1, hi=100_000
-    )
-    health_interval: float = opt(
-        60.0,
-        "Seconds between two writes of the appliance's own counters (teleinfo_health*, 0 = never).",
-        lo=0,
-        hi=86_400,
-    )
-
-
-@dataclass(frozen=True)
-class OutputsConfig:
-    """Where decoded frames go.  Each output has its own queue: a slow one never delays the others."""
-
-    multicast: MulticastConfig = section(MulticastConfig)
-    mqtt: MqttConfig = section(MqttConfig)
-    influxdb: InfluxConfig = section(InfluxConfig)
-
-
-@dataclass(frozen=True)
-class HealthConfig:
-    """Health socket: the state, for HAProxy (agent-check, tcp-check, httpchk), Nagios, nc and curl alike."""
-
-    enabled: bool = opt(
-        True,
-        "Serve the health socket. A silent client reads one HAProxy agent line; GET or HEAD gets an HTTP/1.0 answer "
-        "(200 when up, 503 otherwise) with that line as body; GET /status gets every counter as JSON.",
-    )
-    bind: str = opt(
-        "0.0.0.0",  # noqa: S104 - monitors and load balancers are on the LAN; personal data is never served
-        "Address to listen on: 0.0.0.0 for every IPv4 interface (load balancers and monitors on the LAN), "
-        "127.0.0.1 for this machine only.",
-        check=_ip_address,
-    )
-    port: int = opt(9999, "TCP port.", lo=1, hi=65535)
-    down_after: float = opt(
-        60.0,
-        "Seconds without a valid frame (counted from the start while none has come) before the state is down: "
-        '"down 0%". While frames flow: "drain 0%" when every output is failing, "up ready 50%" when some are, '
-        'else "up ready 100%".',
-        lo=1,
-        hi=86400,
-    )
-    max_connections: int = opt(
-        32, "Connections served at once; a further client gets the agent line at once and is closed.", lo=1, hi=1024
-    )
-    read_timeout: float = opt(
-        2.0, "Seconds an HTTP client has to send its request (HAProxy's agent-inter is 2 s).", lo=0.2, hi=60
-    )
-    max_request_bytes: int = opt(
-        4096, "Largest HTTP request head accepted (bytes); a larger one gets 400.", lo=256, hi=65536
-    )
-    expose_meter: bool = opt(
-        False, "Include the meter address (personal data) in health answers; without it, it is never shown."
-    )
-
-
-@dataclass(frozen=True)
-class ControlConfig:
-    """Control socket: read the state and watch live frames; only the principal client may act (reload...)."""
-
-    enabled: bool = opt(
-        True,
-        "Serve the control socket (one command per line; send help). The first client is principal, later ones "
-        "secondaire in order of arrival; when the principal leaves, the longest-waiting one is promoted.",
-    )
-    bind: str = opt(
-        "127.0.0.1",
-        "Address to listen on; any address other than loopback (127.0.0.1, ::1) requires a token.",
-        check=_ip_address,
-    )
-    port: int = opt(9998, "TCP port.", lo=1, hi=65535)
-    token: Secret | None = opt(
-        None,
-        "Shared secret a client must send first (auth <token>); required when bind is not a loopback address.",
-        example='{ env = "TELEINFO_CONTROL_TOKEN" }',
-    )
-    max_clients: int = opt(16, "Clients connected at once; a further one is refused.", lo=1, hi=1024)
-    max_line_bytes: int = opt(
-        4096, "Longest command line (bytes); a longer one gets an error and a disconnect.", lo=64, hi=65536
-    )
-    max_commands_per_second: int = opt(
-        20, "Commands a client may send per second; a faster one gets an error and a disconnect.", lo=1, hi=10000
-    )
-
-    def validate(self) -> list[tuple[str, str]]:
-        """Cross-field rules: a token when the socket is reachable from the network, and a real one."""
-        errors: list[tuple[str, str]] = []
-        if self.token is not None and len(self.token.get()) < 8:
-            errors.append(("token", "must be at least 8 characters"))
-        if self.enabled and self.token is None and not _is_loopback(self.bind):
-            errors.append(("token", f"required when bind ({self.bind}) is not a loopback address"))
-        return errors
-
-
-def _nmap_ports(value: str) -> str | None:
-    """An nmap ``-p`` list: digits, commas and ranges only (no option can be smuggled in)."""
-    if not re.fullmatch(r"\d{1,5}(-\d{1,5})?(,\d{1,5}(-\d{1,5})?)*", value):
-        return f'must be an nmap port list such as "22,80,8000-8100" (got {value!r})'
-    for part in value.split(","):
-        bounds = [int(p) for p in part.split("-")]
-        if not all(1 <= b <= 65535 for b in bounds) or bounds != sorted(bounds):
-            return f"bad port range {part!r} (ports are 1-65535, low-high)"
-    return None
-
-
-def _host(value: str) -> str | None:
+def host_name(value: str) -> str | None:
     """An IP address or a DNS name: never empty, never starting with '-' (it would be read as an option)."""
     try:
         ipaddress.ip_address(value)
@@ -399,343 +169,6 @@ def _host(value: str) -> str | None:
     ):
         return f"neither an IP address nor a host name: {value!r}"
     return None
-
-
-def _urls(value: list[str]) -> str | None:
-    from urllib.parse import urlsplit
-
-    for url in value:
-        msg = _url(url)
-        if msg:
-            return msg
-        try:
-            if not urlsplit(url).hostname:
-                return f"no host name in {url!r}"
-            urlsplit(url).port  # noqa: B018 - raises ValueError on a bad port
-        except ValueError as e:
-            return f"invalid URL {url!r} ({e})"
-    return None
-
-
-def _ports_list(value: list[int]) -> str | None:
-    if any(not 1 <= p <= 65535 for p in value):
-        return f"ports are 1-65535 (got {value!r})"
-    return None
-
-
-def _name(value: str) -> str | None:
-    if not value or any(c in value for c in ' ,=\\"\n'):
-        return f"invalid name {value!r} (no spaces, commas, quotes or '=': it becomes an InfluxDB tag)"
-    return None
-
-
-@dataclass(frozen=True)
-class PublicIpCheckConfig:
-    """The public IP address in use, asked of HTTP services that answer it in plain text."""
-
-    interval: float = opt(900.0, "Seconds between two scheduled checks (0 = not scheduled).", lo=0, hi=604800)
-    providers: list[str] = opt(
-        ["https://api.ipify.org", "https://ipv4.icanhazip.com", "https://ifconfig.me/ip"],
-        "URLs answering the caller's address as plain text, tried in random order until one answers validly.",
-        check=_urls,
-    )
-    timeout: float = opt(5.0, "Seconds to connect to a provider, and to get its whole answer.", lo=0.2, hi=60)
-    backoff: float = opt(
-        600.0, "Seconds a provider that answered 429 is left alone (at least; Retry-After wins).", lo=1, hi=86400
-    )
-
-
-@dataclass(frozen=True)
-class PortsTargetConfig:
-    """A machine whose open TCP ports are watched."""
-
-    host: str = opt("", "IP address or host name to scan.", check=_host, example='"192.168.1.1"')
-    ports: str = opt("1-1024", "Ports to scan, nmap's -p syntax (digits, commas, ranges).", check=_nmap_ports)
-    expected: list[int] = opt(
-        [],
-        "Ports expected open; any other open port, or one of these closed, is reported.",
-        check=_ports_list,
-        example="[22, 80]",
-    )
-
-
-@dataclass(frozen=True)
-class PortsCheckConfig:
-    """Open TCP ports of the targets (nmap connect scan), compared with the expected ones."""
-
-    interval: float = opt(3600.0, "Seconds between two scheduled checks (0 = not scheduled).", lo=0, hi=604800)
-    nmap: str = opt("nmap", "The nmap program (a name looked up in PATH, or a path).")
-    timeout: float = opt(120.0, "Seconds one nmap run may take before it is killed.", lo=1, hi=3600)
-    targets: list[PortsTargetConfig] = opt([], "A target to scan (repeat the table for more).")
-
-
-@dataclass(frozen=True)
-class PeerConfig:
-    """A machine reached over SSH that scans the same targets, to compare what each vantage point sees."""
-
-    name: str = opt("", "Name of the peer in reports and InfluxDB tags.", check=_name, example='"office"')
-    host: str = opt("", "Address or host name of the peer.", check=_host, example='"192.168.1.20"')
-    port: int = opt(22, "SSH port.", lo=1, hi=65535)
-    user: str = opt("teleinfo", "User to log in as.")
-    key_file: str = opt("", "Private key (Ed25519 recommended) to log in with.", example='"/etc/teleinfo/id_ed25519"')
-    nmap: str = opt("nmap", "The nmap program on the peer.")
-
-
-@dataclass(frozen=True)
-class PeersCheckConfig:
-    """SSH peers that scan every ports target; every port seen open from one side only is reported."""
-
-    interval: float = opt(3600.0, "Seconds between two scheduled checks (0 = not scheduled).", lo=0, hi=604800)
-    known_hosts: str = opt(
-        "",
-        'Host keys of the peers, written by "teleinfo peers enroll" ("" = known_hosts in the state directory). '
-        "Unknown or changed keys are refused.",
-    )
-    connect_timeout: float = opt(10.0, "Seconds for each of: TCP connect, SSH banner, authentication.", lo=0.5, hi=300)
-    command_timeout: float = opt(180.0, "Seconds the remote scan may take.", lo=1, hi=3600)
-    hosts: list[PeerConfig] = opt([], "A peer (repeat the table for more).")
-
-    def validate(self) -> list[tuple[str, str]]:
-        names = [p.name for p in self.hosts]
-        errors: list[tuple[str, str]] = []
-        if len(set(names)) != len(names):
-            errors.append(("hosts", f"peer names must be unique (got {names})"))
-        errors.extend(
-            (f"hosts[{i}].{key}", "is required")
-            for i, p in enumerate(self.hosts)
-            for key in ("name", "host", "key_file")
-            if not getattr(p, key)
-        )
-        return errors
-
-
-@dataclass(frozen=True)
-class ChecksConfig:
-    """Network self-checks: public IP, open ports (nmap), SSH peers comparing the ports they see.  Results go to
-    InfluxDB (outputs.influxdb, when enabled), to the health socket's /status and to "teleinfo check"."""
-
-    enabled: bool = opt(False, "Run the checks periodically inside the service (teleinfo check works either way).")
-    deadline: float = opt(
-        300.0, "Hard limit of one check run (s): past it the run is reported as failed and abandoned.", lo=5, hi=7200
-    )
-    backlog: int = opt(1000, "Result points kept in memory while InfluxDB cannot be written.", lo=0, hi=100_000)
-    public_ip: PublicIpCheckConfig = section(PublicIpCheckConfig)
-    ports: PortsCheckConfig = section(PortsCheckConfig)
-    peers: PeersCheckConfig = section(PeersCheckConfig)
-
-    def validate(self) -> list[tuple[str, str]]:
-        errors: list[tuple[str, str]] = []
-        for i, t in enumerate(self.ports.targets):
-            if not t.host:
-                errors.append((f"ports.targets[{i}].host", "is required"))
-            if _nmap_ports(t.ports) is None:
-                ranges = [[int(b) for b in part.split("-")] for part in t.ports.split(",")]
-                outside = [p for p in t.expected if not any(r[0] <= p <= r[-1] for r in ranges)]
-                if outside:
-                    errors.append((f"ports.targets[{i}].expected", f"{outside} not in the scanned ports {t.ports!r}"))
-        if self.peers.hosts and not self.ports.targets:
-            errors.append(
-                ("peers.hosts", "peers scan the ports targets: configure at least one [[checks.ports.targets]]")
-            )
-        return errors
-
-
-@dataclass(frozen=True)
-class StateConfig:
-    """Files the service keeps (systemd's StateDirectory)."""
-
-    directory: str = opt(
-        "/var/lib/teleinfo", "Where the spools of unreachable outputs live (touched only during outages)."
-    )
-
-
-@dataclass(frozen=True)
-class LoggingConfig:
-    """Logging (to the journal under systemd, to standard error otherwise)."""
-
-    level: Literal["debug", "info", "warning", "error"] = opt("info", "Minimum level logged.")
-
-
-TEMPO_COLOURS = ("blue", "white", "red")
-UART_PINS = (14, 15)  # GPIO14 (TXD) and GPIO15 (RXD) carry the TIC (firmware/)
-
-
-def _gpio_pin(value: int) -> str | None:
-    if value in UART_PINS:
-        return f"GPIO{value} is the TIC's UART (GPIO14 TXD, GPIO15 RXD); pick another pin"
-    return None
-
-
-@dataclass(frozen=True)
-class GpioOutputConfig:
-    """A relay or contactor on a GPIO pin, switched by a rule on the decoded data.  ON means the pin is active
-    (the relay energised, the load powered); the safe state, on start, stop and when data is missing, is OFF."""
-
-    name: str = opt("", "Name used by the control socket (gpio force <name> on 600).", example='"water_heater"')
-    pin: int = opt(-1, "BCM GPIO number (2-27 on the 40-pin header).", lo=-1, hi=27, check=_gpio_pin, example="17")
-    rule: Literal["off_peak", "tempo", "load_shedding", "relais"] = opt(
-        "off_peak",
-        "off_peak: ON during off-peak hours (HC); tempo: ON on the listed Tempo colours; load_shedding: ON while "
-        "apparent power stays under the subscribed power, OFF (shed) above it; relais: follows a RELAIS bit.",
-        example='"off_peak"',
-    )
-    active_high: bool = opt(True, "true: the pin is high when ON; false: low when ON (active-low relay boards).")
-    colours: list[str] = opt(
-        [],
-        "off_peak: only on Tempo days of these colours ([] = every day); tempo: the colours that switch ON. Colours: "
-        '"blue", "white", "red".',
-        example='["blue", "white"]',
-    )
-    day: Literal["today", "tomorrow"] = opt("today", "tempo: the colour of today, or of tomorrow once announced.")
-    shed_above: float = opt(90.0, "load_shedding: shed (OFF) at this % of the subscribed power.", lo=10, hi=200)
-    restore_below: float = opt(75.0, "load_shedding: back ON at or under this % of the subscribed power.", lo=0, hi=200)
-    subscribed_va: int = opt(
-        0, "load_shedding: subscribed power in VA (0: from the meter, PREF kVA or ISOUSC A x 200).", lo=0, hi=1_000_000
-    )
-    relay: int = opt(1, "relais: relay number 1-8 (RELAIS bit n-1; relay 1 is the dry contact).", lo=1, hi=8)
-    min_on: float = opt(0.0, "Seconds an output stays ON before the rule may switch it OFF.", lo=0, hi=86400)
-    min_off: float = opt(0.0, "Seconds an output stays OFF (from start too) before it may switch ON.", lo=0, hi=86400)
-    stale_after: float = opt(
-        30.0, "Seconds without the data the rule needs before the output goes to its safe state (OFF).", lo=1, hi=86400
-    )
-
-    def validate(self) -> list[tuple[str, str]]:
-        errors: list[tuple[str, str]] = []
-        if not re.fullmatch(r"[A-Za-z0-9_-]{1,32}", self.name):
-            errors.append(("name", f"required: 1-32 letters, digits, '_' or '-' (got {self.name!r})"))
-        if self.pin < 0:
-            errors.append(("pin", "required: the BCM GPIO number the relay is wired to"))
-        bad = [c for c in self.colours if c not in TEMPO_COLOURS]
-        if bad:
-            errors.append(("colours", f"unknown colour(s) {bad} (expected blue, white, red)"))
-        if self.rule == "tempo" and not self.colours:
-            errors.append(("colours", "a tempo rule needs the colours that switch it ON"))
-        if self.rule == "load_shedding" and self.restore_below >= self.shed_above:
-            errors.append(("restore_below", f"must be under shed_above ({self.shed_above:g}): that is the hysteresis"))
-        return errors
-
-
-@dataclass(frozen=True)
-class GpioConfig:
-    """GPIO (Raspberry Pi header): a status LED and rule-driven relays.  Off by default: nothing GPIO-related is
-    even loaded then, so the simulator and CI need no hardware."""
-
-    enabled: bool = opt(False, "Drive the status LED and the outputs below.")
-    pin_factory: Literal["auto", "lgpio", "rpigpio", "pigpio", "native", "mock"] = opt(
-        "auto",
-        "gpiozero pin library. auto: on a Raspberry Pi, lgpio on a Pi 5 and gpiozero's own choice on the others; "
-        "elsewhere it must be named (mock: simulated pins, for tests and demos).",
-    )
-    led_pin: int = opt(-1, "BCM GPIO number of the status LED (-1: no LED).", lo=-1, hi=27, check=_gpio_pin)
-    led_active_high: bool = opt(True, "true: the LED lights when its pin is high.")
-    no_data_after: float = opt(
-        10.0, "Seconds without a valid frame before the LED shows the no-meter-data pattern.", lo=1, hi=3600
-    )
-    outputs: list[GpioOutputConfig] = opt([], "A relay driven by a rule ([[gpio.outputs]], one table per relay).")
-
-    def validate(self) -> list[tuple[str, str]]:
-        errors: list[tuple[str, str]] = []
-        pins: dict[int, str] = {self.led_pin: "led_pin"} if self.led_pin >= 0 else {}
-        names: set[str] = set()
-        for i, o in enumerate(self.outputs):
-            if o is None:  # already reported
-                continue
-            if o.pin >= 0 and o.pin in pins:
-                errors.append((f"outputs[{i}].pin", f"GPIO{o.pin} is already used by {pins[o.pin]}"))
-            pins.setdefault(o.pin, f"outputs[{i}]")
-            if o.name in names:
-                errors.append((f"outputs[{i}].name", f"duplicate output name {o.name!r}"))
-            names.add(o.name)
-        return errors
-
-
-def _client_name(value: str) -> str | None:
-    if value and not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", value):
-        return f"must be 1-64 letters, digits, '_' or '-' (got {value!r}): it names a directory on the server"
-    return None
-
-
-@dataclass(frozen=True)
-class JournalConfig:
-    """Raw capture journal: the meter's bytes exactly as received, each chunk with its reception time, in
-    compressed segments that "teleinfo replay" turns back into the same points.  Written in large batches (one
-    write per flush) to spare the SD card."""
-
-    enabled: bool = opt(False, "Keep the journal.")
-    directory: str = opt("", 'Where segments are written ("" = journal/ in the state directory).')
-    segment_seconds: int = opt(3600, "A new segment at least this often (s; 3600 = hourly).", lo=60, hi=86400)
-    segment_max_mb: float = opt(16.0, "A new segment once the current one reaches this size (MB).", lo=0.01, hi=4096)
-    flush_interval: float = opt(60.0, "Buffered bytes are written at least this often (s).", lo=0.05, hi=3600)
-    flush_kb: int = opt(256, "...or as soon as this much is buffered (kB).", lo=1, hi=65536)
-    buffer_max_mb: float = opt(
-        16.0, "Memory kept while the disk cannot be written; past it the oldest chunks are dropped (MB).", lo=1, hi=1024
-    )
-    keep_days: float = opt(31.0, "Segments older than this are deleted (days; 0 = no age limit).", lo=0, hi=36500)
-    max_total_mb: float = opt(
-        512.0, "Oldest segments are deleted while the journal is bigger than this (MB).", lo=1, hi=1_000_000
-    )
-
-
-@dataclass(frozen=True)
-class SyncServerConfig:
-    """teleinfo sync-server: receives every client's tree (docs/SYNC.md)."""
-
-    bind: str = opt("127.0.0.1", "Address to listen on (0.0.0.0: every IPv4 interface).", check=_ip_address)
-    port: int = opt(4243, "TCP port.", lo=1, hi=65535)
-    root: str = opt("/srv/teleinfo-sync", "Each client's tree is stored in <root>/<client name>/.")
-    tokens_file: str = opt(
-        "/etc/teleinfo/sync-clients", 'One "name token" line per client (tokens at least 16 characters).'
-    )
-    tls_cert: str = opt("", 'Certificate chain file for TLS ("" = plain TCP).')
-    tls_key: str = opt("", "Private key of tls_cert.")
-    max_connections: int = opt(64, "Connections served at once; further ones are refused.", lo=1, hi=4096)
-    max_file_mb: float = opt(1024.0, "Largest file a client may declare (MB).", lo=0.001, hi=1_000_000)
-    max_tree_mb: float = opt(10240.0, "Largest tree a client may store (MB).", lo=0.001, hi=100_000_000)
-    max_files: int = opt(100_000, "Most files and directories a client may store.", lo=1, hi=100_000_000)
-    max_requests_per_second: float = opt(
-        200.0, "Requests a connection may make per second (burst: as many); a faster one is cut off.", lo=1, hi=100_000
-    )
-    idle_timeout: float = opt(300.0, "A connection silent this long is closed (s).", lo=1, hi=86400)
-
-    def validate(self) -> list[tuple[str, str]]:
-        if bool(self.tls_cert) != bool(self.tls_key):
-            return [("tls_key" if self.tls_cert else "tls_cert", "TLS needs both tls_cert and tls_key")]
-        return []
-
-
-@dataclass(frozen=True)
-class SyncConfig:
-    """teleinfo sync: mirror a directory (the journal by default) to a sync-server, live (inotify)."""
-
-    address: str = opt("", 'The sync-server, "host:port" ("" = not configured).', example='"nas.lan:4243"')
-    name: str = opt("", 'This client\'s name on the server ("" = the host name).', check=_client_name)
-    token: Secret | None = opt(None, "This client's token on the server.", example='{ env = "TELEINFO_SYNC_TOKEN" }')
-    directory: str = opt("", 'Directory to mirror ("" = the journal directory).')
-    tls: bool = opt(False, "Connect with TLS.")
-    ca_file: str = opt("", 'CA certificate to verify the server with ("" = the system\'s CAs).')
-    reconnect_max_backoff: float = opt(30.0, "Longest wait between two connection attempts (s).", lo=0.1, hi=3600)
-    server: SyncServerConfig = section(SyncServerConfig)
-
-
-# Sections defined next to their feature (they use opt() and section() above).
-from appliance.update.settings import UpdateConfig  # noqa: E402
-
-
-@dataclass(frozen=True)
-class Config:
-    """The whole configuration."""
-
-    source: SourceConfig = section(SourceConfig)
-    outputs: OutputsConfig = section(OutputsConfig)
-    health: HealthConfig = section(HealthConfig)
-    control: ControlConfig = section(ControlConfig)
-    state: StateConfig = section(StateConfig)
-    logging: LoggingConfig = section(LoggingConfig)
-    checks: ChecksConfig = section(ChecksConfig)
-    gpio: GpioConfig = section(GpioConfig)
-    journal: JournalConfig = section(JournalConfig)
-    sync: SyncConfig = section(SyncConfig)
-    update: UpdateConfig = section(UpdateConfig)
 
 
 # --- loading -----------------------------------------------------------------------------------------------
@@ -755,13 +188,13 @@ def load_config(path: str | Path | None = None, *, required: bool = True) -> Con
     With ``required=False`` a missing file gives the defaults (the service then runs on its built-in defaults).
     """
     if path is None:
-        return Config()
+        return _root()()
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         if not required:
-            return Config()
+            return _root()()
         raise ConfigError([f"file not found: {p}"], str(p)) from None
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError([f"cannot read {p}: {e}"], str(p)) from None
@@ -775,10 +208,11 @@ def parse_config(text: str, source: str = "configuration") -> Config:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"TOML syntax error: {e}"], source) from None
     errors: list[str] = []
-    cfg = _build(Config, data, "", errors)
+    root = _root()
+    cfg = build_section(root, data, "", errors)
     if errors:
         raise ConfigError(errors, source)
-    assert isinstance(cfg, Config)
+    assert isinstance(cfg, root)
     return cfg
 
 
@@ -809,7 +243,7 @@ def _convert(t: Any, value: Any, key: str, errors: list[str]) -> Any:
             errors.append(f"{key}: must be a list (got {value!r})")
             return None
         if dataclasses.is_dataclass(item):  # an array of tables: [[checks.peers]]
-            return [_build(item, v, f"{key}[{i}]", errors) for i, v in enumerate(value)]  # type: ignore[arg-type]
+            return [build_section(item, v, f"{key}[{i}]", errors) for i, v in enumerate(value)]  # type: ignore[arg-type]
         return [_convert(item, v, f"{key}[{i}]", errors) for i, v in enumerate(value)]
     if t is Secret:
         return _secret(value, key, errors)
@@ -820,7 +254,7 @@ def _convert(t: Any, value: Any, key: str, errors: list[str]) -> Any:
     elif t is float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         value = float(value) if ok else value
-        if ok and not math.isfinite(value):
+        if ok and not math.isfinite(value):  # TOML has nan and inf; no setting means either, and NaN passes ranges
             errors.append(f"{key}: must be a finite number (got {value!r})")
             return None
     elif t is str:
@@ -857,7 +291,9 @@ def _secret(value: Any, key: str, errors: list[str]) -> Secret | None:
     return None
 
 
-def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
+def build_section(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
+    """``data`` (a TOML table) as an instance of the schema ``cls``; problems are appended to ``errors`` with
+    their key path under ``prefix`` (None returned when the table itself is unusable)."""
     if not isinstance(data, dict):
         errors.append(f"{prefix or 'top level'}: must be a table (got {data!r})")
         return None
@@ -874,7 +310,7 @@ def _build(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
         key = f"{prefix}.{name}" if prefix else name
         t = hints[name]
         if dataclasses.is_dataclass(t):
-            value = _build(t, data[name], key, errors)  # type: ignore[arg-type]
+            value = build_section(t, data[name], key, errors)  # type: ignore[arg-type]
         else:
             n_before = len(errors)
             value = _convert(t, data[name], key, errors)
@@ -985,5 +421,5 @@ def render_example() -> str:
             lines.append(f"[{name}]")
             walk(t, name)
 
-    walk(Config, "")
+    walk(_root(), "")
     return "\n".join(lines).rstrip() + "\n"

@@ -55,17 +55,17 @@ class LiveView:
     def render(self) -> str:
         cols, rows = shutil.get_terminal_size((100, 40))
         s = self._stats.snapshot()
-        src = s["source"]
-        rejected = sum(s["rejects"].values())
-        age = s["last_frame_age_s"]
+        src = s.source
+        rejected = sum(s.rejects.values())
+        age = s.last_frame_age_s
         head = [
-            f"teleinfo  source {src['state']} {src['detail']}  mode {src['mode'] or '?'}  frames {s['frames']}"
+            f"teleinfo  source {src.state} {src.detail}  mode {src.mode or '?'}  frames {s.frames}"
             f"  rejected {rejected}  last frame {'-' if age is None else f'{age:.1f} s ago'}",
             "outputs  "
             + (
                 "  ".join(
-                    f"{name} {o['state']} (sent {o['sent']}, failed {o['failed']}, dropped {o['dropped']})"
-                    for name, o in s["outputs"].items()
+                    f"{name} {o.state} (sent {o.sent}, failed {o.failed}, dropped {o.dropped})"
+                    for name, o in s.outputs.items()
                 )
                 or "none"
             ),

@@ -1,6 +1,6 @@
 """Home Assistant MQTT discovery for a Linky meter, and the state filter that keeps its energy dashboard right.
 
-Pure: topics, payloads and filters only; :mod:`appliance.outputs.mqtt` does the publishing.  The layout is the
+Pure: topics, payloads and filters only; :mod:`appliance.outputs.mqtt.output` does the publishing.  The layout is the
 contract of ``docs/DATA_FORMAT.md`` §4 and follows docs/NETWORK.md §1:
 
 * **Device-based discovery** (HA >= 2024.12): one retained message per meter on

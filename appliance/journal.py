@@ -47,20 +47,44 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
-from appliance.config import JournalConfig
+from appliance.config import opt
 from appliance.errors import ApplianceError
+from appliance.runtime import stop_thread
 from appliance.stats import Stats
 
 __all__ = [
     "FORMAT",
     "RECORD",
     "Journal",
+    "JournalConfig",
     "JournalError",
     "Segment",
     "journal_directory",
     "read_segment",
     "segment_files",
 ]
+
+
+@dataclass(frozen=True)
+class JournalConfig:
+    """Raw capture journal: the meter's bytes exactly as received, each chunk with its reception time, in
+    compressed segments that "teleinfo replay" turns back into the same points.  Written in large batches (one
+    write per flush) to spare the SD card."""
+
+    enabled: bool = opt(False, "Keep the journal.")
+    directory: str = opt("", 'Where segments are written ("" = journal/ in the state directory).')
+    segment_seconds: int = opt(3600, "A new segment at least this often (s; 3600 = hourly).", lo=60, hi=86400)
+    segment_max_mb: float = opt(16.0, "A new segment once the current one reaches this size (MB).", lo=0.01, hi=4096)
+    flush_interval: float = opt(60.0, "Buffered bytes are written at least this often (s).", lo=0.05, hi=3600)
+    flush_kb: int = opt(256, "...or as soon as this much is buffered (kB).", lo=1, hi=65536)
+    buffer_max_mb: float = opt(
+        16.0, "Memory kept while the disk cannot be written; past it the oldest chunks are dropped (MB).", lo=1, hi=1024
+    )
+    keep_days: float = opt(31.0, "Segments older than this are deleted (days; 0 = no age limit).", lo=0, hi=36500)
+    max_total_mb: float = opt(
+        512.0, "Oldest segments are deleted while the journal is bigger than this (MB).", lo=1, hi=1_000_000
+    )
+
 
 _LOG = logging.getLogger(__name__)
 
@@ -220,9 +244,7 @@ class Journal:
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            _LOG.warning("journal: the last write did not finish within %.1f s", timeout)
+        stop_thread(self._thread, timeout, "journal writer (its last write)", _LOG)
 
     def _run(self) -> None:
         interval = self.cfg.flush_interval

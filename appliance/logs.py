@@ -8,10 +8,21 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
+from typing import Literal
 
+from appliance.config import opt
 from appliance.systemd import under_systemd
 
-__all__ = ["setup_logging"]
+__all__ = ["LoggingConfig", "setup_logging"]
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    """Logging (to the journal under systemd, to standard error otherwise)."""
+
+    level: Literal["debug", "info", "warning", "error"] = opt("info", "Minimum level logged.")
+
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 

@@ -20,12 +20,12 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Final
 
 from appliance.lineproto import encode_line
 from appliance.records import HealthSample, Record
 from appliance.runtime import stop_thread
-from appliance.stats import Stats
+from appliance.stats import Stats, StatsSnapshot
 from appliance.tic import REJECT_REASONS
 
 __all__ = ["BACKLOG_LINES", "HealthSampler", "snapshot_lines"]
@@ -37,32 +37,32 @@ BACKLOG_LINES: Final = 1000
 _OUTPUT_COUNTERS: Final = ("sent", "failed", "dropped", "queued", "spooled", "spool_dropped")
 
 
-def snapshot_lines(snapshot: dict[str, Any], at: int, host: str) -> list[str]:
+def snapshot_lines(snapshot: StatsSnapshot, at: int, host: str) -> list[str]:
     """Line protocol (second precision) for one :meth:`Stats.snapshot`: ``teleinfo_health``, one
     ``teleinfo_health_rejects`` point per reason (every known reason, 0 included, so that the series exist from
     the start) and one ``teleinfo_health_output`` point per output."""
     tags = {"host": host}
-    source = snapshot["source"]
-    rejects: dict[str, int] = snapshot["rejects"]
+    source = snapshot.source
+    rejects = snapshot.rejects
     main: dict[str, int | float | str] = {
-        "uptime_s": float(snapshot["uptime_s"]),
-        "frames": int(snapshot["frames"]),
-        "groups": int(snapshot["groups"]),
-        "rejects": int(sum(rejects.values())),
-        "source_state": str(source["state"]),
-        "source_reconnects": int(source["reconnects"]),
-        "source_bytes": int(source["bytes"]),
+        "uptime_s": float(snapshot.uptime_s),
+        "frames": snapshot.frames,
+        "groups": snapshot.groups,
+        "rejects": sum(rejects.values()),
+        "source_state": source.state,
+        "source_reconnects": source.reconnects,
+        "source_bytes": source.bytes,
     }
-    if snapshot.get("last_frame_age_s") is not None:
-        main["last_frame_age_s"] = float(snapshot["last_frame_age_s"])
+    if snapshot.last_frame_age_s is not None:
+        main["last_frame_age_s"] = float(snapshot.last_frame_age_s)
     lines = [encode_line("teleinfo_health", tags, main, at)]
     lines.extend(
         encode_line("teleinfo_health_rejects", tags | {"reason": r}, {"count": rejects.get(r, 0)}, at)
         for r in sorted(set(REJECT_REASONS) | set(rejects))
     )
-    for name, out in sorted(snapshot["outputs"].items()):
-        fields: dict[str, int | float | str] = {k: int(out[k]) for k in _OUTPUT_COUNTERS}
-        fields["state"] = str(out["state"])
+    for name, out in sorted(snapshot.outputs.items()):
+        fields: dict[str, int | float | str] = {k: int(getattr(out, k)) for k in _OUTPUT_COUNTERS}
+        fields["state"] = out.state
         lines.append(encode_line("teleinfo_health_output", tags | {"output": name}, fields, at))
     return lines
 

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Final, Protocol
 
 from appliance.checks.results import CheckResult
+from appliance.stats import StatsSnapshot
 
 if TYPE_CHECKING:
     from appliance.tariff.engine import TariffEngine
@@ -63,7 +64,7 @@ class HealthSample:
 
     at: float
     host: str
-    snapshot: dict[str, Any]
+    snapshot: StatsSnapshot
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
-"""The service: wires a source, the decoder and the outputs together, and talks to systemd.  Wiring only.
+"""The service: wires a source, the reader and the outputs together, and talks to systemd.  Wiring only.
 
-The main thread is the reader: it reads bytes (each read returns within ~0.25 s), decodes them and hands every
-frame to the fan-out, whose per-output queues and threads keep slow outputs away from it.  Signals only set
-flags that the loop looks at between reads, so SIGTERM stops within a read plus the outputs' drain deadline
-(under 5 s), and SIGHUP reloads the configuration between two reads, keeping the old one if the new is invalid.
+The main thread is the reader: it reads bytes (each read returns within ~0.25 s), journals them, has
+:class:`~appliance.reader.FrameReader` decode and account for them, and hands every frame to the fan-out, whose
+per-output queues and threads keep slow outputs away from it. Signals only set flags that the loop looks at
+between reads, so SIGTERM stops within a read plus the outputs' drain deadline (under 5 s), and SIGHUP reloads the
+configuration between two reads, keeping the old one if the new is invalid.
 
 The systemd watchdog is pinged only while this loop makes progress (a read returned, decoding done, every output
 thread alive); a silent meter is not a hang: it is reported by the health state, not by a restart.
@@ -15,27 +16,28 @@ import logging
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from appliance.config import Config, ConfigError
+from appliance.config import ConfigError
 from appliance.console import LiveView
 from appliance.control import ControlServer
-from appliance.health import HealthServer
+from appliance.health import HealthServer, summary
 from appliance.logs import setup_logging
 from appliance.metrics import BACKLOG_LINES
 from appliance.outputs import enabled_outputs
 from appliance.outputs.base import Fanout, OutputWorker
 from appliance.outputs.spool import Spool
+from appliance.reader import FrameReader
 from appliance.records import CHECK, HEALTH
+from appliance.schema import Config
 from appliance.sources import Source, build_source
 from appliance.stats import Stats
 from appliance.systemd import Notifier
-from appliance.tic import Decoder, Frame, RejectReason
+from appliance.tic import Frame
 from appliance.update.reboot import start_reporter
 
 if TYPE_CHECKING:
@@ -107,11 +109,8 @@ class Service:
         self._reload_requested = False
         self._frame_listeners: list[Callable[[Frame], None]] = []
         self.source: Source | None = None
+        self.reader: FrameReader | None = None
         self.fanout: Fanout | None = None
-        self.decoder = Decoder(cfg.source.mode)
-        self._last_rejects: Counter[RejectReason] = Counter()  # the decoder's counts already added to stats
-        self._reject_epoch = self.decoder.epoch
-        self._known_meter: str | None = None
         self.health: HealthServer | None = None
         self.control: ControlServer | None = None
         self.checks: CheckScheduler | None = None
@@ -259,7 +258,8 @@ class Service:
         self._start_checks()
         self._start_journal()
         updates = start_reporter(self.stats)  # /status: the running release, pending reboots (appliance.update)
-        self.source = build_source(self.cfg, self.stats, self._stop)
+        self._open_source()
+        assert self.source is not None
         ready = False
         last_ping = 0.0
         last_status = 0.0
@@ -295,22 +295,17 @@ class Service:
             _LOG.info("stopped: %s", self.summary())
         return 0
 
+    def _open_source(self) -> None:
+        """The configured source, and a fresh reader (decoder, known meter, reject counts) for its bytes."""
+        self.source = build_source(self.cfg, self.stats, self._stop)
+        self.reader = FrameReader(self.source, self.cfg.source.mode, self.stats)
+
     def _handle(self, data: bytes) -> None:
         now = self._clock()
         if self.journal is not None:
             self.journal.append(data, now)
-        assert self.source is not None
-        for decoded in self.decoder.feed(data):
-            meter = decoded.meter
-            if meter is not None and meter != self._known_meter:
-                self._known_meter = meter
-                self.stats.set_extra("meter", meter)  # shown by health answers only if expose_meter
-            frame = decoded.received(now, None if meter is not None else self._known_meter)
-            if frame.verified:
-                self.source.frame_ok(frame.mode)
-            else:
-                self.source.frame_bad()
-            self.stats.frame(len(frame.values) + len(frame.timestamps))
+        assert self.reader is not None
+        for frame in self.reader.feed(data, now):
             if frame.meter is not None and self.fanout is not None:
                 self.fanout.submit(frame)
             if self.control is not None:
@@ -319,29 +314,13 @@ class Service:
                 fn(frame)
             if self._view is not None:
                 self._view.update(frame)
-        epoch = self.decoder.epoch
-        if epoch == self._reject_epoch:
-            return
-        self._reject_epoch = epoch
-        rejects = self.decoder.rejects
-        delta = rejects - self._last_rejects
-        if delta:
-            self.stats.rejected(delta)
-        self._last_rejects = rejects
 
     def _healthy(self) -> bool:
         return self.fanout is None or all(w._thread.is_alive() for w in self.fanout.workers)
 
     def summary(self) -> str:
-        s = self.stats.snapshot()
-        outs = ", ".join(f"{n} {o['state']}" for n, o in s["outputs"].items()) or "no outputs"
-        age = s["last_frame_age_s"]
-        return (
-            f"{s['source']['state']} {s['source']['mode'] or ''}".strip()
-            + f"; {s['frames']} frames, {sum(s['rejects'].values())} rejected"
-            + ("" if age is None else f", last {age:.0f} s ago")
-            + f"; {outs}"
-        )
+        """The one-line state (systemd's status text): :func:`appliance.health.summary`."""
+        return summary(self.stats.snapshot())
 
     def _reload(self) -> None:
         self._reload_requested = False
@@ -379,10 +358,7 @@ class Service:
         if new.source != old.source:
             assert self.source is not None
             self.source.close()
-            self.decoder = Decoder(new.source.mode)
-            self._last_rejects = Counter()
-            self._reject_epoch = self.decoder.epoch
-            self.source = build_source(new, self.stats, self._stop)
+            self._open_source()
         if (new.journal, new.source, new.state) != (old.journal, old.source, old.state):
             self._stop_journal()  # a new decoder or directory: a new journal session, so replay starts afresh too
             self._start_journal()

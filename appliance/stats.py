@@ -4,6 +4,11 @@ and the metrics that go to InfluxDB all read them from here.
 Writers are the reader loop (frames, rejects, source state) and each output's worker (sent, failed, dropped,
 queue depth, state).  Every method takes one short lock, so readers get a consistent :meth:`Stats.snapshot`
 and no writer ever waits on I/O.
+
+Readers get a :class:`StatsSnapshot`: frozen, typed, safe to hand to any thread.  Its :meth:`~StatsSnapshot.to_json`
+is the counters' JSON form (``GET /status``, ``teleinfo status``, docs/DATA_FORMAT.md), the only place where the
+field names become strings.  Further sections (self-checks, GPIO, the control socket, the journal) are attached
+by their producers with :meth:`Stats.set_extra` and travel as JSON-ready data in ``sections``.
 """
 
 from __future__ import annotations
@@ -11,12 +16,89 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from appliance.tic import RejectReason
 
-__all__ = ["OutputStats", "Stats"]
+__all__ = ["OutputSnapshot", "OutputStats", "SourceSnapshot", "Stats", "StatsSnapshot"]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSnapshot:
+    """The source at one instant.  ``state`` is ``starting``, ``open``, ``no_data``, ``lost`` or ``closed``."""
+
+    state: str = "starting"
+    detail: str = ""
+    mode: str | None = None
+    reconnects: int = 0
+    bytes: int = 0
+    since: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSnapshot:
+    """One output at one instant (:class:`OutputStats` copied): ``details`` are the output's own counters,
+    ``records`` its record lanes' counters per kind."""
+
+    state: str = "starting"
+    sent: int = 0
+    failed: int = 0
+    dropped: int = 0
+    queued: int = 0
+    spooled: int = 0
+    spool_dropped: int = 0
+    spool_error: str | None = None
+    last_error: str | None = None
+    last_sent_at: float | None = None
+    since: float = 0.0
+    details: Mapping[str, int] = field(default_factory=dict)
+    records: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """Every counter; ``details`` and ``records`` only when the output has some."""
+        doc = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("details", "records")}
+        if self.details:
+            doc["details"] = dict(self.details)
+        if self.records:
+            doc["records"] = {k: dict(v) for k, v in self.records.items()}
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class StatsSnapshot:
+    """Every counter at one instant; what the health state, ``/status``, the status line, the LED and the
+    health samples are computed from.  ``meter`` is personal data (shown only where configured)."""
+
+    uptime_s: float = 0.0
+    frames: int = 0
+    groups: int = 0
+    rejects: Mapping[str, int] = field(default_factory=dict)
+    last_frame_at: float | None = None
+    last_frame_age_s: float | None = None
+    source: SourceSnapshot = field(default_factory=SourceSnapshot)
+    outputs: Mapping[str, OutputSnapshot] = field(default_factory=dict)
+    meter: str | None = None
+    sections: Mapping[str, Any] = field(default_factory=dict)  # set_extra(): "checks", "control", "gpio", "journal"...
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON-ready data: the counters of ``GET /status`` (docs/DATA_FORMAT.md)."""
+        return {
+            "uptime_s": self.uptime_s,
+            "frames": self.frames,
+            "groups": self.groups,
+            "rejects": dict(self.rejects),
+            "last_frame_at": self.last_frame_at,
+            "last_frame_age_s": self.last_frame_age_s,
+            "source": self.source.to_json(),
+            "outputs": {name: o.to_json() for name, o in self.outputs.items()},
+            **({"meter": self.meter} if self.meter is not None else {}),
+            **self.sections,
+        }
 
 
 @dataclass(slots=True)
@@ -62,6 +144,7 @@ class Stats:
         self._source = _SourceStats()
         self._outputs: dict[str, OutputStats] = {}
         self._extra: dict[str, Any] = {}
+        self._meter: str | None = None
 
     # --- writers -----------------------------------------------------------------------------------------
     def frame(
@@ -128,6 +211,11 @@ class Stats:
         with self._lock:
             self._outputs.pop(name, None)
 
+    def set_meter(self, meter: str) -> None:
+        """The meter's address (ADCO/ADSC) last seen: personal data, shown by health answers only if configured."""
+        with self._lock:
+            self._meter = meter
+
     def set_extra(self, key: str, value: Any) -> None:
         """Attach a further section to the snapshot (self-check results, GPIO state...)."""
         with self._lock:
@@ -154,42 +242,28 @@ class Stats:
         with self._lock:
             return {name: o.state for name, o in self._outputs.items()}
 
-    def snapshot(self) -> dict[str, Any]:
-        """Every counter, as plain JSON-ready data."""
+    def snapshot(self) -> StatsSnapshot:
+        """Every counter, at once (one lock), as a frozen :class:`StatsSnapshot`."""
         age = self.last_frame_age()
         with self._lock:
-            return {
-                "uptime_s": round(time.time() - self.started_at, 1),
-                "frames": self._frames,
-                "groups": self._groups,
-                "rejects": dict(self._rejects),
-                "last_frame_at": self._last_frame_wall,
-                "last_frame_age_s": None if age is None else round(age, 3),
-                "source": {
-                    "state": self._source.state,
-                    "detail": self._source.detail,
-                    "mode": self._source.mode,
-                    "reconnects": self._source.reconnects,
-                    "bytes": self._source.bytes,
-                    "since": self._source.since,
-                },
-                "outputs": {
-                    name: {
-                        "state": o.state,
-                        "sent": o.sent,
-                        "failed": o.failed,
-                        "dropped": o.dropped,
-                        "queued": o.queued,
-                        "spooled": o.spooled,
-                        "spool_dropped": o.spool_dropped,
-                        "spool_error": o.spool_error,
-                        "last_error": o.last_error,
-                        "last_sent_at": o.last_sent_at,
-                        "since": o.since,
-                        **({"details": dict(o.details)} if o.details else {}),
-                        **({"records": {k: dict(v) for k, v in o.records.items()}} if o.records else {}),
-                    }
-                    for name, o in self._outputs.items()
-                },
-                **{k: v for k, v in self._extra.items()},
-            }
+            src = self._source
+            return StatsSnapshot(
+                uptime_s=round(time.time() - self.started_at, 1),
+                frames=self._frames,
+                groups=self._groups,
+                rejects=dict(self._rejects),
+                last_frame_at=self._last_frame_wall,
+                last_frame_age_s=None if age is None else round(age, 3),
+                source=SourceSnapshot(**{f.name: getattr(src, f.name) for f in fields(SourceSnapshot)}),
+                outputs={name: _frozen(o) for name, o in self._outputs.items()},
+                meter=self._meter,
+                sections=dict(self._extra),
+            )
+
+
+def _frozen(o: OutputStats) -> OutputSnapshot:
+    """A copy of an output's counters that nothing can change (its dicts copied too)."""
+    values = {f.name: getattr(o, f.name) for f in fields(OutputSnapshot)}
+    values["details"] = dict(o.details)
+    values["records"] = {k: dict(v) for k, v in o.records.items()}
+    return OutputSnapshot(**values)

@@ -64,9 +64,10 @@ for _p in (str(BENCH), str(REPO)):  # `python bench/latency.py` puts only bench/
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-from appliance.config import Config, parse_config  # noqa: E402
+from appliance.config import parse_config  # noqa: E402
 from appliance.lineproto import parse_line  # noqa: E402
-from appliance.outputs.multicast import open_receiver  # noqa: E402
+from appliance.outputs.multicast.receiver import open_receiver  # noqa: E402
+from appliance.schema import Config  # noqa: E402
 from appliance.simulator import PARIS, MeterSimulator, SimFrame  # noqa: E402
 from tests.ptyutil import PtyMeter  # noqa: E402
 

@@ -14,7 +14,7 @@ What is measured:
    the append rate is printed too, it is the cost of one frame during an outage).
 2. **The replay.**  A local victoria-metrics (127.0.0.1, free port, throwaway data directory) takes the frames
    back through the real path: a new :class:`~appliance.outputs.base.OutputWorker` opens the spool left on disk
-   (as after a restart), and replays it with :class:`~appliance.outputs.influx.InfluxOutput`, ``--batch-size``
+   (as after a restart), and replays it with :class:`~appliance.outputs.influxdb.output.InfluxOutput`, ``--batch-size``
    frames per ``POST /api/v2/write``.  The time runs from the worker's start to the moment every frame is
    counted as sent (the spool files are then deleted); the client library is imported before.
 3. **The check.**  victoria-metrics is read back (export API): every frame must be there, once, at its original
@@ -40,10 +40,10 @@ REPO = BENCH.parent
 if str(REPO) not in sys.path:  # `python bench/spool.py` puts only bench/ on the path
     sys.path.insert(0, str(REPO))
 
-from appliance.config import InfluxConfig  # noqa: E402
 from appliance.lineproto import frame_time  # noqa: E402
 from appliance.outputs.base import OutputWorker  # noqa: E402
-from appliance.outputs.influx import InfluxOutput  # noqa: E402
+from appliance.outputs.influxdb.config import InfluxConfig  # noqa: E402
+from appliance.outputs.influxdb.output import InfluxOutput  # noqa: E402
 from appliance.outputs.spool import Spool  # noqa: E402
 from appliance.simulator import PARIS, MeterSimulator  # noqa: E402
 from appliance.stats import Stats  # noqa: E402
@@ -90,9 +90,9 @@ def run(frames: list[Frame], batch_size: int, root: Path) -> dict[str, float]:
         n = len(frames)
         t = time.perf_counter()
         worker.start()
-        while stats.snapshot()["outputs"]["influxdb"]["sent"] < n:
+        while stats.snapshot().outputs["influxdb"].sent < n:
             if time.perf_counter() - t > 600:
-                raise SystemExit(f"replay stuck: {stats.snapshot()['outputs']['influxdb']}")
+                raise SystemExit(f"replay stuck: {stats.snapshot().outputs['influxdb']}")
             time.sleep(0.001)
         replay_s = time.perf_counter() - t
         worker.stop(5)

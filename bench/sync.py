@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from appliance.config import JournalConfig, SyncServerConfig
-from appliance.journal import Journal, segment_files
+from appliance.journal import Journal, JournalConfig, segment_files
 from appliance.sync.client import SyncClient
+from appliance.sync.config import SyncServerConfig
 from appliance.sync.server import SyncServer
 
 

@@ -285,7 +285,7 @@ class MulticastRelay:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"socat exited: {self.proc.stderr.read().decode() if self.proc.stderr else ''}")
             return
-        from appliance.outputs.multicast import open_receiver
+        from appliance.outputs.multicast.receiver import open_receiver
 
         sock = open_receiver(self.group, self.port, "127.0.0.1")
         sock.settimeout(0.1)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.checks.ports import ScanError, check_target, nmap_args, parse_nmap_xml, scan
+from appliance.checks.ports.check import ScanError, check_target, nmap_args, parse_nmap_xml, scan
+from appliance.checks.ports.config import PortsCheckConfig, PortsTargetConfig
 from appliance.checks.results import ERROR, OK, PROBLEM, exit_status, to_lines
-from appliance.config import PortsCheckConfig, PortsTargetConfig
 
 from .util import free_port
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.checks.public_ip import USER_AGENT, ProviderError, PublicIpChecker, ask_provider
+from appliance.checks.public_ip.check import USER_AGENT, ProviderError, PublicIpChecker, ask_provider
+from appliance.checks.public_ip.config import PublicIpCheckConfig
 from appliance.checks.results import ERROR, OK
-from appliance.config import PublicIpCheckConfig
 
 from .util import free_port
 

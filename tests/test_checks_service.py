@@ -24,27 +24,24 @@ from typing import Any
 import pytest
 from pytest_mock import MockerFixture
 
-from appliance.checks import ports as ports_module
 from appliance.checks import scheduler
-from appliance.checks.peers import _compare
-from appliance.checks.ports import ScanReport, check_target
-from appliance.checks.public_ip import PublicIpChecker
+from appliance.checks.peers.check import _compare
+from appliance.checks.peers.config import PeerConfig
+from appliance.checks.ports import check as ports_module
+from appliance.checks.ports.check import ScanReport, check_target
+from appliance.checks.ports.config import PortsCheckConfig, PortsTargetConfig
+from appliance.checks.public_ip.check import PublicIpChecker
+from appliance.checks.public_ip.config import PublicIpCheckConfig
 from appliance.checks.results import ERROR, CheckResult, to_lines
 from appliance.checks.scheduler import CheckRunner, CheckScheduler
 from appliance.commands.status import fetch
-from appliance.config import (
-    Config,
-    InfluxConfig,
-    PeerConfig,
-    PortsCheckConfig,
-    PortsTargetConfig,
-    PublicIpCheckConfig,
-    parse_config,
-)
+from appliance.config import parse_config
 from appliance.outputs.base import Fanout, OutputWorker
-from appliance.outputs.influx import InfluxOutput
-from appliance.outputs.mqtt import MqttOutput
+from appliance.outputs.influxdb.config import InfluxConfig
+from appliance.outputs.influxdb.output import InfluxOutput
+from appliance.outputs.mqtt.output import MqttOutput
 from appliance.records import CHECK, CheckRun
+from appliance.schema import Config
 from appliance.service import simulated
 from appliance.stats import Stats
 
@@ -106,7 +103,7 @@ def sample_results(providers: Providers, port: int) -> list[CheckResult]:
 
 def lane(stats: Stats, output: str) -> dict[str, Any]:
     """The counters of an output's lane of check records (``outputs.<name>.records.check`` in /status)."""
-    return dict(stats.snapshot()["outputs"][output].get("records", {}).get(CHECK, {}))
+    return dict(stats.snapshot().outputs[output].records.get(CHECK, {}))
 
 
 def run_of(results: list[CheckResult]) -> CheckRun:
@@ -432,11 +429,11 @@ def test_scheduler_publishes_latest_results_to_mqtt(broker: int, tmp_path: Path,
     checks.start()
     try:
         assert checks.check_now() == "ok check now: ports started; results in status (checks)"
-        wait_until(lambda: stats.snapshot()["checks"]["runs"] == 1, timeout=30)
-        doc = stats.snapshot()["checks"]
+        wait_until(lambda: stats.snapshot().sections["checks"]["runs"] == 1, timeout=30)
+        doc = stats.snapshot().sections["checks"]
         wait_until(lambda: lane(stats, "mqtt").get("written") == 1, timeout=10)
         assert lane(stats, "mqtt") == {"written": 1, "failed": 0, "dropped": 0, "backlog": 0, "last_error": None}
-        assert "influxdb" not in stats.snapshot()["outputs"]  # not enabled
+        assert "influxdb" not in stats.snapshot().outputs  # not enabled
         message = retained(broker, "teleinfo/checks/ports")
         assert message["status"] == "ok"
         assert message["results"][0]["open"] == [listener]
@@ -447,7 +444,7 @@ def test_scheduler_publishes_latest_results_to_mqtt(broker: int, tmp_path: Path,
 
 
 def test_mqtt_broker_down_is_counted(tmp_path: Path) -> None:
-    from appliance.config import MqttConfig
+    from appliance.outputs.mqtt.config import MqttConfig
 
     stats = Stats()
     out = MqttOutput(MqttConfig(enabled=True, host="127.0.0.1", port=free_port()), timeout=1.0)
@@ -476,8 +473,8 @@ def test_checks_disabled_by_a_reload_leave_no_stale_results() -> None:
 
     stats = Stats()
     stats.set_extra("checks", {"public_ip": {"status": "ok"}})
-    assert "checks" in stats.snapshot()
+    assert "checks" in stats.snapshot().sections
     service = Service(parse_config("[checks]\nenabled = false\n"), stats=stats)
     service._start_checks()
-    assert "checks" not in stats.snapshot()
+    assert "checks" not in stats.snapshot().sections
     assert service.checks is None

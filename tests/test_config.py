@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import Config, ConfigError, Secret, load_config, parse_config, render_example
+from appliance.config import ConfigError, Secret, load_config, parse_config, render_example
+from appliance.schema import Config
 
 
 def errors_of(text: str) -> list[str]:
@@ -109,14 +110,14 @@ def test_secrets_from_env_and_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("TI_PW", "s3cret")
     (tmp_path / "pw").write_text("from-file\n")
     errors: list[str] = []
-    a = c._build(WithSecret, {"password": {"env": "TI_PW"}}, "x", errors)
-    b = c._build(WithSecret, {"password": {"file": str(tmp_path / "pw")}}, "x", errors)
+    a = c.build_section(WithSecret, {"password": {"env": "TI_PW"}}, "x", errors)
+    b = c.build_section(WithSecret, {"password": {"file": str(tmp_path / "pw")}}, "x", errors)
     assert errors == []
     assert a.password.get() == "s3cret" and b.password.get() == "from-file"
     assert "s3cret" not in repr(a) and "from-file" not in str(b.password)
-    c._build(WithSecret, {"password": {"env": "TI_MISSING"}}, "x", errors)
-    c._build(WithSecret, {"password": {"file": str(tmp_path / "none")}}, "x", errors)
-    c._build(WithSecret, {"password": 3}, "x", errors)
+    c.build_section(WithSecret, {"password": {"env": "TI_MISSING"}}, "x", errors)
+    c.build_section(WithSecret, {"password": {"file": str(tmp_path / "none")}}, "x", errors)
+    c.build_section(WithSecret, {"password": 3}, "x", errors)
     assert errors[0] == "x.password: environment variable 'TI_MISSING' is not set"
     assert errors[1].startswith("x.password: cannot read secret file")
     assert errors[2].startswith("x.password: must be a string,")
@@ -153,3 +154,16 @@ def test_run_refuses_an_invalid_configuration(tmp_path: Path) -> None:
     assert "invalid configuration, not starting" in r.stderr and "outputs.multicast.ttl" in r.stderr
     r = run_cli("run", "--config", str(tmp_path / "missing.toml"))
     assert r.returncode == 2 and "file not found" in r.stderr
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "+nan"])
+def test_non_finite_numbers_are_refused_with_their_key_path(value: str) -> None:
+    """TOML spells NaN and infinities, and NaN passes every range check (every comparison is false): the engine
+    refuses both for every number of every section, with the key path."""
+    text = (
+        f"[source]\nno_data_timeout = {value}\n[checks.public_ip]\ninterval = {value}\n"
+        f'[[gpio.outputs]]\nname = "a"\npin = 17\nshed_above = {value}\n'
+    )
+    errs = errors_of(text)
+    for key in ("source.no_data_timeout", "checks.public_ip.interval", "gpio.outputs[0].shed_above"):
+        assert any(e.startswith(f"{key}: must be a finite number") for e in errs), errs

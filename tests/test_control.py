@@ -17,8 +17,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import appliance.control.server as control_module
-from appliance.config import ConfigError, ControlConfig, Secret, parse_config
+from appliance.config import ConfigError, Secret, parse_config
 from appliance.control import ControlServer, Session
+from appliance.control.config import ControlConfig
 from appliance.stats import Stats
 from appliance.tic import Frame
 
@@ -242,7 +243,7 @@ def test_a_slow_watcher_loses_frames_and_never_blocks_the_reader(
     reader.join(10)
     assert worst < 0.05, f"on_frame took {worst * 1000:.1f} ms"
     assert len(received) == 250 and all(line.startswith('{"mode":"standard"') for line in received)
-    wait_until(lambda: stats.snapshot()["control"]["frames_dropped"] > 50, 3)
+    wait_until(lambda: stats.snapshot().sections["control"]["frames_dropped"] > 50, 3)
     assert slow.sock.recv(100)  # still connected, still served
     slow.close()
     fast.close()

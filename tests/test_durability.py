@@ -29,8 +29,8 @@ import pytest
 
 from appliance.lineproto import frame_time, parse_line
 from appliance.outputs.base import OutputWorker
-from appliance.outputs.influx import InfluxOutput
-from appliance.outputs.multicast import open_receiver
+from appliance.outputs.influxdb.output import InfluxOutput
+from appliance.outputs.multicast.receiver import open_receiver
 from appliance.outputs.spool import Spool
 from appliance.stats import Stats
 
@@ -332,20 +332,20 @@ def test_a_full_disk_for_the_spool_is_a_counted_state_then_everything_kept_arriv
         out = InfluxOutput(influx_cfg(vm.url, timeout=1.0))
         w = OutputWorker(out, stats, spool=Spool(disk / "spool"), queue_size=40, backoff_initial=0.05, backoff_max=0.2)
         w.start()
-        wait_until(lambda: stats.snapshot()["outputs"]["influxdb"]["state"] == "failing", 10)  # client loaded
+        wait_until(lambda: stats.snapshot().outputs["influxdb"].state == "failing", 10)  # client loaded
         frames = sim_frames(150, "historique")
         for f in frames:
             w.submit(f)
             time.sleep(0.002)  # a fast meter, not one burst: the worker spools as frames come
-        wait_until(lambda: "No space left" in (stats.snapshot()["outputs"]["influxdb"]["spool_error"] or ""), 10)
-        wait_until(lambda: stats.snapshot()["outputs"]["influxdb"]["queued"] == 40, 10)
-        o = stats.snapshot()["outputs"]["influxdb"]
-        kept = o["spooled"]
-        assert 10 < kept < 110 and o["dropped"] == 150 - kept - 40, o  # disk full: memory, bounded, counted
-        assert o["state"] == "failing" and w._thread.is_alive()
+        wait_until(lambda: "No space left" in (stats.snapshot().outputs["influxdb"].spool_error or ""), 10)
+        wait_until(lambda: stats.snapshot().outputs["influxdb"].queued == 40, 10)
+        o = stats.snapshot().outputs["influxdb"]
+        kept = o.spooled
+        assert 10 < kept < 110 and o.dropped == 150 - kept - 40, o  # disk full: memory, bounded, counted
+        assert o.state == "failing" and w._thread.is_alive()
         assert any("cannot write the spool" in r.getMessage() for r in caplog.records)
         vm.start(tmp_path)
-        wait_until(lambda: stats.snapshot()["outputs"]["influxdb"]["sent"] == kept + 40, 20)
+        wait_until(lambda: stats.snapshot().outputs["influxdb"].sent == kept + 40, 20)
         assert w.stop(3)
         got = vm.samples()
         times = [t for t, _ in got[("teleinfo_papp", frames[0].meter or "", "historique")]]

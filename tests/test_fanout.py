@@ -72,13 +72,15 @@ def test_blocked_output_delays_neither_reader_nor_others() -> None:
     fan.start()
     for i in range(200):  # would hang here if submit waited for the blocked output
         fan.submit(frame(i))
-    wait_until(lambda: len(rec.got) >= 50)
+    # Wait for the healthy output to have taken everything it was handed, not merely 50 frames: when its worker
+    # ran during the loop (a loaded machine switches threads more often), 50 frames were in before the last.
+    wait_until(lambda: len(rec.got) >= 50 and stats.snapshot().outputs["rec"].queued == 0)
     assert rec.got[-1] == 199  # the healthy output got the latest frames while the other was stuck
-    s = stats.snapshot()["outputs"]
-    assert s["blocked"]["dropped"] >= 149  # drop-oldest overflow, counted
-    assert s["blocked"]["queued"] <= 50
+    s = stats.snapshot().outputs
+    assert s["blocked"].dropped >= 149  # drop-oldest overflow, counted
+    assert s["blocked"].queued <= 50
     blocked.release.set()
-    wait_until(lambda: stats.snapshot()["outputs"]["blocked"]["queued"] == 0)
+    wait_until(lambda: stats.snapshot().outputs["blocked"].queued == 0)
     assert blocked.got[-1] == 199  # the newest frames were kept, the oldest dropped
     fan.stop(2)
 
@@ -89,7 +91,7 @@ def test_overflow_drops_oldest_and_counts() -> None:
     for i in range(10):
         w.submit(frame(i))
     assert [int(f.values["PAPP"]) for f in w._queue] == [7, 8, 9]
-    assert stats.snapshot()["outputs"]["rec"]["dropped"] == 7
+    assert stats.snapshot().outputs["rec"].dropped == 7
 
 
 def test_best_effort_output_counts_failures_and_moves_on() -> None:
@@ -100,8 +102,8 @@ def test_best_effort_output_counts_failures_and_moves_on() -> None:
     for i in range(6):
         w.submit(frame(i))
     wait_until(lambda: len(flaky.got) == 3)
-    o = stats.snapshot()["outputs"]["flaky"]
-    assert o["failed"] == 3 and o["sent"] == 3 and o["state"] == "up"
+    o = stats.snapshot().outputs["flaky"]
+    assert o.failed == 3 and o.sent == 3 and o.state == "up"
     assert flaky.got == [3, 4, 5]
     w.stop(2)
 
@@ -115,7 +117,7 @@ def test_durable_output_retries_the_same_frame_in_order() -> None:
         w.submit(frame(i))
     wait_until(lambda: len(flaky.got) == 5)
     assert flaky.got == [0, 1, 2, 3, 4]
-    assert stats.snapshot()["outputs"]["flaky"]["failed"] == 3
+    assert stats.snapshot().outputs["flaky"].failed == 3
     w.stop(2)
 
 
@@ -138,7 +140,7 @@ def test_open_failure_is_retried_with_backoff() -> None:
     wait_until(lambda: out.got == [1])
     assert out.attempts == 3
     w.stop(2)
-    assert out.closed and stats.snapshot()["outputs"]["late"]["state"] == "stopped"
+    assert out.closed and stats.snapshot().outputs["late"].state == "stopped"
 
 
 @pytest.mark.slow
@@ -148,7 +150,7 @@ def test_stop_is_bounded_even_when_an_output_hangs() -> None:
     fan = Fanout([OutputWorker(blocked, stats), OutputWorker(Recorder(), stats)])
     fan.start()
     fan.submit(frame(1))
-    wait_until(lambda: stats.snapshot()["outputs"]["rec"]["sent"] == 1)
+    wait_until(lambda: stats.snapshot().outputs["rec"].sent == 1)
     t0 = time.monotonic()
     fan.stop(1.0)
     assert time.monotonic() - t0 < 2.0
@@ -180,12 +182,12 @@ def test_an_outputs_own_counters_reach_the_snapshot() -> None:
     w.start()
     for i in range(3):
         w.submit(frame(i))
-    wait_until(lambda: stats.snapshot()["outputs"]["rec"].get("details") == {"seen": 3}, 5)
+    wait_until(lambda: stats.snapshot().outputs["rec"].details == {"seen": 3}, 5)
     w.stop(2.0)
     plain = Stats()
     w2 = OutputWorker(Recorder(), plain, queue_size=10)
     w2.start()
     w2.submit(frame(0))
-    wait_until(lambda: plain.snapshot()["outputs"]["rec"]["sent"] == 1, 5)
+    wait_until(lambda: plain.snapshot().outputs["rec"].sent == 1, 5)
     w2.stop(2.0)
-    assert "details" not in plain.snapshot()["outputs"]["rec"]  # outputs without counters add nothing
+    assert "details" not in plain.snapshot().outputs["rec"].to_json()  # outputs without counters add nothing

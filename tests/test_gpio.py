@@ -24,10 +24,12 @@ from typing import Any
 import pytest
 from gpiozero.pins.mock import MockFactory
 
-from appliance.config import ConfigError, ControlConfig, GpioConfig, GpioOutputConfig, parse_config
+from appliance.config import ConfigError, parse_config
 from appliance.control import ControlServer
+from appliance.control.config import ControlConfig
 from appliance.gpio import GpioController, GpioError, start
 from appliance.gpio.factory import board_model, factory_name, make_factory
+from appliance.schema import GpioConfig, GpioOutputConfig
 from appliance.simulator import PARIS, MeterSimulator
 from appliance.stats import Stats
 from appliance.tic import Decoder, Frame
@@ -321,7 +323,10 @@ def test_a_busy_pin_is_a_clear_error_and_the_service_runs_without_gpio(factory: 
         pytest.skip("on a Pi, auto would claim real pins")
     stats = Stats()
     assert start(replace(cfg, pin_factory="auto"), stats) is None  # logged; the service goes on without GPIO
-    assert stats.snapshot()["gpio"]["state"] == "error" and "not a Raspberry Pi" in stats.snapshot()["gpio"]["error"]
+    assert (
+        stats.snapshot().sections["gpio"]["state"] == "error"
+        and "not a Raspberry Pi" in stats.snapshot().sections["gpio"]["error"]
+    )
 
 
 def test_pin_factory_choice(tmp_path: Path) -> None:
@@ -373,7 +378,7 @@ def test_gpio_configuration_is_validated() -> None:
 DISABLED = """
 import sys, threading
 from dataclasses import replace
-from appliance.config import Config
+from appliance.schema import Config
 from appliance.service import Service, simulated
 cfg = simulated(Config())
 cfg = replace(cfg, outputs=replace(cfg.outputs, multicast=replace(cfg.outputs.multicast, enabled=False)),

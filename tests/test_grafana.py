@@ -6,8 +6,8 @@
   names documented in docs/DATA_FORMAT.md.
 * A real influxd 1.6.7 is loaded, through ``/write?precision=s``, with a simulated week of every contract (BASE,
   HC/HP, Tempo, EJP) in historique and standard mode, single- and three-phase, and a producer: the line protocol
-  of :func:`appliance.outputs.influx.frame_lines` for frames decoded from the simulator's bytes, one frame every
-  15 minutes, with a six-hour outage; plus self-check results (a real nmap scan of ports this test opens on
+  of :func:`appliance.outputs.influxdb.output.frame_lines` for frames decoded from the simulator's bytes, one frame
+  every 15 minutes, with a six-hour outage; plus self-check results (a real nmap scan of ports this test opens on
   127.0.0.1, public IP results with an address change, a peer comparison and an unreachable peer) through
   :func:`appliance.checks.results.to_lines`, and health counters through :func:`appliance.metrics.snapshot_lines`.
   Every panel's query, Grafana's macros substituted, runs against it for every meter: a query returns a series
@@ -37,22 +37,19 @@ from typing import Any
 import pytest
 import yaml
 
-from appliance.checks.peers import _compare
-from appliance.checks.ports import ScanReport, check_target
-from appliance.checks.public_ip import PublicIpChecker
+from appliance.checks.peers.check import _compare
+from appliance.checks.peers.config import PeerConfig
+from appliance.checks.ports.check import ScanReport, check_target
+from appliance.checks.ports.config import PortsCheckConfig, PortsTargetConfig
+from appliance.checks.public_ip.check import PublicIpChecker
+from appliance.checks.public_ip.config import PublicIpCheckConfig
 from appliance.checks.results import ERROR, CheckResult, to_lines
-from appliance.config import (
-    Config,
-    InfluxConfig,
-    PeerConfig,
-    PortsCheckConfig,
-    PortsTargetConfig,
-    PublicIpCheckConfig,
-)
 from appliance.lineproto import field_key, parse_line
 from appliance.metrics import snapshot_lines
-from appliance.outputs.influx import frame_lines
+from appliance.outputs.influxdb.config import InfluxConfig
+from appliance.outputs.influxdb.output import frame_lines
 from appliance.records import Record, TariffRecord
+from appliance.schema import Config
 from appliance.service import Service
 from appliance.simulator import PARIS, MeterSimulator
 from appliance.stats import Stats

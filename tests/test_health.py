@@ -22,13 +22,14 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from appliance.config import HealthConfig
 from appliance.health import HealthServer, evaluate, public_snapshot
-from appliance.stats import Stats
+from appliance.health.config import HealthConfig
+from appliance.stats import OutputSnapshot, Stats, StatsSnapshot
 
 from .probes import Feeder, open_fds, rss_kib
 from .util import free_port, wait_until
@@ -101,13 +102,13 @@ def agent_line(port: int) -> str:
 
 
 # --- the state rules (pure) ------------------------------------------------------------------------------
-def snap(age: float | None, outputs: dict[str, str] | None = None, uptime: float = 100.0) -> dict[str, object]:
-    return {
-        "uptime_s": uptime,
-        "frames": 120,
-        "last_frame_age_s": age,
-        "outputs": {name: {"state": state} for name, state in (outputs or {}).items()},
-    }
+def snap(age: float | None, outputs: dict[str, str] | None = None, uptime: float = 100.0) -> StatsSnapshot:
+    return StatsSnapshot(
+        uptime_s=uptime,
+        frames=120,
+        last_frame_age_s=age,
+        outputs={name: OutputSnapshot(state=state) for name, state in (outputs or {}).items()},
+    )
 
 
 @pytest.mark.parametrize(
@@ -128,15 +129,16 @@ def snap(age: float | None, outputs: dict[str, str] | None = None, uptime: float
         (snap(None, uptime=75.0), "down 0% #no TIC frame since start 75s ago", 0, 503),
     ],
 )
-def test_state_rules(snapshot: dict[str, object], line: str, weight: int, status: int) -> None:
+def test_state_rules(snapshot: StatsSnapshot, line: str, weight: int, status: int) -> None:
     state = evaluate(snapshot, HealthConfig(down_after=60))
     assert (state.line, state.weight, state.http_status) == (line, weight, status)
     assert state.line.split()[0] == state.state and "%" in state.line.split("#")[0]
 
 
 def test_personal_data_stays_out_unless_exposed() -> None:
-    s = {**snap(1.0, {"mqtt": "failing", "udp": "up"}), "meter": METER}
-    s["outputs"]["mqtt"]["last_error"] = f"publish to teleinfo/{METER}/PAPP refused, PRM 12345678901234"
+    error = f"publish to teleinfo/{METER}/PAPP refused, PRM 12345678901234"
+    outputs = {"mqtt": OutputSnapshot(state="failing", last_error=error), "udp": OutputSnapshot(state="up")}
+    s = replace(snap(1.0), meter=METER, outputs=outputs)
     hidden = json.dumps(public_snapshot(s, HealthConfig())) + evaluate(s, HealthConfig()).line
     assert METER not in hidden and "12345678901234" not in hidden and '"meter"' not in hidden
     shown = evaluate(s, HealthConfig(expose_meter=True)).line
@@ -169,7 +171,7 @@ def test_http_answers(serve: Callable[..., HealthServer], stats: Stats) -> None:
     stats.update_output("multicast", state="up", sent=5, queued=2)
     stats.update_output("influx", state="failing", failed=3, spooled=40, last_error=f"write teleinfo,meter={METER}")
     stats.set_extra("checks", {"nmap": {"result": "ok", "duration_s": 0.05}})
-    stats.set_extra("meter", METER)
+    stats.set_meter(METER)
 
     for path in ("/", "/health", "/health?verbose=1"):
         status, headers, body = get(port, path)
@@ -210,7 +212,7 @@ def test_http_answers(serve: Callable[..., HealthServer], stats: Stats) -> None:
 def test_meter_shown_when_configured(serve: Callable[..., HealthServer], stats: Stats) -> None:
     port = port_of(serve(expose_meter=True))
     stats.frame(10)
-    stats.set_extra("meter", METER)
+    stats.set_meter(METER)
     assert agent_line(port).startswith(f"up ready 100% #meter={METER} ok")
     assert json.loads(get(port, "/status")[2])["meter"] == METER
 

@@ -1,8 +1,8 @@
 """The InfluxDB output against real servers: the schema, the write path and every way a write can fail.
 
 * influxd 1.6.7 (the strict line-protocol parser) takes the exact lines the output writes
-  (:func:`appliance.outputs.influx.frame_lines`) for every mode, phase count, contract and producer, for several
-  meters and across a restart of the server, with one type per field: the one ``docs/DATA_FORMAT.md`` gives.
+  (:func:`appliance.outputs.influxdb.output.frame_lines`) for every mode, phase count, contract and producer, for
+  several meters and across a restart of the server, with one type per field: the one ``docs/DATA_FORMAT.md`` gives.
 * victoria-metrics takes the same writes through ``/api/v2/write`` (what InfluxDB 1.8+, 2.x and 3.x accept),
   read back through its export API.
 * Failures: a wrong token, a refused connection, a server that accepts and never answers, https against a
@@ -32,10 +32,11 @@ from typing import Any
 
 import pytest
 
-from appliance.config import InfluxConfig, Secret
+from appliance.config import Secret
 from appliance.lineproto import field_key, frame_time
 from appliance.outputs.base import OutputWorker, Rejected
-from appliance.outputs.influx import InfluxError, InfluxOutput, frame_lines
+from appliance.outputs.influxdb.config import InfluxConfig
+from appliance.outputs.influxdb.output import InfluxError, InfluxOutput, frame_lines
 from appliance.outputs.spool import Spool
 from appliance.simulator import PARIS, MeterSimulator
 from appliance.stats import Stats
@@ -220,11 +221,11 @@ def test_worker_writes_every_frame_to_victoria_metrics(vm: VictoriaMetrics, tmp_
     for f in frames:  # submitted before the start: the worker sends what piled up in batches
         w.submit(f)
     w.start()
-    wait_until(lambda: stats.snapshot()["outputs"]["influxdb"]["sent"] == len(frames), 20)
+    wait_until(lambda: stats.snapshot().outputs["influxdb"].sent == len(frames), 20)
     assert w.stop(3)
     assert_stored(vm, frames)
-    o = stats.snapshot()["outputs"]["influxdb"]
-    assert o["failed"] == 0 and o["spooled"] == 0 and o["state"] == "stopped"
+    o = stats.snapshot().outputs["influxdb"]
+    assert o.failed == 0 and o.spooled == 0 and o.state == "stopped"
     assert not (tmp_path / "spool").exists()  # a healthy output never touches the disk
 
 
@@ -239,9 +240,9 @@ def run_failing(
     frames = sim_frames(5, "historique")
     for f in frames:
         w.submit(f)
-    wait_until(lambda: stats.snapshot()["outputs"]["influxdb"]["spooled"] == 5, 10)
-    o = stats.snapshot()["outputs"]["influxdb"]
-    assert o["state"] == "failing" and expect in (o["last_error"] or ""), o
+    wait_until(lambda: stats.snapshot().outputs["influxdb"].spooled == 5, 10)
+    o = stats.snapshot().outputs["influxdb"]
+    assert o.state == "failing" and expect in (o.last_error or ""), o
     logged = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert any(expect in m for m in logged), logged
     assert len([m for m in logged if "failing" in m]) == 1  # one line per state change, not one per retry
@@ -260,7 +261,7 @@ def test_wrong_token_is_a_clear_failing_state_and_frames_are_kept(tmp_path: Path
         stats = Stats()
         w = OutputWorker(good, stats, spool=Spool(tmp_path / "spool"))
         w.start()
-        wait_until(lambda: stats.snapshot()["outputs"]["influxdb"]["sent"] == 5, 10)
+        wait_until(lambda: stats.snapshot().outputs["influxdb"].sent == 5, 10)
         assert w.stop(3)
         assert_stored(vm, frames)
     finally:
@@ -332,7 +333,7 @@ def test_a_server_that_never_answers_times_out_and_stop_is_bounded(tmp_path: Pat
         assert any(
             "abandoning its thread (8 queued frames moved to the spool)" in r.getMessage() for r in caplog.records
         )
-        wait_until(lambda: stats.snapshot()["outputs"]["influxdb"]["state"] == "stopped", 10)
+        wait_until(lambda: stats.snapshot().outputs["influxdb"].state == "stopped", 10)
         spool = Spool(tmp_path / "spool2")
         assert [frame_time(f) for f in spool.peek(100).frames] == [frame_time(f) for f in frames]
 
@@ -406,16 +407,16 @@ def test_type_conflict_is_rejected_counted_and_never_retried(influxd: InfluxD, t
         stats = Stats()
         w = OutputWorker(out, stats, spool=spool, batch_size=10)
         w.start()
-        wait_until(lambda: stats.snapshot()["outputs"]["influxdb"]["spooled"] == 0, 10)
+        wait_until(lambda: stats.snapshot().outputs["influxdb"].spooled == 0, 10)
         for f in sim_frames(3, "historique", seed=9):  # refused, counted, dropped
             w.submit(f)
-        wait_until(lambda: stats.snapshot()["outputs"]["influxdb"]["failed"] == 5 + 3, 10)
+        wait_until(lambda: stats.snapshot().outputs["influxdb"].failed == 5 + 3, 10)
         writes = shim.writes
         time.sleep(0.5)
         assert shim.writes == writes  # never retried
-        o = stats.snapshot()["outputs"]["influxdb"]
-        assert o["sent"] == 5 and o["spooled"] == 0 and o["queued"] == 0 and o["state"] == "up", o
-        assert "refused" in (o["last_error"] or "")
+        o = stats.snapshot().outputs["influxdb"]
+        assert o.sent == 5 and o.spooled == 0 and o.queued == 0 and o.state == "up", o
+        assert "refused" in (o.last_error or "")
         assert w.stop(3)
     finally:
         shim.close()

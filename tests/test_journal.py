@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from pytest_mock import MockerFixture
 
-from appliance.config import Config, JournalConfig
-from appliance.journal import Journal, JournalError, _members, read_segment, segment_files
+from appliance.journal import Journal, JournalConfig, JournalError, _members, read_segment, segment_files
+from appliance.schema import Config
 from appliance.service import Service
 from appliance.tic import Decoder, Frame
 
@@ -213,7 +213,7 @@ def test_the_service_journals_every_read_with_the_stamp_its_frames_got(
         again.extend(f.received(t) for f in decoder.feed(d))
     assert len(seen) == 40
     assert [(f.values, f.received_at) for f in again] == [(f.values, f.received_at) for f in seen]
-    assert svc.stats.snapshot()["journal"]["written_chunks"] == len(blobs)  # shown in GET /status
+    assert svc.stats.snapshot().sections["journal"]["written_chunks"] == len(blobs)  # shown in GET /status
 
 
 def test_a_failed_fsync_rolls_the_write_back_and_the_chunks_are_written_once(

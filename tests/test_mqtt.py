@@ -28,9 +28,10 @@ from typing import Any
 
 import pytest
 
-from appliance.config import MqttConfig, Secret, parse_config
+from appliance.config import Secret, parse_config
 from appliance.outputs.base import OutputWorker, PartialDelivery
-from appliance.outputs.mqtt import MqttError, MqttOutput
+from appliance.outputs.mqtt.config import MqttConfig
+from appliance.outputs.mqtt.output import MqttError, MqttOutput
 from appliance.outputs.spool import Spool
 from appliance.simulator import PARIS, MeterSimulator
 from appliance.stats import Stats
@@ -89,9 +90,9 @@ def subscriber(broker: Mosquitto) -> Any:
 
 
 def test_doctests() -> None:
-    import appliance.outputs.mqtt
+    import appliance.outputs.mqtt.output
 
-    result = doctest.testmod(appliance.outputs.mqtt)
+    result = doctest.testmod(appliance.outputs.mqtt.output)
     assert result.attempted and not result.failed
 
 

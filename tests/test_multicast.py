@@ -24,16 +24,12 @@ from typing import Any
 
 import pytest
 
-from appliance.config import MulticastConfig
 from appliance.lineproto import MAX_DATAGRAM, field_key, frame_time, frame_to_lines, parse_line
 from appliance.outputs.base import OutputWorker
-from appliance.outputs.multicast import (
-    JsonReassembler,
-    MulticastOutput,
-    merge_json_parts,
-    open_receiver,
-    split_json,
-)
+from appliance.outputs.multicast.config import MulticastConfig
+from appliance.outputs.multicast.output import MulticastOutput
+from appliance.outputs.multicast.parts import JsonReassembler, merge_json_parts, split_json
+from appliance.outputs.multicast.receiver import open_receiver
 from appliance.simulator import PARIS, MeterSimulator
 from appliance.stats import Stats
 from appliance.tic import HISTORIQUE, STANDARD, Decoder, Frame, Kind
@@ -484,8 +480,8 @@ def test_listen_stops_cleanly_on_ctrl_c() -> None:
 
 SENDER = """
 import sys
-from appliance.config import MulticastConfig
-from appliance.outputs.multicast import MulticastOutput
+from appliance.outputs.multicast.config import MulticastConfig
+from appliance.outputs.multicast.output import MulticastOutput
 from appliance.tic import Decoder
 group, port, interface, fmt, path, base = sys.argv[1:7]
 out = MulticastOutput(MulticastConfig(group=group, port=int(port), interface=interface, format=fmt))
@@ -552,9 +548,9 @@ def test_veth_two_receivers_in_another_namespace(veth_pair: VethPair, tmp_path: 
 
 WORKER = """
 import json, subprocess, sys, time
-from appliance.config import MulticastConfig
+from appliance.outputs.multicast.config import MulticastConfig
 from appliance.outputs.base import OutputWorker
-from appliance.outputs.multicast import MulticastOutput
+from appliance.outputs.multicast.output import MulticastOutput
 from appliance.stats import Stats
 from appliance.tic import Frame
 

@@ -1,11 +1,13 @@
-"""Convention test (Telegraf's all_test.go): every registered source, output and check is configured (its section
-is in the example configuration), documented (docs/PLUGINS.md, and docs/DATA_FORMAT.md for outputs) and tested
-(a test file imports its implementation or configures it)."""
+"""Convention test (Telegraf's all_test.go): every registered source, output and check is a folder of the one
+shape (appliance.plugins), configured (its section is in the example configuration), documented (docs/PLUGINS.md,
+and docs/DATA_FORMAT.md for outputs) and tested (a test file imports its implementation or configures it)."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import subprocess
+import sys
 import typing
 from pathlib import Path
 
@@ -29,6 +31,8 @@ REGISTERED = (
     + [("output", p.name, p.module) for p in OUTPUTS]
     + [("check", p.name, p.module) for p in CHECKS]
 )
+PLUGINS = [*SOURCES.values(), *OUTPUTS, *CHECKS]
+IMPLEMENTATION = {"source": "source", "output": "output", "check": "check"}
 
 
 def section(kind: str, name: str) -> str:
@@ -76,3 +80,36 @@ def test_the_registries_match_the_configuration_schema() -> None:
         assert check.section(cfg) is getattr(cfg.checks, check.name) and check.section(cfg).interval >= 0
     kinds = typing.get_args(typing.get_type_hints(type(cfg.source))["kind"])
     assert set(kinds) == set(SOURCES)
+
+
+@pytest.mark.parametrize(("kind", "name", "module"), REGISTERED)
+def test_every_plugin_is_a_folder_of_the_one_shape(kind: str, name: str, module: str) -> None:
+    """appliance/<kind>s/<name>/: __init__.py holding PLUGIN, config.py holding its schema, and the
+    implementation in <name>/source.py, output.py or check.py."""
+    folder = ROOT / "appliance" / f"{kind}s" / name
+    assert (folder / "__init__.py").is_file() and (folder / "config.py").is_file()
+    assert (
+        module == f"appliance.{kind}s.{name}.{IMPLEMENTATION[kind]}"
+        and (folder / f"{IMPLEMENTATION[kind]}.py").is_file()
+    )
+    package = importlib.import_module(f"appliance.{kind}s.{name}")
+    plugin = package.PLUGIN
+    assert plugin.name == name and plugin in PLUGINS
+    assert plugin.config.__module__ == f"appliance.{kind}s.{name}.config"  # the schema lives next to the code
+    assert isinstance(plugin.section(parse_config("")), plugin.config)
+
+
+def test_the_registries_import_no_implementation() -> None:
+    """Listing the plugins (the service, doctor, the docs) costs no heavy import: each implementation, and the
+    libraries it needs, is imported only when the plugin is built."""
+    code = (
+        "import sys, appliance.sources, appliance.outputs, appliance.checks, appliance.schema\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith(('appliance.', 'paho', 'influxdb_client', "
+        "'serial', 'paramiko', 'requests')))))"
+    )
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    for plugin in PLUGINS:
+        assert plugin.module not in loaded, f"{plugin.module} imported by the registry"
+    assert not {m for m in loaded if not m.startswith("appliance.")}, loaded

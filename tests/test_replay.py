@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import Config, InfluxConfig, JournalConfig
-from appliance.journal import Journal, segment_files
+from appliance.journal import Journal, JournalConfig, segment_files
+from appliance.outputs.influxdb.config import InfluxConfig
+from appliance.schema import Config
 from appliance.service import Service
 from appliance.simulator import PARIS, MeterSimulator
 
@@ -129,7 +130,7 @@ def test_a_replayed_day_gives_the_live_points_and_a_second_replay_adds_none(
     svc = Service(cfg, clock=lambda: source.now)
     runner = threading.Thread(target=svc.run)
     runner.start()
-    wait_until(lambda: svc.stats.snapshot()["outputs"].get("influxdb", {}).get("sent") == frames, 60)
+    wait_until(lambda: getattr(svc.stats.snapshot().outputs.get("influxdb"), "sent", None) == frames, 60)
     runner.join(10)
     assert not runner.is_alive()
     live = live_vm.samples()
@@ -201,3 +202,55 @@ def test_bad_segments_and_a_dead_server_are_clear_errors(tmp_path: Path) -> None
     r = teleinfo("replay", "--url", dead, "--ledger", str(tmp_path / "l.json"), str(tmp_path / "j"))
     assert r.returncode == 1 and "unreachable" in r.stderr and "Traceback" not in r.stderr
     assert teleinfo("replay", "--url", "ftp://x", str(tmp_path / "j")).returncode == 2
+
+
+def test_a_server_that_keeps_failing_ends_the_replay_through_the_outputs_worker(tmp_path: Path) -> None:
+    """The replay delivers through the live OutputWorker (its backoff and retries); a server that answers /ping
+    but keeps refusing writes with 503 ends it after ``give_up`` seconds, and the ledger records nothing."""
+    import http.server
+
+    from appliance.commands.replay import _Delivery, _Ledger, _Totals, replay
+    from appliance.journal import read_segment
+    from appliance.outputs.influxdb.output import InfluxError, InfluxOutput
+
+    writes: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *_args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # /ping
+            self.send_response(204)
+            self.end_headers()
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            writes.append(1)
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        j = Journal(JournalConfig(enabled=True), tmp_path / "j", "auto")
+        data, _ = simulated_day("historique", "BASE")
+        for t, d in data[:20]:
+            j.append(d, t)
+        j.start()
+        j.close()
+        segments = [read_segment(f) for f in segment_files(tmp_path / "j")]
+        out = InfluxOutput(InfluxConfig(enabled=True, url=f"http://127.0.0.1:{server.server_address[1]}"))
+        out.open()
+        delivery = _Delivery(out, 500, give_up=1.0)
+        ledger = _Ledger(tmp_path / "ledger.json", "target")
+        totals = _Totals()
+        with pytest.raises(InfluxError, match=r"gave up after 1 s of failures: .*503"):
+            replay(segments, delivery, ledger, mode=None, batch_size=500, totals=totals)
+        delivery.close()
+        assert len(writes) >= 2  # retried by the worker before giving up
+        assert totals.sent == 0 and not (tmp_path / "ledger.json").exists()
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import SourceConfig
-from appliance.sources.serial_source import DETECT_WINDOW, SerialSource
+from appliance.sources.serial.config import SourceConfig
+from appliance.sources.serial.source import DETECT_WINDOW, SerialSource
 from appliance.stats import Stats
 from appliance.tic import Decoder, Frame, encode_frame, encode_group
 
@@ -32,7 +32,7 @@ from .util import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-LOGGER = "appliance.sources.serial_source"
+LOGGER = "appliance.sources.serial.source"
 
 
 # --- meter bytes -------------------------------------------------------------------------------------------
@@ -113,7 +113,7 @@ class RecordingStats(Stats):
 
     @property
     def src(self) -> dict[str, object]:
-        return self.snapshot()["source"]  # type: ignore[no-any-return]
+        return self.snapshot().source.to_json()
 
 
 class FakeClock:

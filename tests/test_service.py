@@ -46,7 +46,8 @@ import pytest
 
 from appliance.commands.listen import POINT_QUIET
 from appliance.lineproto import Point, parse_line
-from appliance.outputs.multicast import JsonReassembler, open_receiver
+from appliance.outputs.multicast.parts import JsonReassembler
+from appliance.outputs.multicast.receiver import open_receiver
 from appliance.simulator import BAUDRATES, PARIS, MeterSimulator, SimFrame
 from appliance.tic import HISTORIQUE, STANDARD, Kind
 
@@ -864,6 +865,6 @@ def test_journal_priorities_and_one_line_per_state_change(rig: Rig) -> None:
     assert svc.err, "nothing logged"
     bad = [line for line in svc.err if not re.match(r"<[0-7]>\S", line)]
     assert bad == [], svc.log()  # journald reads <N> as the priority: every line, continuation lines too
-    assert svc.lines("<6>appliance.sources.serial_source: serial "), svc.log()
+    assert svc.lines("<6>appliance.sources.serial.source: serial "), svc.log()
     assert svc.lines("<6>appliance.service: received SIGTERM, stopping"), svc.log()
     assert not any(re.match(r"<\d>\d\d:\d\d:\d\d", line) for line in svc.err)  # the journal adds its own time

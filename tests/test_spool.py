@@ -144,15 +144,15 @@ def test_outage_spools_then_replays_everything_in_order(tmp_path: Path) -> None:
     server.up = False
     for i in range(10, 60):
         w.submit(frame(i))
-    wait_until(lambda: stats.snapshot()["outputs"]["db"]["spooled"] == 50)
-    assert stats.snapshot()["outputs"]["db"]["state"] == "failing"
+    wait_until(lambda: stats.snapshot().outputs["db"].spooled == 50)
+    assert stats.snapshot().outputs["db"].state == "failing"
     server.up = True
     for i in range(60, 70):
         w.submit(frame(i))
     wait_until(lambda: len(server.got) == 70)
     assert server.got == list(range(70))
-    wait_until(lambda: stats.snapshot()["outputs"]["db"]["state"] == "up")
-    assert stats.snapshot()["outputs"]["db"]["spooled"] == 0
+    wait_until(lambda: stats.snapshot().outputs["db"].state == "up")
+    assert stats.snapshot().outputs["db"].spooled == 0
     w.stop(2)
     assert list(tmp_path.iterdir()) == []
 
@@ -187,9 +187,9 @@ def test_full_disk_is_a_counted_state_not_a_crash(tmp_path: Path) -> None:
     w.start()
     for i in range(50):
         w.submit(frame(i))
-    wait_until(lambda: (stats.snapshot()["outputs"]["db"]["spool_error"] or "").find("No space") >= 0)
-    o = stats.snapshot()["outputs"]["db"]
-    assert o["queued"] <= 20 and o["dropped"] >= 30  # kept in memory, bounded, the oldest dropped and counted
+    wait_until(lambda: (stats.snapshot().outputs["db"].spool_error or "").find("No space") >= 0)
+    o = stats.snapshot().outputs["db"]
+    assert o.queued <= 20 and o.dropped >= 30  # kept in memory, bounded, the oldest dropped and counted
     assert w._thread.is_alive()
     server.up = True
     wait_until(lambda: server.got[-1:] == [49])

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 from pytest_mock import MockerFixture
 
-from appliance.config import SyncServerConfig
+from appliance.sync.config import SyncServerConfig
 from appliance.sync.protocol import Connection, ProtocolError, check_path
 from appliance.sync.server import SyncServer, load_tokens
 
@@ -593,8 +593,7 @@ def test_tls_from_the_configuration(tmp_path: Path) -> None:
 def test_a_live_journal_is_mirrored_segment_by_segment_and_replays_from_the_server(tmp_path: Path) -> None:
     from datetime import datetime
 
-    from appliance.config import JournalConfig
-    from appliance.journal import Journal, segment_files
+    from appliance.journal import Journal, JournalConfig, segment_files
     from appliance.simulator import PARIS, MeterSimulator
 
     tokens_file(tmp_path / "tokens", ["pi"])

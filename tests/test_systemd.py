@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.config import Config
+from appliance.schema import Config
 
 ROOT = Path(__file__).resolve().parent.parent
 UNITS = ROOT / "systemd"

@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 
-from appliance.config import InfluxConfig, MqttConfig
 from appliance.ha import tariff_discovery_payload, tariff_discovery_topic, tariff_state_topic
 from appliance.lineproto import parse_line
 from appliance.outputs.base import OutputWorker
-from appliance.outputs.influx import InfluxOutput
-from appliance.outputs.mqtt import MqttOutput
+from appliance.outputs.influxdb.config import InfluxConfig
+from appliance.outputs.influxdb.output import InfluxOutput
+from appliance.outputs.mqtt.config import MqttConfig
+from appliance.outputs.mqtt.output import MqttOutput
 from appliance.records import TARIFF, Record, TariffRecord
 from appliance.simulator import PARIS
 from appliance.stats import Stats
@@ -343,7 +344,7 @@ def test_records_through_the_influxdb_output_into_victoriametrics(tmp_path: Path
 
 
 def _written(stats: Stats) -> int | None:
-    records = stats.snapshot()["outputs"]["influxdb"].get("records") or {}
+    records = stats.snapshot().outputs["influxdb"].records
     return (records.get(TARIFF) or {}).get("written")
 
 

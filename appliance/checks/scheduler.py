@@ -25,9 +25,9 @@ from typing import Any, Final
 from appliance.checks import CHECKS as REGISTRY
 from appliance.checks import Check, check_plugin
 from appliance.checks.results import ERROR, STATUS_CODES, CheckResult
-from appliance.config import Config
 from appliance.records import CheckRun, Record
 from appliance.runtime import stop_thread
+from appliance.schema import Config
 from appliance.stats import Stats
 
 __all__ = ["CHECKS", "CheckRunner", "CheckScheduler"]

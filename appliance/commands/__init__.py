@@ -7,7 +7,7 @@ import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from appliance.config import Config
+    from appliance.schema import Config
 
 
 def load_config_or_report(command: str, config: str | None) -> Config | None:

@@ -40,8 +40,6 @@ import socket
 import stat
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +49,7 @@ from appliance.commands import config_parent
 
 CHECKS = ("config", "device", "access", "holders", "console", "boot", "meter", "outputs", "clock", "disk", "reboot")
 _TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
+PROBE_BYTES = 4096  # of an HTTP probe's body: only its status matters
 
 
 @dataclass
@@ -93,7 +92,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from appliance.config import Config, ConfigError, config_path, load_config
+    from appliance.config import ConfigError, config_path, load_config
+    from appliance.schema import Config
 
     if args.sample is not None and not 0.2 <= args.sample <= 60:
         print("teleinfo doctor: --sample must be between 0.2 and 60 seconds", file=sys.stderr)
@@ -362,7 +362,7 @@ def sample(device: str, baud: int, framing: str, mode: str, seconds: float) -> t
 def check_meter(source: Any, seconds: float | None) -> Iterator[Result]:
     import serial
 
-    from appliance.sources.serial_source import DETECT_WINDOW
+    from appliance.sources.serial.source import DETECT_WINDOW
     from appliance.tic import BAUDRATES
 
     modes = ["standard", "historique"]
@@ -465,15 +465,15 @@ def check_tcp(name: str, host: str, port: int, fix: str, timeout: float = 3.0) -
 
 
 def check_http(name: str, url: str, timeout: float) -> Result:
+    """Any HTTP answer means the server is reachable (authentication is checked by the output itself)."""
+    from appliance import httpclient
+
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as answer:  # noqa: S310 - the configured http(s) URL
-            status = answer.status
-    except urllib.error.HTTPError as e:
-        status = e.code  # the server answered: it is reachable (authentication is checked by the output itself)
-    except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        return Result(name, "FAIL", f"{url}: {reason}", "outputs.influxdb.url; is the server running?")
-    return Result(name, "ok", f"{url} answered HTTP {status}")
+        answer = httpclient.get(url, timeout=timeout, max_bytes=PROBE_BYTES)
+    except httpclient.HttpError as e:
+        why = e.reason[:1].upper() + e.reason[1:]  # as the TCP checks word it (strerror): "Connection refused"
+        return Result(name, "FAIL", f"{url}: {why}", "outputs.influxdb.url; is the server running?")
+    return Result(name, "ok", f"{url} answered HTTP {answer.status}")
 
 
 # --- clock and disk ----------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from typing import IO, TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from appliance.lineproto import Point
-    from appliance.outputs.multicast import JsonReassembler
+    from appliance.outputs.multicast.parts import JsonReassembler
 
 #: A split frame's datagrams leave back to back; this much silence means its point is complete.
 POINT_QUIET: Final = 0.2
@@ -78,7 +78,7 @@ def _seconds(text: str) -> float:
 
 
 def register(sub: Any) -> None:
-    from appliance.config import MulticastConfig
+    from appliance.outputs.multicast.config import MulticastConfig
 
     defaults = MulticastConfig()
     p = sub.add_parser(
@@ -116,7 +116,7 @@ class _Printer:
     """Turns datagrams into printed frames and counts the frames completed."""
 
     def __init__(self, fmt: str, raw: bool, out: IO[str], err: IO[str]) -> None:
-        from appliance.outputs.multicast import JsonReassembler
+        from appliance.outputs.multicast.parts import JsonReassembler
 
         self.fmt = fmt
         self.raw = raw
@@ -230,7 +230,7 @@ def summary(point: Point) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from appliance.outputs.multicast import open_receiver
+    from appliance.outputs.multicast.receiver import open_receiver
 
     try:
         sock = open_receiver(args.group, args.port, args.interface)

@@ -79,7 +79,7 @@ def _save(hostkeys: Any, path: Path) -> None:
 def enroll(args: argparse.Namespace) -> int:
     import paramiko
 
-    from appliance.checks.peers import PeerError, fetch_host_key, fingerprint, host_key_name, known_hosts_path
+    from appliance.checks.peers.check import PeerError, fetch_host_key, fingerprint, host_key_name, known_hosts_path
     from appliance.commands import load_config_or_report
 
     cfg = load_config_or_report("peers enroll", args.config)

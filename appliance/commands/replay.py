@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any, Final
 from appliance.commands import config_parent
 
 if TYPE_CHECKING:
-    from appliance.config import InfluxConfig
     from appliance.journal import Segment
-    from appliance.outputs.influx import InfluxOutput
+    from appliance.outputs.influxdb.config import InfluxConfig
+    from appliance.outputs.influxdb.output import InfluxOutput
     from appliance.tic import Frame
 
-RETRIES: Final = 4  # attempts per batch before giving up (1, 2, 4 s apart): a server that stays down is an error
+GIVE_UP_S: Final = 8.0  # seconds a server may keep failing before the replay stops: one that stays down is an error
 
 
 def register(sub: Any) -> None:
@@ -120,34 +120,47 @@ class _Ledger:
         os.replace(tmp, self.path)
 
 
-def _send(out: InfluxOutput, frames: list[Frame], totals: _Totals) -> None:
-    """Deliver ``frames`` in order: retried on server errors, refused ones counted; raises InfluxError at last."""
-    from appliance.outputs.base import PartialDelivery, Rejected
-    from appliance.outputs.influx import InfluxError
+class _Delivery:
+    """The live service's own delivery path for the replayed frames: an :class:`OutputWorker` around the
+    InfluxDB output (ordered batches, :class:`Rejected` frames counted and skipped, a refused batch bisected,
+    retries with the worker's backoff).  :meth:`send` hands a batch over and returns once it is delivered; a server
+    that stays failing for ``give_up`` seconds ends the replay (the ledger keeps what went through)."""
 
-    pending = frames
-    delay = 1.0
-    error: BaseException | None = None
-    for attempt in range(RETRIES):
-        try:
-            out.send_batch(pending)
-            return
-        except Rejected as e:
-            totals.refused += e.count
-            return
-        except PartialDelivery as e:
-            pending, error = pending[e.delivered :], e.cause
-        except InfluxError as e:
-            error = e
-        if attempt < RETRIES - 1:
-            time.sleep(delay)
-            delay *= 2
-    raise InfluxError(f"gave up after {RETRIES} attempts: {error}")
+    def __init__(self, out: InfluxOutput, batch_size: int, give_up: float = GIVE_UP_S) -> None:
+        from appliance.outputs.base import OutputWorker
+        from appliance.stats import Stats
+
+        self.out = out
+        self.stats = Stats()
+        self.give_up = give_up
+        # The queue holds a whole batch, so nothing is ever dropped: send() waits for each batch to be delivered.
+        self.worker = OutputWorker(out, self.stats, queue_size=batch_size, batch_size=batch_size, backoff_max=4.0)
+        self.worker.start()
+
+    def send(self, frames: list[Frame]) -> None:
+        """Deliver ``frames`` in order; raises :class:`InfluxError` when the server keeps failing."""
+        from appliance.outputs.influxdb.output import InfluxError
+
+        for frame in frames:
+            self.worker.submit(frame)
+        while self.worker.pending:
+            o = self.stats.snapshot().outputs[self.worker.name]
+            if o.state == "failing" and time.time() - o.since > self.give_up:
+                raise InfluxError(f"gave up after {self.give_up:g} s of failures: {o.last_error}")
+            time.sleep(0.02)
+
+    @property
+    def refused(self) -> int:
+        """Frames the server refused for their content (dropped, never retried)."""
+        return self.out.rejected
+
+    def close(self) -> None:
+        self.worker.stop(2.0)
 
 
 def replay(
     segments: list[Segment],
-    out: InfluxOutput | None,
+    out: _Delivery | None,
     ledger: _Ledger | None,
     *,
     mode: str | None,
@@ -170,8 +183,7 @@ def replay(
             done = 0  # not the segment the ledger knew: everything again
         batch: list[Frame] = []
         for i, (t, data) in enumerate(seg.chunks):
-            for decoded in decoder.feed(data):
-                frame = decoded.received(t)  # as the service stamped it
+            for frame in decoder.feed(data, t):  # stamped as the service's reader stamps it
                 if frame.meter is None:
                     continue  # the service only publishes frames that name their meter
                 totals.frames += 1
@@ -180,11 +192,11 @@ def replay(
                 elif out is not None:
                     batch.append(frame)
                 if out is not None and len(batch) >= batch_size:
-                    _send(out, batch, totals)
+                    out.send(batch)
                     totals.sent += len(batch)
                     batch = []
         if out is not None and batch:
-            _send(out, batch, totals)
+            out.send(batch)
             totals.sent += len(batch)
         totals.segments += 1
         totals.truncated += seg.truncated
@@ -200,7 +212,7 @@ def _target(cfg: InfluxConfig, args: argparse.Namespace) -> InfluxConfig:
 def run(args: argparse.Namespace) -> int:
     from appliance.commands import load_config_or_report
     from appliance.journal import JournalError, read_segment
-    from appliance.outputs.influx import InfluxError, InfluxOutput
+    from appliance.outputs.influxdb.output import InfluxError, InfluxOutput
 
     err = sys.stderr
     cfg = load_config_or_report("replay", args.config)
@@ -228,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"teleinfo replay: {f}: torn tail (power cut during a write?): its last flush is lost", file=err)
         segments.append(seg)
     influx = _target(cfg.outputs.influxdb, args)
-    out: InfluxOutput | None = None
+    out: _Delivery | None = None
     ledger: _Ledger | None = None
     if not args.dry_run:
         ledger_path = Path(args.ledger) if args.ledger else Path(cfg.state.directory) / "replay-ledger.json"
@@ -238,12 +250,13 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError) as e:
             print(f"teleinfo replay: cannot use the ledger {ledger_path}: {e} (choose one with --ledger)", file=err)
             return 2
-        out = InfluxOutput(influx)
+        output = InfluxOutput(influx)
         try:
-            out.open()
+            output.open()  # a server that is not there is said at once, before any work
         except InfluxError as e:
             print(f"teleinfo replay: {e}", file=err)
             return 1
+        out = _Delivery(output, influx.batch_size)
     try:
         replay(segments, out, ledger, mode=args.mode, batch_size=influx.batch_size, totals=totals)
     except InfluxError as e:
@@ -255,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if out is not None:
             out.close()
+            totals.refused = out.refused
     target = "nowhere (dry run)" if out is None else f"{influx.url} bucket {influx.bucket}"
     print(
         f"teleinfo replay: {totals.segments} segment(s), {totals.frames} frame(s) decoded, {totals.sent} sent to "

@@ -9,7 +9,7 @@ from dataclasses import replace
 from typing import Any
 
 from appliance.commands import config_parent
-from appliance.config import Config
+from appliance.schema import Config
 
 
 def register(sub: Any) -> None:

@@ -35,20 +35,18 @@ def register(sub: Any) -> None:
 
 def fetch(host: str, port: int, timeout: float) -> dict[str, Any]:
     """The ``/status`` document; raises OSError (unreachable) or ValueError (not a health socket's answer)."""
-    import http.client
+    from appliance import httpclient
 
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    where = f"[{host}]" if ":" in host else host
     try:
-        conn.request("GET", "/status")
-        response = conn.getresponse()
-        body = response.read(MAX_ANSWER)
-    except http.client.HTTPException as e:
-        raise ValueError(f"not an HTTP answer ({type(e).__name__})") from None
-    finally:
-        conn.close()
-    if response.status != 200:
-        raise ValueError(f"HTTP {response.status} {response.reason}")
-    doc = json.loads(body)
+        answer = httpclient.get(f"http://{where}:{port}/status", timeout=timeout, max_bytes=MAX_ANSWER)
+    except httpclient.HttpError as e:
+        raise OSError(e.reason) from None
+    if answer.status != 200:
+        raise ValueError(f"HTTP {answer.status} {answer.reason}")
+    if answer.truncated:
+        raise ValueError(f"answer longer than {MAX_ANSWER} bytes")
+    doc = json.loads(answer.body)
     if not isinstance(doc, dict) or not isinstance(doc.get("health"), dict):
         raise ValueError("not a teleinfo status document")
     return doc

@@ -23,11 +23,12 @@ because it was disconnected for abuse, the longest-waiting secondaire is promote
 once.  Later issues add principal-only commands with :meth:`ControlServer.register_command`.
 
 Bounds: ``max_clients`` connections (a further one reads an error and is closed), ``max_line_bytes`` per line,
-``max_commands_per_second`` per client (a token bucket), a 10 s limit to authenticate, and a bounded output
-buffer per client: a watcher that reads too slowly loses frames (counted), never delays anyone, and a client
-that stops reading its answers altogether is disconnected.  Like the health socket, everything runs on one
-``selectors`` thread; :meth:`ControlServer.on_frame`, called by the reader, only appends to a bounded deque and
-writes one byte to a socketpair, and does nothing at all while nobody watches.
+``max_commands_per_second`` per client (a token bucket), a 10 s limit to authenticate, and a bounded output buffer
+per client: a watcher that reads too slowly loses frames (counted), never delays anyone, and a client that stops
+reading its answers altogether is disconnected. Like the health socket, everything runs on one ``selectors``
+thread (:class:`appliance.netserver.SelectorServer`, where the bounds live); :meth:`ControlServer.on_frame`,
+called by the reader, only appends to a bounded deque and writes one byte to a socketpair, and does nothing at all
+while nobody watches.
 
 Token check: ``hmac.compare_digest``, and a wrong token closes the connection, so guessing costs a connection
 per try.  The status answer is not stripped of the meter address as the health socket's is: a control client can
@@ -41,16 +42,16 @@ import hmac
 import json
 import logging
 import re
-import selectors
 import socket
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 
-from appliance.config import ControlConfig, HealthConfig
+from appliance.control.config import ControlConfig
+from appliance.health.config import HealthConfig
 from appliance.health.state import status_document
+from appliance.netserver import Connection, Limits, SelectorServer
 from appliance.stats import Stats
 from appliance.tic import Frame
 
@@ -60,30 +61,20 @@ _LOG = logging.getLogger(__name__)
 
 AUTH_TIMEOUT_S: Final = 10.0
 DRAIN_S: Final = 0.5  # after a last line, let the client finish sending so our close sends FIN, not RST
-TICK_S: Final = 0.2
-ACCEPT_PAUSE_S: Final = 0.5  # after accept() fails (out of file descriptors), so the loop does not spin
 WATCH_BUFFER: Final = 64 * 1024  # bytes of frames queued per watcher before frames are dropped
 OUT_MAX: Final = WATCH_BUFFER + 64 * 1024  # beyond this the client is not reading at all: disconnected
 FRAME_BACKLOG: Final = 64  # frames handed over by the reader and not yet serialised
-RECV_CHUNK: Final = 4096
 MAX_COMMAND_WORDS: Final = 4
 _UNPRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
 
 
-@dataclass(eq=False)
-class Session:
+@dataclass(eq=False, slots=True)
+class Session(Connection):
     """One connected client.  Handlers may read ``role`` (principal, secondaire, or pending before auth),
     ``peer`` (host:port) and ``watching``; the rest belongs to the server."""
 
-    sock: socket.socket
-    peer: str
     role: str = "pending"
     watching: bool = False
-    closing: bool = False
-    deadline: float | None = None
-    events: int = selectors.EVENT_READ
-    inbuf: bytearray = field(default_factory=bytearray)
-    outbuf: bytearray = field(default_factory=bytearray)
     tokens: float = 0.0
     refilled: float = 0.0
     dropped: int = 0
@@ -107,7 +98,7 @@ def _printable(text: str, limit: int = 40) -> str:
     return _UNPRINTABLE.sub("?", text)[:limit]
 
 
-class ControlServer:
+class ControlServer(SelectorServer[Session]):
     """The control socket of :class:`ControlConfig`.
 
     ::
@@ -130,26 +121,25 @@ class ControlServer:
         reload: Callable[[], None] | None = None,
         health: HealthConfig | None = None,
     ) -> None:
+        limits = Limits(
+            max_clients=cfg.max_clients,
+            max_request_bytes=2 * cfg.max_line_bytes,  # before authentication: the auth line (backstop)
+            max_out_bytes=OUT_MAX,
+            drain=DRAIN_S,
+        )
+        super().__init__("control socket", cfg.bind, cfg.port, limits)
         self.cfg = cfg
         self._stats = stats
         self._reload = reload
         self._health = health or HealthConfig()
         self._token = None if cfg.token is None else cfg.token.get().encode("utf-8")
         self._commands: dict[str, Command] = {}
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._listener: socket.socket | None = None
-        self._sel = selectors.DefaultSelector()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._clients: set[Session] = set()
         self._members: list[Session] = []  # admitted clients in order of arrival: [0] is the principal
         self._watchers = 0  # read by on_frame() in the reader thread: an int read is atomic
         self._frames: collections.deque[Frame] = collections.deque(maxlen=FRAME_BACKLOG)
         self._backlog_dropped = 0  # written by the reader thread only
         self._watch_dropped = 0
         self._published: tuple[int, int, int] | None = None
-        self._accept_paused_until = 0.0
-        self.address: tuple[str, int] | None = None
         self.register_command("help", self._help, principal_only=False, help="help [command]: what each command does")
         self.register_command("role", self._role, principal_only=False, help="your role: principal or secondaire")
         self.register_command("status", self._status, principal_only=False, help="state and every counter, as JSON")
@@ -183,150 +173,43 @@ class ControlServer:
         if len(self._frames) == FRAME_BACKLOG:
             self._backlog_dropped += 1
         self._frames.append(frame)
-        self._wake()
-
-    @property
-    def client_count(self) -> int:
-        """Connected clients (authenticated or not)."""
-        return len(self._clients)
+        self.wake()
 
     def start(self) -> None:
         """Bind and listen (raising OSError at once if that fails), then serve on a daemon thread."""
-        family = socket.AF_INET6 if ":" in self.cfg.bind else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((self.cfg.bind, self.cfg.port))
-            sock.listen(min(self.cfg.max_clients, 128))
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        self._listener = sock
-        host, port = sock.getsockname()[:2]
-        self.address = (host, port)
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._sel.register(sock, selectors.EVENT_READ, "listener")
-        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        self._thread = threading.Thread(target=self._run, name="control-socket", daemon=True)
-        self._thread.start()
+        super().start()
+        assert self.address is not None
+        host, port = self.address
         _LOG.info("control socket on %s:%d%s", host, port, " (token required)" if self._token else "")
 
-    def stop(self, timeout: float = 1.0) -> bool:
-        """Disconnect every client and close the port; True when the thread ended within ``timeout`` seconds."""
-        self._stop.set()
-        if self._thread is None:  # never started
-            self._sel.close()
-            self._wake_r.close()
-            self._wake_w.close()
-            return True
-        self._wake()
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            _LOG.error("control socket thread did not stop within %.1f s; abandoning it", timeout)
-            return False
-        return True
+    # --- SelectorServer hooks ----------------------------------------------------------------------------
+    def new_connection(self, sock: socket.socket, peer: str, now: float) -> Session:
+        return Session(sock, peer, now, tokens=self.cfg.max_commands_per_second, refilled=now)
 
-    # --- loop --------------------------------------------------------------------------------------------
-    def _wake(self) -> None:
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:  # full (a wake-up is already pending) or closed (stopped)
-            pass
+    def refusal(self) -> bytes:
+        return f"error too many clients (max {self.cfg.max_clients})\n".encode()
 
-    def _run(self) -> None:
-        try:
-            while not self._stop.is_set():
-                try:
-                    self._once()
-                except Exception:  # a bug must not end the socket: log it and carry on
-                    _LOG.exception("control socket: unexpected error")
-                    self._stop.wait(TICK_S)
-        finally:
-            self._watchers = 0
-            for client in list(self._clients):
-                self._close(client)
-            if self._listener is not None:
-                self._listener.close()
-            self._sel.close()
-            self._wake_r.close()
-            self._wake_w.close()
+    def on_accept(self, client: Session) -> None:
+        _LOG.debug("control: %s connected", client.peer)
+        if self._token is None:
+            self._admit(client)
+        else:
+            client.deadline = client.accepted + AUTH_TIMEOUT_S
+            self._send(client, "auth required")
 
-    def _once(self) -> None:
-        now = time.monotonic()
-        deadlines = [c.deadline for c in self._clients if c.deadline is not None]
-        wait = min(max(min(deadlines, default=now + TICK_S) - now, 0.0), TICK_S)
-        for key, mask in self._sel.select(wait):
-            if key.data == "listener":
-                self._accept()
-            elif key.data == "wake":
-                self._drain_wake()
-            else:
-                self._service(key.data, mask)
+    def on_expire(self, client: Session, now: float) -> None:
+        self._disconnect(client, "authentication timeout")
+
+    def on_too_large(self, client: Session) -> None:
+        self._disconnect(client, f"line too long (max {self.cfg.max_line_bytes} bytes)")
+
+    def on_close(self, client: Session) -> None:
+        self._leave(client)
+        _LOG.debug("control: %s left", client.peer)
+
+    def on_tick(self, now: float) -> None:
         self._distribute()
-        self._expire(time.monotonic())
         self._publish()
-
-    def _drain_wake(self) -> None:
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except OSError:  # BlockingIOError: nothing left
-            pass
-
-    def _accept(self) -> None:
-        assert self._listener is not None
-        for _ in range(64):
-            try:
-                sock, addr = self._listener.accept()
-            except BlockingIOError:
-                return
-            except ConnectionAbortedError:  # reset before we got to it: nothing to serve
-                continue
-            except OSError as e:  # out of file descriptors or memory
-                _LOG.warning("control socket: accept failed (%s); pausing for %.1f s", e, ACCEPT_PAUSE_S)
-                self._sel.unregister(self._listener)
-                self._accept_paused_until = time.monotonic() + ACCEPT_PAUSE_S
-                return
-            sock.setblocking(False)
-            if len(self._clients) >= self.cfg.max_clients:
-                try:
-                    sock.send(f"error too many clients (max {self.cfg.max_clients})\n".encode())
-                except OSError:
-                    pass
-                sock.close()
-                continue
-            now = time.monotonic()
-            client = Session(sock, f"{addr[0]}:{addr[1]}", tokens=self.cfg.max_commands_per_second, refilled=now)
-            self._clients.add(client)
-            self._sel.register(sock, selectors.EVENT_READ, client)
-            _LOG.debug("control: %s connected", client.peer)
-            if self._token is None:
-                self._admit(client)
-            else:
-                client.deadline = now + AUTH_TIMEOUT_S
-                self._send(client, "auth required")
-
-    def _service(self, client: Session, mask: int) -> None:
-        try:
-            if mask & selectors.EVENT_WRITE:
-                self._flush(client)
-            if mask & selectors.EVENT_READ and client in self._clients:
-                self._read(client)
-        except Exception:  # a bug must cost one client, never the socket
-            _LOG.exception("control: error while serving %s", client.peer)
-            self._close(client)
-
-    def _expire(self, now: float) -> None:
-        if self._accept_paused_until and now >= self._accept_paused_until and self._listener is not None:
-            self._accept_paused_until = 0.0
-            self._sel.register(self._listener, selectors.EVENT_READ, "listener")
-        for client in [c for c in self._clients if c.deadline is not None and c.deadline <= now]:
-            if client.closing:
-                self._close(client)
-            else:
-                self._disconnect(client, "authentication timeout")
 
     def _distribute(self) -> None:
         """Serialise the frames the reader handed over, once each, into every watcher's buffer."""
@@ -341,8 +224,7 @@ class ControlServer:
                     client.dropped += 1
                     self._watch_dropped += 1
                     continue
-                client.outbuf += line
-                self._flush(client)
+                self.send(client, line)
 
     def _publish(self) -> None:
         """Put the socket's own counters in the snapshot (health /status, teleinfo status), on change only."""
@@ -353,20 +235,10 @@ class ControlServer:
             self._stats.set_extra("control", {"clients": clients, "watchers": watchers, "frames_dropped": dropped})
 
     # --- one client --------------------------------------------------------------------------------------
-    def _read(self, client: Session) -> None:
-        try:
-            data = client.sock.recv(RECV_CHUNK)
-        except BlockingIOError:
+    def on_data(self, client: Session, eof: bool) -> None:
+        if eof:
+            self.close(client)
             return
-        except OSError:  # ECONNRESET: an abrupt disconnect is a departure like any other
-            self._close(client)
-            return
-        if not data:
-            self._close(client)
-            return
-        if client.closing:  # draining after our last line
-            return
-        client.inbuf += data
         limit = self.cfg.max_line_bytes
         while not client.closing:
             end = client.inbuf.find(b"\n")
@@ -423,7 +295,7 @@ class ControlServer:
         return None, ""
 
     def _admit(self, client: Session) -> None:
-        client.deadline = None
+        self.admit(client)
         self._members.append(client)
         client.role = "principal" if self._members[0] is client else "secondaire"
         self._send(client, f"hello {client.role}")
@@ -444,56 +316,16 @@ class ControlServer:
             self._send(heir, "role principal")
 
     def _send(self, client: Session, line: str) -> None:
-        client.outbuf += (line + "\n").encode("utf-8")
-        if len(client.outbuf) > OUT_MAX:
-            _LOG.debug("control: %s does not read its answers; disconnecting", client.peer)
-            self._close(client)
-            return
-        self._flush(client)
-
-    def _flush(self, client: Session) -> None:
-        if client.outbuf:
-            try:
-                sent = client.sock.send(client.outbuf)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self._close(client)
-                return
-            del client.outbuf[:sent]
-        if not client.outbuf and client.closing:
-            try:
-                client.sock.shutdown(socket.SHUT_WR)
-            except OSError:
-                self._close(client)
-                return
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if client.outbuf else 0)
-        if events != client.events and client in self._clients:
-            client.events = events
-            self._sel.modify(client.sock, events, client)
+        self.send(client, (line + "\n").encode("utf-8"))
 
     def _disconnect(self, client: Session, reason: str | None) -> None:
         """Send ``error <reason>`` (if any), leave at once, close once the line is out (or after DRAIN_S)."""
         if reason is not None:
             _LOG.debug("control: disconnecting %s: %s", client.peer, reason)
-            self._send(client, f"error {reason}")
-            if client not in self._clients:
+            if not self.send(client, f"error {reason}\n".encode()):
                 return
         self._leave(client)
-        client.closing = True
-        client.deadline = time.monotonic() + DRAIN_S
-        client.inbuf.clear()
-        self._flush(client)
-
-    def _close(self, client: Session) -> None:
-        if client not in self._clients:
-            return
-        client.closing = True
-        self._leave(client)
-        self._clients.discard(client)
-        self._sel.unregister(client.sock)
-        client.sock.close()
-        _LOG.debug("control: %s left", client.peer)
+        self.finish(client)
 
     # --- built-in commands -------------------------------------------------------------------------------
     def _help(self, _client: Session, args: str) -> str:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 
-from appliance.config import GpioConfig
 from appliance.gpio.controller import GpioController
 from appliance.gpio.factory import GpioError
+from appliance.schema import GpioConfig
 from appliance.stats import Stats
 
 __all__ = ["GpioController", "GpioError", "start"]

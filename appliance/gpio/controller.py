@@ -19,10 +19,11 @@ from typing import Any, Final
 
 from gpiozero import LED, DigitalOutputDevice  # type: ignore[import-untyped, unused-ignore]
 
-from appliance.config import GpioConfig
 from appliance.gpio.factory import GpioError, make_factory
 from appliance.gpio.led import StatusLed
 from appliance.gpio.rules import Channel
+from appliance.runtime import stop_thread
+from appliance.schema import GpioConfig
 from appliance.stats import Stats
 from appliance.tic import Frame
 
@@ -109,8 +110,7 @@ class GpioController:
     def close(self, timeout: float = 1.0) -> None:
         """Every output to its safe state (OFF), the LED off, the pins released.  Idempotent."""
         self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        stop_thread(self._thread, timeout, "gpio", _LOG)
         with self._lock:
             if self._closed:
                 return

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from appliance.config import GpioOutputConfig
+from appliance.schema import GpioOutputConfig
 from appliance.tic import Frame
 from appliance.tic.fields import decode_relais, decode_stge
 

@@ -5,6 +5,6 @@
 """
 
 from appliance.health.server import HealthServer
-from appliance.health.state import HealthState, evaluate, public_snapshot, status_document
+from appliance.health.state import HealthState, evaluate, public_snapshot, status_document, summary
 
-__all__ = ["HealthServer", "HealthState", "evaluate", "public_snapshot", "status_document"]
+__all__ = ["HealthServer", "HealthState", "evaluate", "public_snapshot", "status_document", "summary"]

@@ -1,4 +1,4 @@
-"""The health state, computed from a :meth:`Stats.snapshot`: pure, no I/O, no clock of its own.
+"""The health state, computed from a :class:`~appliance.stats.StatsSnapshot`: pure, no I/O, no clock of its own.
 
 Rules (the same words go to the health socket, ``teleinfo status`` and the control socket):
 
@@ -36,9 +36,10 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from appliance import __version__
-from appliance.config import HealthConfig
+from appliance.health.config import HealthConfig
+from appliance.stats import StatsSnapshot
 
-__all__ = ["HealthState", "evaluate", "public_snapshot", "status_document"]
+__all__ = ["HealthState", "evaluate", "public_snapshot", "status_document", "summary"]
 
 DEGRADED_WEIGHT: Final = 50
 MAX_COMMENT: Final = 100  # characters of the '#' text; HAProxy logs it, monitors show it
@@ -63,27 +64,27 @@ class HealthState:
         return self.state == "drain" or (self.state == "up" and self.weight < 100)
 
 
-def evaluate(snapshot: dict[str, Any], cfg: HealthConfig) -> HealthState:
+def evaluate(snapshot: StatsSnapshot, cfg: HealthConfig) -> HealthState:
     """The health state of ``snapshot`` under the documented rules.
 
-    >>> from appliance.config import HealthConfig
-    >>> evaluate({"uptime_s": 5, "frames": 3, "last_frame_age_s": 1.2, "outputs": {}}, HealthConfig()).line
+    >>> from appliance.health.config import HealthConfig
+    >>> evaluate(StatsSnapshot(uptime_s=5, frames=3, last_frame_age_s=1.2), HealthConfig()).line
     'up ready 100% #ok frames=3 age=1.2s'
     """
-    frames = int(snapshot.get("frames", 0))
-    age = snapshot.get("last_frame_age_s")
-    meter = snapshot.get("meter") if cfg.expose_meter else None
-    who = f"meter={meter} " if isinstance(meter, str) and meter else ""
+    frames = snapshot.frames
+    age = snapshot.last_frame_age_s
+    meter = snapshot.meter if cfg.expose_meter else None
+    who = f"meter={meter} " if meter else ""
     if age is None:
-        uptime = float(snapshot.get("uptime_s", 0.0))
+        uptime = snapshot.uptime_s
         if uptime > cfg.down_after:
             return _state("down", 0, f"{who}no TIC frame since start {uptime:.0f}s ago", cfg)
         return _state("up", 100, f"{who}starting: no frame yet", cfg)
     if age > cfg.down_after:
         return _state("down", 0, f"{who}no TIC frame for {age:.0f}s", cfg)
-    outputs = snapshot.get("outputs", {})
-    active = [name for name, o in outputs.items() if o.get("state") != "stopped"]
-    failing = sorted(name for name in active if outputs[name].get("state") == "failing")
+    outputs = snapshot.outputs
+    active = [name for name, o in outputs.items() if o.state != "stopped"]
+    failing = sorted(name for name in active if outputs[name].state == "failing")
     flow = f"frames={frames} age={age:.1f}s"
     if failing and len(failing) == len(active):
         return _state("drain", 0, f"{who}all outputs failing: {','.join(failing)}", cfg)
@@ -101,11 +102,11 @@ def _state(state: Literal["up", "drain", "down"], weight: int, comment: str, cfg
     return HealthState(state, weight, line, 200 if state == "up" else 503)
 
 
-def public_snapshot(snapshot: dict[str, Any], cfg: HealthConfig) -> dict[str, Any]:
-    """``snapshot`` as the health socket may show it: personal data removed unless ``expose_meter``."""
+def public_snapshot(snapshot: StatsSnapshot, cfg: HealthConfig) -> dict[str, Any]:
+    """``snapshot``'s JSON as the health socket may show it: personal data removed unless ``expose_meter``."""
     if cfg.expose_meter:
-        return snapshot
-    cleaned = _redact(snapshot)
+        return snapshot.to_json()
+    cleaned = _redact(snapshot.to_json())
     assert isinstance(cleaned, dict)
     return cleaned
 
@@ -120,13 +121,13 @@ def _redact(value: Any) -> Any:
     return value
 
 
-def status_document(snapshot: dict[str, Any], cfg: HealthConfig, *, redact: bool = True) -> dict[str, Any]:
+def status_document(snapshot: StatsSnapshot, cfg: HealthConfig, *, redact: bool = True) -> dict[str, Any]:
     """The ``GET /status`` document: the health verdict, then every counter of the snapshot.
 
     ``redact=False`` is for the control socket, whose clients already see whole frames with ``watch``.
     """
     state = evaluate(snapshot, cfg)
-    counters = public_snapshot(snapshot, cfg) if redact else snapshot
+    counters = public_snapshot(snapshot, cfg) if redact else snapshot.to_json()
     doc: dict[str, Any] = {
         "health": {
             "state": state.state,
@@ -139,3 +140,19 @@ def status_document(snapshot: dict[str, Any], cfg: HealthConfig, *, redact: bool
     }
     doc.update((k, v) for k, v in counters.items() if k not in doc)
     return doc
+
+
+def summary(snapshot: StatsSnapshot) -> str:
+    """One line for people (systemd's status text, the service's last log line): source, frames, outputs.
+
+    >>> summary(StatsSnapshot(frames=12, rejects={"checksum": 1}, last_frame_age_s=0.4))
+    'starting; 12 frames, 1 rejected, last 0 s ago; no outputs'
+    """
+    outs = ", ".join(f"{n} {o.state}" for n, o in snapshot.outputs.items()) or "no outputs"
+    age = snapshot.last_frame_age_s
+    return (
+        f"{snapshot.source.state} {snapshot.source.mode or ''}".strip()
+        + f"; {snapshot.frames} frames, {sum(snapshot.rejects.values())} rejected"
+        + ("" if age is None else f", last {age:.0f} s ago")
+        + f"; {outs}"
+    )

@@ -215,6 +215,11 @@ class OutputWorker:
         else:
             self._stats.update_output(self.name, queued=queued)
 
+    @property
+    def pending(self) -> int:
+        """Frames queued and not yet delivered (those being sent stay queued until the server has them)."""
+        return len(self._queue)
+
     def accepts(self, kind: str) -> bool:
         """Whether this output takes records of ``kind`` (frames: every output)."""
         return kind == "frame" or kind in self._lanes

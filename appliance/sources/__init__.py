@@ -6,20 +6,22 @@ systemd, reloading and stopping.  The service tells it which frames verified (``
 is the only honest measure of progress: a port that delivers garbage is as dead as a silent one (docs/PROTOCOL.md
 §10.8).
 
-Each source lives in its own module and is imported only when configured (:func:`build_source`), so the
-simulator never loads pyserial and a serial appliance never loads the simulator.  ``source.kind`` names one of
-:data:`SOURCES`; docs/PLUGINS.md says how to add one.
+Each source is a folder ``appliance/sources/<name>/`` (:mod:`appliance.plugins` gives the shape) whose
+implementation is imported only when configured (:func:`build_source`), so the simulator never loads pyserial
+and a serial appliance never loads the simulator.  ``source.kind`` names one of :data:`SOURCES`;
+docs/PLUGINS.md says how to add one.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from appliance.plugins import SourcePlugin
+from appliance.sources import serial, simulator
+
 if TYPE_CHECKING:
-    from appliance.config import Config
+    from appliance.schema import Config
     from appliance.stats import Stats
 
 __all__ = ["SOURCES", "Source", "SourcePlugin", "build_source"]
@@ -47,42 +49,11 @@ class Source(Protocol):
         """Release the port for good; later reads return ``b""``."""
 
 
-@dataclass(frozen=True)
-class SourcePlugin:
-    """A registered source: ``source.kind = name`` selects it; ``build`` imports its module only when called."""
-
-    name: str
-    summary: str
-    module: str  # the implementation, imported by ``build`` only (for the docs and the convention test)
-    build: Callable[[Config, Stats, threading.Event], Source]
-
-
-def _serial(cfg: Config, stats: Stats, stop: threading.Event) -> Source:
-    from appliance.sources.serial_source import SerialSource
-
-    return SerialSource(cfg.source, stats, stop)
-
-
-def _simulator(cfg: Config, stats: Stats, stop: threading.Event) -> Source:
-    from appliance.sources.simulated import SimulatedSource
-
-    return SimulatedSource(cfg.source.simulator, stats, stop)
-
-
 #: Every source, by the name ``source.kind`` gives it.
-SOURCES: dict[str, SourcePlugin] = {
-    p.name: p
-    for p in (
-        SourcePlugin(
-            "serial", "a TIC adapter on a serial port or USB ([source])", "appliance.sources.serial_source", _serial
-        ),
-        SourcePlugin(
-            "simulator", "the built-in meter simulator ([source.simulator])", "appliance.sources.simulated", _simulator
-        ),
-    )
-}
+SOURCES: dict[str, SourcePlugin] = {p.name: p for p in (serial.PLUGIN, simulator.PLUGIN)}
 
 
 def build_source(cfg: Config, stats: Stats, stop: threading.Event) -> Source:
     """The configured source (imports only what it needs)."""
-    return SOURCES[cfg.source.kind].build(cfg, stats, stop)
+    plugin = SOURCES[cfg.source.kind]
+    return plugin.build(plugin.section(cfg), stats, stop)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from appliance.errors import ApplianceError
+from appliance.runtime import Backoff
 from appliance.sync.protocol import (
     CHUNK,
     READ_FLAGS,
@@ -117,7 +118,7 @@ class SyncClient:
             from inotify_simple import INotify  # type: ignore[import-untyped, unused-ignore]
 
             self._inotify = INotify()
-        backoff = 0.5
+        backoff = Backoff(0.5, self.max_backoff)
         try:
             while not self.stop.is_set():
                 try:
@@ -132,15 +133,14 @@ class SyncClient:
                     _LOG.warning("sync: cannot connect to %s:%d: %s", self.host, self.port, e)
                     if once:
                         return 1
-                    self.stop.wait(backoff)
-                    backoff = min(backoff * 2, self.max_backoff)
+                    self.stop.wait(backoff.next())
                     continue
                 _LOG.info("sync: connected to %s:%d as %s", self.host, self.port, self.name)
                 try:
                     if self._inotify is not None:
                         self._watch_tree("")
                     self._reconcile(conn)
-                    backoff = 0.5
+                    backoff.reset()
                     if once:
                         conn.send({"op": "bye"})
                         return 0
@@ -149,8 +149,7 @@ class SyncClient:
                     _LOG.warning("sync: connection lost: %s", e)
                     if once:
                         return 1
-                    self.stop.wait(backoff)
-                    backoff = min(backoff * 2, self.max_backoff)
+                    self.stop.wait(backoff.next())
                 finally:
                     conn.close()
         finally:

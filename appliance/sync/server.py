@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Final
 
-from appliance.config import SyncServerConfig
+from appliance.sync.config import SyncServerConfig
 from appliance.sync.protocol import VERSION, Connection, ProtocolError, check_name, check_path
 from appliance.sync.tree import PARTIAL, Refused, Tree
 from appliance.sync.upload import receive

@@ -13,7 +13,7 @@ import os
 import stat
 from typing import Any
 
-from appliance.config import SyncServerConfig
+from appliance.sync.config import SyncServerConfig
 from appliance.sync.protocol import CHUNK, READ_FLAGS, Connection, ProtocolError, check_path
 from appliance.sync.tree import DIR_FLAGS, Refused, Tree
 

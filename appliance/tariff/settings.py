@@ -1,6 +1,6 @@
 """The ``[tariff]`` section: prices per period, dated price sets, the currency, how often the state is saved.
 
-Declared with the configuration engine of :mod:`appliance.config` (``opt()``, ``_build``), so it reads, reports
+Declared with the configuration engine of :mod:`appliance.config` (``opt()``, ``build_section``), so it reads, reports
 and documents itself exactly like the other sections: every problem at once with its key path, unknown keys
 refused.  Prices are refused when NaN or infinite (TOML allows ``nan`` and ``inf``), negative or absurd.
 
@@ -29,7 +29,7 @@ from datetime import date
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from appliance.config import ConfigError, _build, opt
+from appliance.config import ConfigError, build_section, opt
 from appliance.tariff.periods import CONTRACT_PERIODS, PERIODS
 
 __all__ = ["MAX_PRICE", "PriceSetConfig", "TariffConfig", "parse_tariff"]
@@ -200,7 +200,7 @@ def parse_tariff(data: Any, prefix: str = "tariff") -> TariffConfig:
             for p in data["prices"]
         ]
     errors: list[str] = []
-    cfg = _build(TariffConfig, data, prefix, errors)
+    cfg = build_section(TariffConfig, data, prefix, errors)
     if errors:
         raise ConfigError(errors, prefix)
     assert isinstance(cfg, TariffConfig)

@@ -183,17 +183,18 @@ class Decoder:
         """Drop any partial frame (call after a reconnect); counters are kept."""
         self.assembler.reset()
 
-    def feed(self, data: bytes) -> list[Frame]:
-        """Decode every frame that ``data`` completes."""
+    def feed(self, data: bytes, received_at: float | None = None) -> list[Frame]:
+        """Decode every frame that ``data`` completes; ``received_at`` (the caller's clock: the decoder has none)
+        is stamped on each as it is built, so the reader never copies a frame to add it."""
         out = []
         decode = self.decode_body
         for body in self.assembler.feed(data):
-            frame = decode(body)
+            frame = decode(body, None, received_at)
             if frame is not None:
                 out.append(frame)
         return out
 
-    def decode_body(self, body: bytes, mode: Mode | None = None) -> Frame | None:
+    def decode_body(self, body: bytes, mode: Mode | None = None, received_at: float | None = None) -> Frame | None:
         """Decode the bytes between STX and ETX; None if they hold no group at all."""
         mode = mode or self.forced or detect_mode(body)
         self.mode = mode
@@ -252,4 +253,4 @@ class Decoder:
             return None
         self.groups += ok
         self.frames += 1
-        return decoded_frame(mode, values, stamps, invalid, degraded)
+        return decoded_frame(mode, values, stamps, invalid, degraded, received_at)

@@ -41,9 +41,10 @@ REJECT_REASONS: Final = tuple(r.value for r in RejectReason)
 class Frame:
     """One decoded frame.  Only groups that passed every check are in ``values``/``timestamps``.
 
-    ``received_at`` (POSIX seconds) is set by whoever read the bytes, through :meth:`received`; the decoder
-    itself is clock-free.  ``invalid`` lists the labels of rejected groups (as read, so possibly garbled).
-    ``values``, ``timestamps`` and ``invalid`` are never modified once the frame is built.
+    ``received_at`` (POSIX seconds) is given by whoever read the bytes (``Decoder.feed(data, received_at)``,
+    or :meth:`received`); the decoder itself is clock-free.  ``invalid`` lists the labels of rejected groups (as
+    read, so possibly garbled).  ``values``, ``timestamps`` and ``invalid`` are never modified once the frame is
+    built.
     """
 
     kind: ClassVar[str] = "frame"  # the record kind outputs declare they take (appliance.records)
@@ -55,10 +56,6 @@ class Frame:
     clock_degraded: bool = False
     received_at: float | None = None
     known_meter: str | None = None
-
-    def received(self, at: float, known_meter: str | None = None) -> Frame:
-        """This frame as read at ``at``, attributed to ``known_meter`` if it names no meter itself: a new frame."""
-        return Frame(self.mode, self.values, self.timestamps, self.invalid, self.clock_degraded, at, known_meter)
 
     @property
     def meter(self) -> str | None:
@@ -79,6 +76,13 @@ class Frame:
         """
         good = len(self.values) + len(self.timestamps)
         return good > 0 and good >= len(self.invalid)
+
+    def received(self, at: float, known_meter: str | None = None) -> Frame:
+        """This frame as read at ``at``, attributed to ``known_meter`` if it names no meter itself: a new frame
+        (sharing the containers, which are never modified)."""
+        return decoded_frame(
+            self.mode, self.values, self.timestamps, self.invalid, self.clock_degraded, at, known_meter
+        )
 
     def to_record(self) -> dict[str, Any]:
         """Everything needed to rebuild this frame later (the on-disk spool, the raw journal's replay)."""
@@ -147,7 +151,8 @@ class Frame:
 
 
 # The decoder builds a frame for every few hundred bytes: a frozen dataclass's __init__ (object.__setattr__ per
-# field) would cost it several percent of its throughput, so it fills the slots through their descriptors.
+# field) would cost it several percent of its throughput, so it fills the slots through their descriptors, once,
+# with everything the reader knows then (the reception time included: Decoder.feed(data, received_at)).
 _S = [Frame.__dict__[name].__set__ for name in Frame.__slots__]
 
 
@@ -157,6 +162,8 @@ def decoded_frame(
     timestamps: dict[str, str],
     invalid: list[str],
     clock_degraded: bool,
+    received_at: float | None = None,
+    known_meter: str | None = None,
     _new: Any = object.__new__,
     _s0: Any = _S[0],
     _s1: Any = _S[1],
@@ -166,14 +173,14 @@ def decoded_frame(
     _s5: Any = _S[5],
     _s6: Any = _S[6],
 ) -> Frame:
-    """``Frame(mode, values, timestamps, invalid, clock_degraded)``, built faster (for the decoder only; the
-    trailing arguments are the slot setters, bound once)."""
+    """``Frame(mode, values, timestamps, invalid, clock_degraded, received_at, known_meter)``, built faster (for
+    the decoder and :meth:`Frame.received` only; the trailing arguments are the slot setters, bound once)."""
     frame: Frame = _new(Frame)
     _s0(frame, mode)
     _s1(frame, values)
     _s2(frame, timestamps)
     _s3(frame, invalid)
     _s4(frame, clock_degraded)
-    _s5(frame, None)
-    _s6(frame, None)
+    _s5(frame, received_at)
+    _s6(frame, known_meter)
     return frame

@@ -10,9 +10,5 @@ Modules:
   every file's SHA-256, signed with Ed25519), verified while it streams; the release side builds and signs it.
 * :mod:`~appliance.update.fetch`: where bundles come from (a file, the boot partition, a URL).
 * :mod:`~appliance.update.install`: the install transaction and its health gate.
-* :mod:`~appliance.update.settings`: the ``[update]`` section of the configuration.
+* :mod:`~appliance.update.config`: the ``[update]`` section of the configuration (part of :mod:`appliance.schema`).
 """
-
-# The [update] schema (settings) is part of appliance.config's Config, which imports it while appliance.config is
-# still being defined; importing appliance.config first, here, makes either import order work.
-import appliance.config  # noqa: F401  (see above)

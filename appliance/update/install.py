@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from appliance.config import Config
+from appliance.schema import Config
 from appliance.update import guard as g
 from appliance.update.bundle import BundleError, Manifest, load_public_keys, verify_and_extract
 from appliance.update.control import ServiceControl, health_address, probe, spooled

@@ -72,7 +72,7 @@ def frame_payload(
 def status_payload(uptime_s: float, health: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
     """The ``status`` event: version, uptime, health, and the outputs and self-checks at a glance.
 
-    ``health`` is ``{"state": "up"|"drain"|"down", "line": ...}``; ``stats`` a :meth:`Stats.snapshot`.
+    ``health`` is ``{"state": "up"|"drain"|"down", "line": ...}``; ``stats`` a :meth:`StatsSnapshot.to_json`.
     """
     outputs = {
         str(name): {"state": o.get("state"), "last_error": o.get("last_error")}

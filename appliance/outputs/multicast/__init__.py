@@ -1,23 +1,44 @@
 """The UDP multicast output: every frame, in real time, to every listener on the LAN (docs/DATA_FORMAT.md §3).
 
-:mod:`.sender` sends (the output), :mod:`.parts` splits JSON frames larger than a datagram and merges them back,
-:mod:`.receiver` opens a listening socket, :mod:`.addressing` resolves interfaces and groups; the line-protocol
-parser is :func:`appliance.lineproto.parse_line`.  Everything here is standard library only.
+:mod:`.output` sends, :mod:`.parts` splits JSON frames larger than a datagram and merges them back,
+:mod:`.receiver` opens a listening socket (``teleinfo listen``), :mod:`.addressing` resolves interfaces and
+groups; the line-protocol parser is :func:`appliance.lineproto.parse_line`.  Standard library only.
 """
 
-from appliance.lineproto import MAX_DATAGRAM
-from appliance.outputs.multicast.addressing import interface_request, membership_request
-from appliance.outputs.multicast.parts import JsonReassembler, merge_json_parts, split_json
-from appliance.outputs.multicast.receiver import open_receiver
-from appliance.outputs.multicast.sender import MulticastOutput
+from __future__ import annotations
 
-__all__ = [
-    "MAX_DATAGRAM",
-    "JsonReassembler",
-    "MulticastOutput",
-    "interface_request",
-    "membership_request",
-    "merge_json_parts",
-    "open_receiver",
-    "split_json",
-]
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from appliance.outputs.multicast.config import MulticastConfig
+from appliance.plugins import OutputPlugin, WorkerOptions
+
+if TYPE_CHECKING:
+    from appliance.commands.doctor import Result
+    from appliance.outputs.base import Output
+
+__all__ = ["PLUGIN"]
+
+
+def _build(settings: Any) -> Output:
+    from appliance.outputs.multicast.output import MulticastOutput
+
+    return MulticastOutput(settings)
+
+
+def _diagnose(settings: Any) -> Iterator[Result]:
+    from appliance.commands.doctor import check_multicast
+
+    yield check_multicast(settings)
+
+
+PLUGIN = OutputPlugin(
+    "multicast",
+    "UDP multicast to the LAN: line protocol or JSON, best effort",
+    "appliance.outputs.multicast.output",
+    MulticastConfig,
+    lambda cfg: cfg.outputs.multicast,
+    _build,
+    lambda s: WorkerOptions(s.queue_size),
+    _diagnose,
+)

@@ -46,7 +46,8 @@ except ImportError:  # pragma: no cover - not POSIX
         """Stands in for termios.error where there is no termios."""
 
 
-from appliance.config import SourceConfig
+from appliance.runtime import Backoff
+from appliance.sources.serial.config import SourceConfig
 from appliance.stats import Stats
 from appliance.tic import BAUDRATES
 
@@ -140,7 +141,7 @@ class SerialSource:
     """Bytes from the meter on ``cfg.device``; reopens by itself and finds the speed in ``auto`` mode.
 
     >>> import threading
-    >>> from appliance.config import SourceConfig
+    >>> from appliance.sources.serial.config import SourceConfig
     >>> from appliance.stats import Stats
     >>> src = SerialSource(SourceConfig(device="/nonexistent"), Stats(), threading.Event())
     >>> src.read()  # never raises: the port is reopened later, and "cannot open" is logged once
@@ -176,7 +177,7 @@ class SerialSource:
         self._state = "starting"
         self._ever_opened = False
         self._failures = 0  # failed open attempts since the port was last open
-        self._backoff = INITIAL_BACKOFF
+        self._backoff = Backoff(INITIAL_BACKOFF, cfg.reconnect_max_backoff)
         self._next_attempt = -math.inf
         self._open_error: str | None = None  # the "cannot open" reason already logged in this outage
         self._resolved: str | None = None  # what the device path pointed to when it was opened
@@ -255,7 +256,7 @@ class SerialSource:
             if self._closed:
                 return
             self._last_ok = self._clock()
-            self._backoff = INITIAL_BACKOFF
+            self._backoff.reset()
             self._bad_in_window = 0
             if self._auto and mode in BAUDRATES and mode != self._locked:
                 self._lock_mode(mode)
@@ -392,9 +393,7 @@ class SerialSource:
         )
 
     def _next_delay(self) -> float:
-        delay = self._backoff
-        self._backoff = min(self._backoff * 2, self._cfg.reconnect_max_backoff)
-        return delay
+        return self._backoff.next()
 
     # --- watching ----------------------------------------------------------------------------------------
     def _device_gone(self) -> str | None:
@@ -441,7 +440,7 @@ class SerialSource:
         """The port failed or the device went away: close it and schedule a reopen with backoff."""
         now = self._clock()
         if now - self._opened_at >= STABLE_AFTER:
-            self._backoff = INITIAL_BACKOFF
+            self._backoff.reset()
         self._close_port()
         self._next_attempt = now + self._next_delay()
         if self._state != "lost":

@@ -1,31 +1,30 @@
 """The public IP address in use, asked of HTTP services that answer it in plain text (docs/NETWORK.md §7).
 
 Providers are tried in random order (no single service sees every poll, and one that is down costs one short
-timeout), each with a connect timeout and a deadline for its whole answer, so a server that trickles bytes cannot
-hold the check.  An answer counts only if its body is a bare global IP address: an HTML page (a captive portal, a
-service that changed its format), a private, loopback or link-local address are rejected and the next provider is
-asked.  A provider answering 429 is left alone for ``backoff`` seconds (or its Retry-After, if longer), doubled at
-each further 429.  The provider that answered is recorded, and a change of address is an event (logged, and
-``changed = true`` in InfluxDB); the last address is kept in the state directory so a restart does not hide one.
+timeout), each with a connect timeout and a deadline for its whole answer (:mod:`appliance.httpclient`), so a
+server that trickles bytes cannot hold the check. An answer counts only if its body is a bare global IP address:
+an HTML page (a captive portal, a service that changed its format), a private, loopback or link-local address are
+rejected and the next provider is asked. A provider answering 429 is left alone for ``backoff`` seconds (or its
+Retry-After, if longer), doubled at each further 429. The provider that answered is recorded, and a change of
+address is an event (logged, and ``changed = true`` in InfluxDB); the last address is kept in the state directory
+so a restart does not hide one.
 """
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import logging
 import random
-import socket
-import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from appliance import __version__
+from appliance import __version__, httpclient
+from appliance.checks.public_ip.config import PublicIpCheckConfig
 from appliance.checks.results import ERROR, OK, CheckResult
-from appliance.config import PublicIpCheckConfig
 from appliance.errors import ApplianceError
+from appliance.runtime import Backoff
 
 __all__ = ["USER_AGENT", "ProviderError", "PublicIpChecker", "ask_provider"]
 
@@ -54,61 +53,24 @@ def _retry_after(value: str | None) -> float:
 def ask_provider(url: str, timeout: float) -> str:
     """The address ``url`` answers, validated; raises :class:`ProviderError` with a short reason.
 
-    ``timeout`` bounds the connection and, separately, the whole answer (status, headers and body).
+    ``timeout`` bounds the connection and the whole answer (status, headers and body): :func:`appliance.httpclient.get`.
     """
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    conn: http.client.HTTPConnection
-    if parts.scheme == "https":
-        conn = http.client.HTTPSConnection(host, parts.port, timeout=timeout, context=ssl.create_default_context())
-    else:
-        conn = http.client.HTTPConnection(host, parts.port, timeout=timeout)
     try:
-        try:
-            conn.connect()
-        except ConnectionRefusedError:
-            raise ProviderError("connection refused") from None
-        except TimeoutError:
-            raise ProviderError(f"no connection within {timeout:.3g} s") from None
-        except socket.gaierror as e:
-            raise ProviderError(f"cannot resolve {host} ({e.strerror or e})") from None
-        except ssl.SSLError as e:
-            raise ProviderError(f"TLS error ({e.reason or e})") from None
-        except OSError as e:
-            raise ProviderError(e.strerror or str(e)) from None
-        deadline = time.monotonic() + timeout
-        sock = conn.sock  # kept: http.client hands it to the response (and forgets it) on a closing answer
-        assert sock is not None
-        try:
-            conn.request("GET", path, headers={"User-Agent": USER_AGENT, "Accept": "text/plain"})
-            response = conn.getresponse()
-            body = b""
-            while len(body) <= MAX_ANSWER:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                sock.settimeout(remaining)
-                chunk = response.read1(MAX_ANSWER + 1 - len(body))
-                if not chunk:
-                    break
-                body += chunk
-        except TimeoutError:
-            raise ProviderError(f"no answer within {timeout:.3g} s") from None
-        except (OSError, http.client.HTTPException) as e:
-            raise ProviderError(f"bad HTTP answer ({type(e).__name__})") from None
-    finally:
-        conn.close()
-    if response.status == 429:
-        raise ProviderError("429 Too Many Requests", _retry_after(response.getheader("Retry-After")))
-    if response.status != 200:
-        raise ProviderError(f"HTTP {response.status} {response.reason}")
-    return _address(body)
+        answer = httpclient.get(
+            url, timeout=timeout, max_bytes=MAX_ANSWER, headers={"User-Agent": USER_AGENT, "Accept": "text/plain"}
+        )
+    except httpclient.HttpError as e:
+        raise ProviderError(e.reason) from None
+    if answer.status == 429:
+        raise ProviderError("429 Too Many Requests", _retry_after(answer.headers.get("Retry-After")))
+    if answer.status != 200:
+        raise ProviderError(f"HTTP {answer.status} {answer.reason}")
+    if answer.truncated:
+        raise ProviderError(f"answer longer than {MAX_ANSWER} bytes: not a bare address (an HTML page?)")
+    return _address(answer.body)
 
 
 def _address(body: bytes) -> str:
-    if len(body) > MAX_ANSWER:
-        raise ProviderError(f"answer longer than {MAX_ANSWER} bytes: not a bare address (an HTML page?)")
     text = body.decode("ascii", "replace").strip()
     try:
         addr = ipaddress.ip_address(text)
@@ -121,9 +83,11 @@ def _address(body: bytes) -> str:
 
 
 @dataclass(slots=True)
-class _Backoff:
-    until: float = 0.0  # time.monotonic()
-    strikes: int = 0
+class _Provider:
+    """A provider's 429 backoff: left alone until ``until`` (monotonic), each further 429 doubling the wait."""
+
+    backoff: Backoff
+    until: float = 0.0
 
 
 class PublicIpChecker:
@@ -134,7 +98,7 @@ class PublicIpChecker:
         self.cfg = cfg
         self.state_file = state_file
         self.persist = persist
-        self._backoff: dict[str, _Backoff] = {}
+        self._providers: dict[str, _Provider] = {}
         self.last_address = self._load()
 
     def _load(self) -> str | None:
@@ -165,7 +129,7 @@ class PublicIpChecker:
         attempts: list[dict[str, str]] = []
         for url in providers:
             now = time.monotonic()
-            state = self._backoff.setdefault(url, _Backoff())
+            state = self._providers.setdefault(url, _Provider(Backoff(self.cfg.backoff, MAX_BACKOFF)))
             if state.until > now:
                 attempts.append({"provider": url, "error": f"backing off after 429 ({state.until - now:.0f} s left)"})
                 continue
@@ -177,12 +141,11 @@ class PublicIpChecker:
             except ProviderError as e:
                 attempts.append({"provider": url, "error": str(e)})
                 if e.retry_after is not None:
-                    state.strikes += 1
-                    wait = min(MAX_BACKOFF, max(self.cfg.backoff * 2 ** (state.strikes - 1), e.retry_after))
+                    wait = min(MAX_BACKOFF, max(state.backoff.next(), e.retry_after))
                     state.until = time.monotonic() + wait
                     _LOG.info("public IP: %s answered 429, left alone for %.0f s", url, wait)
                 continue
-            state.strikes = 0
+            state.backoff.reset()
             return [self._found(address, url, attempts, time.monotonic() - start)]
         reasons = "; ".join(f"{urlsplit(a['provider']).netloc}: {a['error']}" for a in attempts) or "no provider"
         return [

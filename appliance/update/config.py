@@ -1,6 +1,6 @@
 """The ``[update]`` section of ``teleinfo.toml``: where updates come from and how long they may take.
 
-Registered in :class:`appliance.config.Config` like every other section, built with the same schema helpers, so
+Registered in :class:`appliance.schema.Config` like every other section, built with the same schema helpers, so
 ``check-config`` validates it and ``print-example-config`` documents it.  Trust never comes from here: the keys a
 bundle must be signed with are files root installs (``/etc/teleinfo/update-keys``), not configuration.
 """

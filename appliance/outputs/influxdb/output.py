@@ -48,11 +48,11 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from appliance.checks.results import to_lines
-from appliance.config import InfluxConfig
 from appliance.errors import ApplianceError, error_reason
 from appliance.lineproto import frame_to_lines
 from appliance.metrics import sample_lines
 from appliance.outputs.base import PartialDelivery, Rejected
+from appliance.outputs.influxdb.config import InfluxConfig
 from appliance.records import CHECK, HEALTH, TARIFF, CheckRun, HealthSample, Record, TariffRecord
 from appliance.tariff.lines import tariff_lines
 from appliance.tic import Frame

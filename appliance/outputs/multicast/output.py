@@ -45,9 +45,9 @@ import threading
 import time
 from typing import Final
 
-from appliance.config import MulticastConfig
 from appliance.lineproto import MAX_DATAGRAM, frame_to_lines, pack_datagrams
 from appliance.outputs.multicast.addressing import check_group, interface_request
+from appliance.outputs.multicast.config import MulticastConfig
 from appliance.outputs.multicast.parts import split_json
 from appliance.tic import Frame
 

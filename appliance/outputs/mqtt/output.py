@@ -37,9 +37,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.reasoncodes import ReasonCode
 
 from appliance import ha
-from appliance.config import MqttConfig
 from appliance.errors import ApplianceError, error_reason
 from appliance.outputs.base import PartialDelivery
+from appliance.outputs.mqtt.config import MqttConfig
 from appliance.records import CHECK, TARIFF, CheckRun, Record, TariffRecord
 from appliance.tariff.lines import record_periods
 from appliance.tic import Frame
@@ -89,7 +89,7 @@ class _Connection:
 class MqttOutput:
     """Publishes frames to an MQTT broker (3.1.1 or 5, optionally TLS), with Home Assistant discovery.
 
-    >>> from appliance.config import MqttConfig
+    >>> from appliance.outputs.mqtt.config import MqttConfig
     >>> out = MqttOutput(MqttConfig(base_topic="home/linky", client_id="pi"))
     >>> out.availability_topic
     'home/linky/bridge/pi/status'

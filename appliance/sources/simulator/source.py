@@ -9,8 +9,8 @@ from __future__ import annotations
 import threading
 from datetime import datetime
 
-from appliance.config import SimulatorConfig
 from appliance.simulator import PARIS, ErrorInjector, MeterSimulator, SimulatedStream
+from appliance.sources.simulator.config import SimulatorConfig
 from appliance.stats import Stats
 
 __all__ = ["SimulatedSource"]

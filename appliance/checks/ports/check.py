@@ -17,8 +17,8 @@ import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 
+from appliance.checks.ports.config import PortsCheckConfig, PortsTargetConfig
 from appliance.checks.results import ERROR, OK, PROBLEM, CheckResult
-from appliance.config import PortsCheckConfig, PortsTargetConfig
 from appliance.errors import ApplianceError
 
 __all__ = ["PortsCheck", "ScanError", "ScanReport", "check_target", "nmap_args", "parse_nmap_xml", "port_list", "scan"]

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from appliance.checks.ports import MAX_OUTPUT, ScanError, ScanReport, nmap_args, parse_nmap_xml, port_list, scan
+from appliance.checks.config import ChecksConfig
+from appliance.checks.peers.config import PeerConfig
+from appliance.checks.ports.check import MAX_OUTPUT, ScanError, ScanReport, nmap_args, parse_nmap_xml, port_list, scan
 from appliance.checks.results import ERROR, OK, PROBLEM, CheckResult
-from appliance.config import ChecksConfig, Config, PeerConfig
 from appliance.errors import ApplianceError
+from appliance.schema import Config
 
 if TYPE_CHECKING:
     import paramiko
