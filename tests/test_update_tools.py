@@ -88,7 +88,8 @@ def test_update_section_of_status_follows_the_files(tmp_path: Path) -> None:
     os.symlink("releases/0.1.0-image", paths.current)
     reporter = UpdateReporter(stats, tmp_path, poll=0.05).start()
     try:
-        assert stats.snapshot().sections["update"] == {"release": "0.1.0-image", "reboot_required": False, "reboot_reasons": []}
+        expected = {"release": "0.1.0-image", "reboot_required": False, "reboot_reasons": []}
+        assert stats.snapshot().sections["update"] == expected
         write_json(paths.transaction, {"phase": "trial", "to": "0.2.0-abc"})
         deadline = time.monotonic() + 5
         while stats.snapshot().sections["update"].get("last_update") != {"phase": "trial", "to": "0.2.0-abc"}:
