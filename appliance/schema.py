@@ -22,6 +22,7 @@ from appliance.logs import LoggingConfig
 from appliance.outputs.config import OutputsConfig
 from appliance.sources.serial.config import SourceConfig
 from appliance.sync.config import SyncConfig
+from appliance.tariff.config import TariffConfig
 from appliance.update.config import UpdateConfig
 
 __all__ = ["TEMPO_COLOURS", "UART_PINS", "Config", "GpioConfig", "GpioOutputConfig", "StateConfig"]
@@ -143,6 +144,7 @@ class Config:
     logging: LoggingConfig = section(LoggingConfig)
     checks: ChecksConfig = section(ChecksConfig)
     gpio: GpioConfig = section(GpioConfig)
+    tariff: TariffConfig = section(TariffConfig)
     journal: JournalConfig = section(JournalConfig)
     sync: SyncConfig = section(SyncConfig)
     update: UpdateConfig = section(UpdateConfig)

@@ -40,10 +40,10 @@ from datetime import date, datetime, time, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
+from appliance.tariff.config import TariffConfig
 from appliance.tariff.meter import FALLBACK_VA, MeterReading, read_meter
 from appliance.tariff.periods import CONTRACT_PERIODS, UNATTRIBUTED, is_off_peak
 from appliance.tariff.pricebook import Price, PriceBook
-from appliance.tariff.settings import TariffConfig
 
 __all__ = ["STATE_VERSION", "Counters", "TariffEngine"]
 
@@ -82,7 +82,7 @@ def _r6(x: float) -> float:
 class TariffEngine:
     """Feed it frames (or readings) in order; ask it for records.
 
-    >>> from appliance.tariff.settings import parse_tariff
+    >>> from appliance.tariff.config import parse_tariff
     >>> from zoneinfo import ZoneInfo
     >>> eng = TariffEngine(parse_tariff({"prices": [{"since": "2026-01-01", "base": 0.2}]}))
     >>> t = datetime(2026, 3, 2, 12, 0, tzinfo=ZoneInfo("Europe/Paris"))

@@ -25,9 +25,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from appliance.tariff.config import TariffConfig
 from appliance.tariff.engine import TariffEngine
 from appliance.tariff.meter import MeterReading
-from appliance.tariff.settings import TariffConfig
 
 __all__ = ["MAX_STATE_BYTES", "TariffKeeper", "TariffStore", "atomic_write"]
 
