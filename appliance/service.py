@@ -22,6 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from appliance.clock import ClockGate
 from appliance.config import ConfigError
 from appliance.console import LiveView
 from appliance.control import ControlServer
@@ -37,6 +38,7 @@ from appliance.schema import Config
 from appliance.sources import Source, build_source
 from appliance.stats import Stats
 from appliance.systemd import Notifier
+from appliance.tariff.feed import STATE_FILE, TariffFeed
 from appliance.tic import Frame
 from appliance.update.reboot import start_reporter
 
@@ -62,8 +64,9 @@ def build_workers(cfg: Config, stats: Stats) -> list[OutputWorker]:
         o = plugin.options(settings)
         spool = None if o.spool_max_bytes is None else Spool(spools / plugin.name, max_bytes=o.spool_max_bytes)
         output = plugin.build(settings)
+        sizes = {**lanes, **o.lane_sizes}
         workers.append(
-            OutputWorker(output, stats, queue_size=o.queue_size, spool=spool, batch_size=o.batch_size, lane_sizes=lanes)
+            OutputWorker(output, stats, queue_size=o.queue_size, spool=spool, batch_size=o.batch_size, lane_sizes=sizes)
         )
     return workers
 
@@ -117,6 +120,7 @@ class Service:
         self.gpio: GpioController | None = None
         self.sampler: HealthSampler | None = None  # the appliance's counters, as records (appliance.metrics)
         self.journal: Journal | None = None
+        self.tariff: TariffFeed | None = None  # energy and costs per period (appliance.tariff.feed)
 
     # --- control -----------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -236,6 +240,24 @@ class Service:
             self.journal.close()
             self.journal = None
 
+    def _start_tariff(self) -> None:
+        """The cost engine on ``<state.directory>/tariff.json``; on the simulator in memory only, and without the
+        wait for a synchronised clock: the simulated meter's ledger is not a household's, and it is its own clock."""
+        cfg = self.cfg
+        if not cfg.tariff.enabled:
+            self.stats.remove_extra("tariff")
+            return
+        simulator = cfg.source.kind == "simulator"
+        path = None if simulator else Path(cfg.state.directory) / STATE_FILE
+        gate = ClockGate(require_sync=cfg.tariff.wait_for_clock_sync and not simulator)
+        self.tariff = TariffFeed(cfg.tariff, path, self.publish, gate=gate, stats=self.stats)
+
+    def _stop_tariff(self) -> None:
+        """The last save of the ledger (a clean stop, or a reload that changes it)."""
+        if self.tariff is not None:
+            self.tariff.close()
+            self.tariff = None
+
     def _stop_outputs(self, timeout: float) -> None:
         if self.sampler is not None:
             self.sampler.stop(min(timeout, 1.0))
@@ -255,6 +277,7 @@ class Service:
             self._stop_gpio()
             return 1
         self._start_outputs()
+        self._start_tariff()
         self._start_checks()
         self._start_journal()
         updates = start_reporter(self.stats)  # /status: the running release, pending reboots (appliance.update)
@@ -290,6 +313,7 @@ class Service:
             self._stop_gpio()
             self._stop_checks()
             self._stop_journal()
+            self._stop_tariff()
             self._stop_outputs(STOP_TIMEOUT)
             self._stop_servers(0.5)
             _LOG.info("stopped: %s", self.summary())
@@ -308,6 +332,8 @@ class Service:
         for frame in self.reader.feed(data, now):
             if frame.meter is not None and self.fanout is not None:
                 self.fanout.submit(frame)
+            if self.tariff is not None:
+                self.tariff.on_frame(frame)
             if self.control is not None:
                 self.control.on_frame(frame)
             for fn in self._frame_listeners:
@@ -359,6 +385,9 @@ class Service:
             assert self.source is not None
             self.source.close()
             self._open_source()
+        if (new.tariff, new.state, new.source.kind) != (old.tariff, old.state, old.source.kind):
+            self._stop_tariff()  # saved, then read back by the new one: the ledger goes on under the new prices
+            self._start_tariff()
         if (new.journal, new.source, new.state) != (old.journal, old.source, old.state):
             self._stop_journal()  # a new decoder or directory: a new journal session, so replay starts afresh too
             self._start_journal()

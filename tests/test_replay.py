@@ -103,6 +103,7 @@ def live_config(tmp_path: Path, url: str) -> Config:
         control=replace(cfg.control, enabled=False),
         state=replace(cfg.state, directory=str(tmp_path / "state")),
         journal=JournalConfig(enabled=True, flush_interval=0.2, flush_kb=16),
+        tariff=replace(cfg.tariff, enabled=False),  # replay backfills the frames' points, not the tariff's
     )
 
 

@@ -283,6 +283,11 @@ class TariffEngine:
         """The TIC mode of the last reading."""
         return self._mode
 
+    @property
+    def contract(self) -> str | None:
+        """The contract: configured, else the last one a reading named."""
+        return self._contract
+
     def _midnight(self, day: date) -> datetime:
         """The local midnight that starts ``day`` (DST-aware: days of 23 and 25 hours)."""
         return datetime.combine(day, time(), tzinfo=self.tz)
