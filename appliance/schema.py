@@ -24,6 +24,7 @@ from appliance.sources.serial.config import SourceConfig
 from appliance.sync.config import SyncConfig
 from appliance.tariff.config import TariffConfig
 from appliance.update.config import UpdateConfig
+from appliance.web.config import WebConfig
 
 __all__ = ["TEMPO_COLOURS", "UART_PINS", "Config", "GpioConfig", "GpioOutputConfig", "StateConfig"]
 
@@ -140,6 +141,7 @@ class Config:
     outputs: OutputsConfig = section(OutputsConfig)
     health: HealthConfig = section(HealthConfig)
     control: ControlConfig = section(ControlConfig)
+    web: WebConfig = section(WebConfig)
     state: StateConfig = section(StateConfig)
     logging: LoggingConfig = section(LoggingConfig)
     checks: ChecksConfig = section(ChecksConfig)

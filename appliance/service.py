@@ -21,6 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from appliance.clock import ClockGate
 from appliance.config import ConfigError
@@ -41,6 +42,8 @@ from appliance.systemd import Notifier
 from appliance.tariff.feed import STATE_FILE, TariffFeed
 from appliance.tic import Frame
 from appliance.update.reboot import start_reporter
+from appliance.web.feed import LiveFeed
+from appliance.web.server import WebServer
 
 if TYPE_CHECKING:
     from appliance.checks.scheduler import CheckScheduler
@@ -75,7 +78,7 @@ def simulated(cfg: Config) -> Config:
     """``--simulate``: the built-in meter, and multicast kept on loopback unless an interface was configured.
 
     The demo must never put a packet on a real interface nor listen on one (the README's main command runs it on
-    any machine), so the health and control sockets are bound to loopback too.
+    any machine), so the health and control sockets and the live page are bound to loopback too.
     """
     m = cfg.outputs.multicast
     outputs = replace(cfg.outputs, multicast=replace(m, interface=m.interface or "127.0.0.1"))
@@ -85,6 +88,7 @@ def simulated(cfg: Config) -> Config:
         outputs=outputs,
         health=replace(cfg.health, bind="127.0.0.1"),
         control=replace(cfg.control, bind="127.0.0.1"),
+        web=replace(cfg.web, bind="127.0.0.1"),
         checks=replace(cfg.checks, enabled=False),  # the demo never scans nor calls a public-IP service
     )
 
@@ -116,6 +120,8 @@ class Service:
         self.fanout: Fanout | None = None
         self.health: HealthServer | None = None
         self.control: ControlServer | None = None
+        self.web: WebServer | None = None
+        self.live: LiveFeed | None = None  # what the live page shows (appliance.web.feed); kept across reloads
         self.checks: CheckScheduler | None = None
         self.gpio: GpioController | None = None
         self.sampler: HealthSampler | None = None  # the appliance's counters, as records (appliance.metrics)
@@ -165,7 +171,7 @@ class Service:
             fanout.publish(record)
 
     def _start_servers(self) -> None:
-        """The health and control sockets; a port already in use is a startup error (raised)."""
+        """The health and control sockets and the live page; a port already in use is a startup error (raised)."""
         if self.cfg.health.enabled:
             self.health = HealthServer(self.cfg.health, self.stats)
             self.health.start()
@@ -177,12 +183,20 @@ class Service:
             if self.gpio is not None:
                 self.gpio.register(self.control)
             self.control.start()
+        if self.cfg.web.enabled:
+            if self.live is None:
+                self.live = LiveFeed(ZoneInfo(self.cfg.tariff.timezone), self.tariff)
+            self.web = WebServer(self.cfg.web, self.live, self.stats, self.cfg.health)
+            self.web.start()
+        else:
+            self.live = None  # disabled: its history too
+            self.stats.remove_extra("web")
 
     def _stop_servers(self, timeout: float) -> None:
-        for server in (self.control, self.health):
+        for server in (self.web, self.control, self.health):
             if server is not None:
                 server.stop(timeout)
-        self.health = self.control = None
+        self.health = self.control = self.web = None
 
     def _start_gpio(self) -> None:
         """The status LED and the relays; with gpio disabled nothing GPIO-related is even imported."""
@@ -251,12 +265,17 @@ class Service:
         path = None if simulator else Path(cfg.state.directory) / STATE_FILE
         gate = ClockGate(require_sync=cfg.tariff.wait_for_clock_sync and not simulator)
         self.tariff = TariffFeed(cfg.tariff, path, self.publish, gate=gate, stats=self.stats)
+        if self.live is not None:
+            self.live.tariff = self.tariff
 
     def _stop_tariff(self) -> None:
         """The last save of the ledger (a clean stop, or a reload that changes it)."""
         if self.tariff is not None:
             self.tariff.close()
             self.tariff = None
+        if self.live is not None:
+            self.live.tariff = None
+            self.live.clear_tariff()
 
     def _stop_outputs(self, timeout: float) -> None:
         if self.sampler is not None:
@@ -334,6 +353,8 @@ class Service:
                 self.fanout.submit(frame)
             if self.tariff is not None:
                 self.tariff.on_frame(frame)
+            if self.web is not None and self.live is not None:
+                self.live.on_frame(frame)
             if self.control is not None:
                 self.control.on_frame(frame)
             for fn in self._frame_listeners:
@@ -372,7 +393,7 @@ class Service:
         if new.gpio != old.gpio:  # the control socket restarts too: its gpio commands name the new outputs
             self._stop_gpio()
             self._start_gpio()
-        if (new.health, new.control, new.gpio) != (old.health, old.control, old.gpio):
+        if (new.health, new.control, new.gpio, new.web) != (old.health, old.control, old.gpio, old.web):
             self._stop_servers(1.0)
             try:
                 self._start_servers()

@@ -214,6 +214,7 @@ class Appliance:
             f'[source]\ndevice = "{self.pty.path}"\nmode = "historique"\n'
             "[outputs.multicast]\nenabled = false\n"
             f'[health]\nbind = "127.0.0.1"\nport = {self.health}\n[control]\nenabled = false\n'
+            "[web]\nenabled = false\n"
             f'[state]\ndirectory = "{self.state}"\n'
             f"[tariff]\nsave_interval = 60\n{extra}\n"
             f"[[tariff.prices]]\nsince = 2024-01-01\nbase = {price}\n"

@@ -1,7 +1,7 @@
 """The live page's data contract (docs/WEB.md): the JSON snapshot and the Server-Sent Events payloads.
 
-Pure builders, shared by whatever serves the page (the test's tiny server now, the appliance's web server in
-phase 2), so the two can never disagree on a field.  Nothing personal leaves through them: no meter address, no
+Pure builders, shared by whatever serves the page (the appliance's web server, appliance/web/server.py, and the
+tests' stand-in), so the two can never disagree on a field.  Nothing personal leaves through them: no meter address, no
 PRM (the same rule as the health socket's).
 """
 
@@ -72,7 +72,9 @@ def frame_payload(
 def status_payload(uptime_s: float, health: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
     """The ``status`` event: version, uptime, health, and the outputs and self-checks at a glance.
 
-    ``health`` is ``{"state": "up"|"drain"|"down", "line": ...}``; ``stats`` a :meth:`StatsSnapshot.to_json`.
+    ``health`` is ``{"state": "up"|"drain"|"down", "line": ...}``; ``stats`` a :meth:`StatsSnapshot.to_json`
+    (redacted: :func:`appliance.health.public_snapshot`).  ``tariff`` is the tariff engine's state word
+    (``waiting_for_clock``...) when it runs, else None.
     """
     outputs = {
         str(name): {"state": o.get("state"), "last_error": o.get("last_error")}
@@ -87,12 +89,14 @@ def status_payload(uptime_s: float, health: Mapping[str, Any], stats: Mapping[st
             "status": checks_in.get("status"),
             "last": {str(k): {"status": v.get("status"), "at": v.get("at")} for k, v in dict(last).items()},
         }
+    tariff_in = stats.get("tariff")
     return {
         "version": __version__,
         "uptime_s": round(uptime_s, 1),
         "health": {"state": health.get("state"), "line": health.get("line")},
         "outputs": outputs,
         "checks": checks,
+        "tariff": {"state": tariff_in.get("state")} if isinstance(tariff_in, Mapping) else None,
     }
 
 
@@ -101,15 +105,20 @@ def snapshot_payload(
     *,
     frame: Mapping[str, Any] | None,
     frame_age_s: float | None,
-    tariff: TariffEngine | None,
+    tariff: TariffEngine | Mapping[str, Any] | None,
     history: PowerHistory,
     status: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """``GET /api/snapshot``: everything the page shows, at once (first load, and after a reconnection)."""
+    """``GET /api/snapshot``: everything the page shows, at once (first load, and after a reconnection).
+
+    ``tariff`` is the engine (its snapshot now) or a snapshot it made (the server's thread never touches the
+    engine, which belongs to the reader's)."""
+    if isinstance(tariff, TariffEngine):
+        tariff = tariff.snapshot(now)
     return {
         "now": now.isoformat(timespec="seconds"),
         "frame": None if frame is None else {**frame, "age_s": None if frame_age_s is None else round(frame_age_s, 1)},
-        "tariff": None if tariff is None else tariff.snapshot(now),
+        "tariff": None if tariff is None else dict(tariff),
         "history": history.to_json(now.timestamp()),
         "status": dict(status),
     }

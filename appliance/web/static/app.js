@@ -16,6 +16,7 @@ const TEXT = {
     ago: "il y a {s} s", default_prices: "Prix par défaut : tarif réglementé (tarif bleu) du {d}.",
     default_old: "Prix par défaut du {d}, antérieurs au tarif en vigueur : configurez vos prix.",
     no_price: "Pas de prix pour cette période : configurez [tariff].", health: "État",
+    clock_wait: "Coûts en attente de l’heure exacte (NTP) : l’énergie sera comptée dès qu’elle sera connue.",
     outputs: "Sorties", checks: "Autocontrôles", none: "aucune", unknown: "inconnu",
     blue: "bleu", white: "blanc", red: "rouge", not_announced: "pas encore annoncé",
     kwh: "kWh", no_data: "Pas encore de données.",
@@ -42,6 +43,7 @@ const TEXT = {
     ago: "{s} s ago", default_prices: "Default prices: French regulated tariff (tarif bleu) of {d}.",
     default_old: "Default prices of {d}, older than the tariff in force: configure your prices.",
     no_price: "No price for this period: configure [tariff].", health: "Health",
+    clock_wait: "Costs wait for the exact time (NTP): the energy is counted as soon as it is known.",
     outputs: "Outputs", checks: "Self-checks", none: "none", unknown: "unknown",
     blue: "blue", white: "white", red: "red", not_announced: "not announced yet",
     kwh: "kWh", no_data: "No data yet.",
@@ -259,6 +261,9 @@ function renderStatus(status) {
   items.push(el("li", {}, el("span", {}, T.checks),
     el("span", { class: "dot", "data-state": (checks && checks.status) || "" }, checks ? stateText(checks.status) : T.none)));
   $("status").replaceChildren(...items);
+  const waiting = !!(status.tariff && status.tariff.state === "waiting_for_clock");
+  $("tariff-note").hidden = !waiting;
+  $("tariff-note").textContent = waiting ? T.clock_wait : "";
   $("version").textContent = status.version || "—";
   renderUptime();
 }
