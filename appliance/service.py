@@ -266,7 +266,8 @@ class Service:
         gate = ClockGate(require_sync=cfg.tariff.wait_for_clock_sync and not simulator)
         self.tariff = TariffFeed(cfg.tariff, path, self.publish, gate=gate, stats=self.stats)
         if self.live is not None:
-            self.live.tariff = self.tariff
+            self.live.tz = ZoneInfo(cfg.tariff.timezone)
+            self.live.attach(self.tariff)
 
     def _stop_tariff(self) -> None:
         """The last save of the ledger (a clean stop, or a reload that changes it)."""
@@ -274,8 +275,7 @@ class Service:
             self.tariff.close()
             self.tariff = None
         if self.live is not None:
-            self.live.tariff = None
-            self.live.clear_tariff()
+            self.live.attach(None)
 
     def _stop_outputs(self, timeout: float) -> None:
         if self.sampler is not None:

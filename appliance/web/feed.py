@@ -38,7 +38,7 @@ class LiveFeed:
 
     def __init__(self, tz: ZoneInfo, tariff: TariffFeed | None = None) -> None:
         self.tz = tz
-        self.tariff = tariff
+        self.tariff: TariffFeed | None = None
         self.history = PowerHistory()
         self.notify: Callable[[], None] = lambda: None  # the server's wake()
         self.events_dropped = 0
@@ -49,6 +49,16 @@ class LiveFeed:
         self._tariff: Mapping[str, Any] | None = None
         self._tariff_mono = float("-inf")
         self._record: TariffRecord | None = None
+        self.attach(tariff)
+
+    def attach(self, tariff: TariffFeed | None) -> None:
+        """Show ``tariff``'s costs (None: no costs), from now on: the ledger it restored is on the page before
+        the first frame.  Called from the reader's thread, like :meth:`on_frame`."""
+        snapshot = None if tariff is None else tariff.engine.snapshot(datetime.now(self.tz))
+        with self._lock:
+            self.tariff = tariff
+            self._tariff, self._record = snapshot, None
+            self._tariff_mono = time.monotonic() if snapshot is not None else float("-inf")
 
     # --- the reader's thread -----------------------------------------------------------------------------
     def on_frame(self, frame: Frame) -> None:
@@ -91,13 +101,6 @@ class LiveFeed:
             self._tariff_mono = now  # unchanged (a silent meter, nothing counted): no event
             return None
         return snapshot
-
-    def clear_tariff(self) -> None:
-        """[tariff] was disabled (a reload): the page's costs go with it."""
-        with self._lock:
-            self._tariff = None
-            self._record = None
-            self._tariff_mono = float("-inf")
 
     def _push(self, events: list[bytes]) -> None:
         with self._lock:
