@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import socket
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +33,8 @@ from appliance.web.feed import LiveFeed
 from appliance.web.server import SUBSCRIBER_BUFFER, WebServer, parse_request
 
 from .meterframes import METER, historique_frame
-from .util import wait_until
+from .test_service import Proc, clean_env
+from .util import free_port, wait_until
 
 
 class Page:
@@ -333,3 +338,41 @@ def test_nothing_on_the_page_changes_the_appliance(page: Page) -> None:
                 except TimeoutError:
                     pass
     assert (page.tariff.engine.to_state(), page.tariff.counted, page.stats.frames) == before
+
+
+# --- in the service ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_the_service_serves_the_page_and_a_reload_moves_it(tmp_path: Path) -> None:
+    """``teleinfo run --simulate``: the page on loopback at the configured port, its address in the log; SIGHUP with
+    another port moves it there and keeps the power history (it lives in the service, not in the server)."""
+    first, second = free_port(), free_port()
+    config = tmp_path / "teleinfo.toml"
+    base = "[outputs.multicast]\nenabled = false\n[health]\nenabled = false\n[control]\nenabled = false\n"
+    config.write_text(base + f"[web]\nport = {first}\n")
+    argv = [sys.executable, "-m", "appliance", "run", "--simulate", "--config", str(config), "--no-view"]
+    svc = Proc(argv, clean_env())
+    try:
+        svc.wait_log(f"live page on http://127.0.0.1:{first}/")
+
+        def snapshot(port: int) -> dict[str, Any]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/snapshot", timeout=5) as r:
+                return dict(json.load(r))
+
+        wait_until(lambda: snapshot(first)["frame"] is not None and snapshot(first)["history"]["points"], 15)
+        before = snapshot(first)["history"]["points"]
+        assert snapshot(first)["status"]["tariff"] == {"state": "counting"}  # the simulator is its own clock
+        config.write_text(base + f"[web]\nport = {second}\n")
+        svc.send(signal.SIGHUP)
+        svc.wait_log("configuration reloaded")
+        svc.wait_log(f"live page on http://127.0.0.1:{second}/")
+        after = snapshot(second)["history"]["points"]
+        assert after[0] == before[0] or after[0][0] == before[0][0]  # the same history, its first minute kept
+        with pytest.raises(OSError):
+            snapshot(first)
+        assert svc.stop() == 0
+    finally:
+        svc.kill()
+    assert not svc.lines("Traceback") and not svc.lines("ERROR"), svc.log()

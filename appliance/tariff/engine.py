@@ -299,9 +299,13 @@ class TariffEngine:
 
     def current_price(self, at: datetime) -> Price | None:
         """The price per kWh of the period the meter said last, on the local day of ``at``."""
-        if self.live is None or self.live.period is None:
+        return self.price_at(self.live.period if self.live is not None else None, at)
+
+    def price_at(self, period: str | None, at: datetime) -> Price | None:
+        """The price per kWh of ``period`` on the local day of ``at``; None when nothing prices it."""
+        if period is None:
             return None
-        return self._price(at.astimezone(self.tz).date(), self.live.period)
+        return self._price(at.astimezone(self.tz).date(), period)
 
     def tempo(self) -> dict[str, Any] | None:
         """The Tempo colours the meter gave last: ``{"day", "today", "tomorrow"}`` (colours or None)."""

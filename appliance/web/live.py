@@ -54,17 +54,21 @@ def _phases(mode: str, values: Mapping[str, object]) -> list[dict[str, Any]]:
 def frame_payload(
     mode: str, values: Mapping[str, object], at: datetime, tariff: TariffEngine | None = None
 ) -> dict[str, Any]:
-    """The ``frame`` event: what the page shows of one frame, with the tariff period and price it implies."""
-    price = tariff.current_price(at) if tariff is not None else None
-    live = tariff.live if tariff is not None else None
+    """The ``frame`` event: what the page shows of one frame, with the tariff period and price it implies.
+
+    The period is the frame's own (PTEC, NTARF through the calendar), read without counting anything, so the page
+    shows it even while the engine waits for the clock."""
+    reading = tariff.read(mode, values) if tariff is not None else None
+    period = reading.period if reading is not None else None
+    price = tariff.price_at(period, at) if tariff is not None else None
     return {
         "at": at.isoformat(timespec="seconds"),
         "mode": mode,
         "power_va": power_of(mode, values),
         "injected_va": _int(values, "SINSTI"),
         "phases": _phases(mode, values),
-        "period": live.period if live else None,
-        "period_label": live.period_label if live else None,
+        "period": period,
+        "period_label": reading.period_label if reading is not None else None,
         "price": None if price is None else price.to_json(),
     }
 
