@@ -182,7 +182,8 @@ class WebServer(SelectorServer[_Conn]):
         super().start()
         assert self.address is not None
         self.feed.notify = self.wake
-        _LOG.info("live page on http://%s:%d/", *self.address)
+        host, port = self.address
+        _LOG.info("live page on http://%s:%d/", f"[{host}]" if ":" in host else host, port)
         self._report(time.monotonic())
 
     def stop(self, timeout: float = 1.0) -> bool:
