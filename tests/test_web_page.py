@@ -472,6 +472,8 @@ def test_the_service_page_follows_the_meter_and_shows_its_costs(
         assert driver.text("#period") == "Heures creuses"
         assert normalise(driver.text("#price")) == fr_decimal(Decimal(repr(HC)), 4) + "€/kWh"
         assert not driver.visible("#banner")
+        points = "return Number(document.getElementById('chart').dataset.points)"
+        wait_until(lambda: int(driver.execute(points)) >= 1, timeout=6)  # the minute in progress, from the frames
 
         # The costs: the service's, shown, equal those computed here from the same frames.
         service.keep_sending(760)
