@@ -77,6 +77,7 @@ const RECONNECT_MS = 2000;
 const state = {
   snapshot: null, frame: null, frameClock: 0, history: { bucket_s: 60, points: [] },
   status: null, statusClock: 0, connected: false, everLost: false, source: null, liveCount: 0, chartDrawn: 0,
+  chartTimer: 0,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -173,7 +174,10 @@ function chartFrame(frame) {
     points.push([bucket, v, v, v]);
     state.liveCount = 1;
   }
-  if (Date.now() - state.chartDrawn >= 5000) renderChart();
+  if (!state.chartTimer) {  // redrawn at most every 5 s: 1440 points are not worth redrawing on every frame
+    const wait = Math.max(0, 5000 - (Date.now() - state.chartDrawn));
+    state.chartTimer = setTimeout(() => { state.chartTimer = 0; renderChart(); }, wait);
+  }
 }
 
 function renderAge() {
