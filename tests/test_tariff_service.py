@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from appliance.clock import TIME_ERROR, ClockGate, kernel_clock_state
+from appliance.clock import ClockGate, clock_synchronised
 from appliance.config import parse_config
 from appliance.records import TARIFF, Record, TariffRecord
 from appliance.service import build_workers
@@ -45,12 +45,12 @@ def decoded(data: bytes, at: float) -> Frame:
     return frame
 
 
-class Kernel:
-    def __init__(self, state: int) -> None:
-        self.state = state
+class Clock:
+    def __init__(self, synced: bool | None) -> None:
+        self.synced = synced
 
-    def __call__(self) -> int:
-        return self.state
+    def __call__(self) -> bool | None:
+        return self.synced
 
 
 # --- the feed: the clock rule ----------------------------------------------------------------------------------
@@ -68,17 +68,17 @@ def test_nothing_is_counted_before_the_clock_is_synchronised_and_nothing_is_lost
         before.on_frame(decoded(historique_frame({"BASE": 1_000 + 10 * i}, 500), t0 + i))
     before.close()  # the last save before the power cut
 
-    kernel = Kernel(TIME_ERROR)
+    clock = Clock(False)
     mono = [0.0]
     got: list[Record] = []
     stats = Stats()
-    feed = TariffFeed(cfg, path, got.append, gate=ClockGate(True, kernel, lambda: mono[0]), stats=stats)
+    feed = TariffFeed(cfg, path, got.append, gate=ClockGate(True, clock, lambda: mono[0]), stats=stats)
     for i in range(5):  # stamped with the time the Pi stopped at, hours behind the real one
         feed.on_frame(decoded(historique_frame({"BASE": 1_100 + 10 * i}, 500), t0 + 5 + i))
         mono[0] += 2
     assert (feed.counted, feed.held, got) == (0, 5, [])
     assert stats.snapshot().sections["tariff"]["state"] == "waiting_for_clock"
-    kernel.state = 0  # synchronised: the clock jumped to the real time
+    clock.synced = True  # synchronised: the clock jumped to the real time
     feed.on_frame(decoded(historique_frame({"BASE": 1_300}, 500), t0 + 3 * 3600))
     assert feed.counted == 1 and feed.held == 5
     assert feed.engine.day_energy(date(2026, 3, 2)) == {"base": 300}  # 40 before the cut, 260 since: none lost
@@ -298,11 +298,11 @@ def test_by_default_the_service_waits_for_a_synchronised_clock(tmp_path: Path) -
             sent[0] += 1
             return int(app.status()["tariff"][key]) >= 3
 
-        if kernel_clock_state() == TIME_ERROR:
+        if clock_synchronised() is not True:
             wait_until(lambda: reported("frames_held"), 15, 0.2)
             status = app.status()["tariff"]
             assert status["state"] == "waiting_for_clock" and status["frames_counted"] == 0
-            assert len(svc.lines("tariff: the clock is not synchronised yet")) == 1
+            assert len(svc.lines("energy and costs are counted once it is")) == 1
         else:
             wait_until(lambda: reported("frames_counted"), 15, 0.2)
             assert app.status()["tariff"]["state"] == "counting"

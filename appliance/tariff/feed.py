@@ -87,9 +87,16 @@ class TariffFeed:
             self.held += 1
             if not self._said_waiting:
                 self._said_waiting = changed = True
+                why = (
+                    "the clock is not synchronised yet"
+                    if self.gate.last is False
+                    else "nothing tells whether the clock is synchronised (no systemd-timesyncd flag, adjtimex "
+                    "refused); with another time service, set tariff.wait_for_clock_sync = false"
+                )
                 _LOG.warning(
-                    "tariff: the clock is not synchronised yet; energy and costs are counted once it is "
-                    "(tariff.wait_for_clock_sync; the meter's indexes keep the energy meanwhile)"
+                    "tariff: %s; energy and costs are counted once it is (tariff.wait_for_clock_sync; the meter's "
+                    "indexes keep the energy meanwhile)",
+                    why,
                 )
         else:
             if self._said_waiting:
