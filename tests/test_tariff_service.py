@@ -325,3 +325,37 @@ def test_a_ledger_with_nothing_new_is_not_written_again(tmp_path: Path) -> None:
     again = TariffFeed(parse_tariff({}), path, lambda r: None, gate=ClockGate(False))
     again.close()
     assert again.keeper is not None and again.keeper.store.writes == 0
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_the_service_publishes_its_records_through_the_fan_out(tmp_path: Path) -> None:
+    """``teleinfo run --simulate`` with the InfluxDB output: the tariff records reach VictoriaMetrics through
+    Service.publish and the output's record lane, with the simulated meter's tag and the day's energy."""
+    vm = VictoriaMetrics()
+    vm.start(tmp_path)
+    config = tmp_path / "teleinfo.toml"
+    config.write_text(
+        "[outputs.multicast]\nenabled = false\n"
+        f'[outputs.influxdb]\nenabled = true\nurl = "{vm.url}"\nhealth_interval = 0\n'
+        "[health]\nenabled = false\n[control]\nenabled = false\n[web]\nenabled = false\n"
+        f'[state]\ndirectory = "{tmp_path / "state"}"\n'
+    )
+    argv = [sys.executable, "-m", "appliance", "run", "--simulate", "--config", str(config), "--no-view"]
+    svc = Proc(argv, clean_env())
+    try:
+        svc.wait_log("output influxdb up", 20)
+
+        def points() -> dict[str, Any]:
+            return {s["metric"]["__name__"]: s for s in vm.export('{__name__=~"teleinfo_tariff_.*"}')}
+
+        wait_until(lambda: "teleinfo_tariff_today_wh" in points(), 30, 0.5)
+        series = points()
+        assert series["teleinfo_tariff_today_wh"]["metric"]["meter"].isdigit()  # the simulated meter's address
+        assert "teleinfo_tariff_price" in series  # the built-in regulated BASE price
+        assert svc.stop() == 0
+    finally:
+        svc.kill()
+        vm.stop()
+    assert not (tmp_path / "state" / "tariff.json").exists()  # the simulator's ledger is not a household's
+    assert not svc.lines("Traceback"), svc.log()

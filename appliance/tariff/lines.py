@@ -40,7 +40,7 @@ MAX_LINES_PER_RECORD: Final = 2 + len(PERIODS)
 #: InfluxDB output keeps this many hours of records in memory (its record lane for the tariff kind), so an outage
 #: across midnight keeps the day's closing point.  A longer outage drops the oldest, counted (docs/DATA_FORMAT.md 7).
 OUTAGE_HOURS: Final = 26
-#: That lane, in lines: 26 h x 64 records x 13 lines = 21,632 lines, about 4 MB at most (measured in
+#: That lane, in lines: 26 h x 64 records x 13 lines = 21,632 lines, 4.5 MB at most (measured in
 #: tests/test_tariff_service.py); a Tempo meter's 7-line records fill it in 48 h, a BASE meter's 2-line ones in a week.
 LANE_LINES: Final = OUTAGE_HOURS * RECORDS_PER_HOUR * MAX_LINES_PER_RECORD
 
