@@ -34,7 +34,9 @@ class StateConfig:
     """Files the service keeps (systemd's StateDirectory)."""
 
     directory: str = opt(
-        "/var/lib/teleinfo", "Where the spools of unreachable outputs live (touched only during outages)."
+        "/var/lib/teleinfo",
+        "Where the spools of unreachable outputs live (touched only during outages), and the tariff ledger "
+        "(tariff.json, written at most every tariff.save_interval).",
     )
 
 
