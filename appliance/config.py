@@ -21,6 +21,7 @@ in ``$CREDENTIALS_DIRECTORY``).  A :class:`Secret` prints as ``***`` so it can n
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import ipaddress
 import math
 import os
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_PATH",
     "ConfigError",
+    "IsoDate",
     "Secret",
     "build_section",
     "config_path",
@@ -96,6 +98,16 @@ class Secret:
 
     def __hash__(self) -> int:
         return hash(self._value)
+
+
+class IsoDate(str):
+    """A calendar date written ``YYYY-MM-DD``: a TOML date (``since = 2026-02-01``) or the same text in quotes.
+
+    Kept as its text, so the frozen configuration compares, prints and renders in the example like the file; a
+    field of this type still needs a ``check`` that the text is a real date (``2026-02-30`` is text TOML allows).
+    """
+
+    __slots__ = ()
 
 
 Check = Callable[[Any], str | None]
@@ -222,6 +234,8 @@ def _type_name(t: Any) -> str:
         return " or ".join(repr(a) for a in typing.get_args(t))
     if t is Secret:
         return 'a string, { env = "NAME" } or { file = "/path" }'
+    if t is IsoDate:
+        return "a date YYYY-MM-DD"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(t, str(t))
 
 
@@ -247,6 +261,14 @@ def _convert(t: Any, value: Any, key: str, errors: list[str]) -> Any:
         return [_convert(item, v, f"{key}[{i}]", errors) for i, v in enumerate(value)]
     if t is Secret:
         return _secret(value, key, errors)
+    if t is IsoDate:
+        # TOML dates arrive as datetime.date; a date-time (2026-02-01T00:00:00) is not a date.
+        if isinstance(value, datetime.date) and not isinstance(value, datetime.datetime):
+            return IsoDate(value.isoformat())
+        if isinstance(value, str):
+            return IsoDate(value)
+        errors.append(f"{key}: must be {_type_name(t)} (got {type(value).__name__} {value})")
+        return None
     if t is bool:
         ok = isinstance(value, bool)
     elif t is int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import logging
 import shutil
+import socket
 import time
 from typing import TextIO
 
@@ -26,6 +27,16 @@ class _ViewHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record).splitlines()[0])
+
+
+def _page_line(web: object) -> list[str]:
+    """Where the live page is (the demo's address to open), while its server is up."""
+    if not isinstance(web, dict) or web.get("state") != "up":
+        return []
+    host, _, port = str(web.get("address", "")).rpartition(":")
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - a bind address, not a peer
+        return [f"live page  http://{socket.gethostname()}:{port}/ (every interface)"]
+    return [f"live page  http://{f'[{host}]' if ':' in host else host}:{port}/  (open it in a browser)"]
 
 
 class LiveView:
@@ -69,6 +80,7 @@ class LiveView:
                 )
                 or "none"
             ),
+            *_page_line(s.sections.get("web")),
             "",
         ]
         body: list[str] = []

@@ -21,7 +21,9 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
+from appliance.clock import ClockGate
 from appliance.config import ConfigError
 from appliance.console import LiveView
 from appliance.control import ControlServer
@@ -37,8 +39,11 @@ from appliance.schema import Config
 from appliance.sources import Source, build_source
 from appliance.stats import Stats
 from appliance.systemd import Notifier
+from appliance.tariff.feed import STATE_FILE, TariffFeed
 from appliance.tic import Frame
 from appliance.update.reboot import start_reporter
+from appliance.web.feed import LiveFeed
+from appliance.web.server import WebServer
 
 if TYPE_CHECKING:
     from appliance.checks.scheduler import CheckScheduler
@@ -62,8 +67,9 @@ def build_workers(cfg: Config, stats: Stats) -> list[OutputWorker]:
         o = plugin.options(settings)
         spool = None if o.spool_max_bytes is None else Spool(spools / plugin.name, max_bytes=o.spool_max_bytes)
         output = plugin.build(settings)
+        sizes = {**lanes, **o.lane_sizes}
         workers.append(
-            OutputWorker(output, stats, queue_size=o.queue_size, spool=spool, batch_size=o.batch_size, lane_sizes=lanes)
+            OutputWorker(output, stats, queue_size=o.queue_size, spool=spool, batch_size=o.batch_size, lane_sizes=sizes)
         )
     return workers
 
@@ -72,7 +78,7 @@ def simulated(cfg: Config) -> Config:
     """``--simulate``: the built-in meter, and multicast kept on loopback unless an interface was configured.
 
     The demo must never put a packet on a real interface nor listen on one (the README's main command runs it on
-    any machine), so the health and control sockets are bound to loopback too.
+    any machine), so the health and control sockets and the live page are bound to loopback too.
     """
     m = cfg.outputs.multicast
     outputs = replace(cfg.outputs, multicast=replace(m, interface=m.interface or "127.0.0.1"))
@@ -82,6 +88,7 @@ def simulated(cfg: Config) -> Config:
         outputs=outputs,
         health=replace(cfg.health, bind="127.0.0.1"),
         control=replace(cfg.control, bind="127.0.0.1"),
+        web=replace(cfg.web, bind="127.0.0.1"),
         checks=replace(cfg.checks, enabled=False),  # the demo never scans nor calls a public-IP service
     )
 
@@ -113,10 +120,13 @@ class Service:
         self.fanout: Fanout | None = None
         self.health: HealthServer | None = None
         self.control: ControlServer | None = None
+        self.web: WebServer | None = None
+        self.live: LiveFeed | None = None  # what the live page shows (appliance.web.feed); kept across reloads
         self.checks: CheckScheduler | None = None
         self.gpio: GpioController | None = None
         self.sampler: HealthSampler | None = None  # the appliance's counters, as records (appliance.metrics)
         self.journal: Journal | None = None
+        self.tariff: TariffFeed | None = None  # energy and costs per period (appliance.tariff.feed)
 
     # --- control -----------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -161,7 +171,7 @@ class Service:
             fanout.publish(record)
 
     def _start_servers(self) -> None:
-        """The health and control sockets; a port already in use is a startup error (raised)."""
+        """The health and control sockets and the live page; a port already in use is a startup error (raised)."""
         if self.cfg.health.enabled:
             self.health = HealthServer(self.cfg.health, self.stats)
             self.health.start()
@@ -173,12 +183,20 @@ class Service:
             if self.gpio is not None:
                 self.gpio.register(self.control)
             self.control.start()
+        if self.cfg.web.enabled:
+            if self.live is None:
+                self.live = LiveFeed(ZoneInfo(self.cfg.tariff.timezone), self.tariff)
+            self.web = WebServer(self.cfg.web, self.live, self.stats, self.cfg.health)
+            self.web.start()
+        else:
+            self.live = None  # disabled: its history too
+            self.stats.remove_extra("web")
 
     def _stop_servers(self, timeout: float) -> None:
-        for server in (self.control, self.health):
+        for server in (self.web, self.control, self.health):
             if server is not None:
                 server.stop(timeout)
-        self.health = self.control = None
+        self.health = self.control = self.web = None
 
     def _start_gpio(self) -> None:
         """The status LED and the relays; with gpio disabled nothing GPIO-related is even imported."""
@@ -236,6 +254,29 @@ class Service:
             self.journal.close()
             self.journal = None
 
+    def _start_tariff(self) -> None:
+        """The cost engine on ``<state.directory>/tariff.json``; on the simulator in memory only, and without the
+        wait for a synchronised clock: the simulated meter's ledger is not a household's, and it is its own clock."""
+        cfg = self.cfg
+        if not cfg.tariff.enabled:
+            self.stats.remove_extra("tariff")
+            return
+        simulator = cfg.source.kind == "simulator"
+        path = None if simulator else Path(cfg.state.directory) / STATE_FILE
+        gate = ClockGate(require_sync=cfg.tariff.wait_for_clock_sync and not simulator)
+        self.tariff = TariffFeed(cfg.tariff, path, self.publish, gate=gate, stats=self.stats)
+        if self.live is not None:
+            self.live.tz = ZoneInfo(cfg.tariff.timezone)
+            self.live.attach(self.tariff)
+
+    def _stop_tariff(self) -> None:
+        """The last save of the ledger (a clean stop, or a reload that changes it)."""
+        if self.tariff is not None:
+            self.tariff.close()
+            self.tariff = None
+        if self.live is not None:
+            self.live.attach(None)
+
     def _stop_outputs(self, timeout: float) -> None:
         if self.sampler is not None:
             self.sampler.stop(min(timeout, 1.0))
@@ -255,6 +296,7 @@ class Service:
             self._stop_gpio()
             return 1
         self._start_outputs()
+        self._start_tariff()
         self._start_checks()
         self._start_journal()
         updates = start_reporter(self.stats)  # /status: the running release, pending reboots (appliance.update)
@@ -290,6 +332,7 @@ class Service:
             self._stop_gpio()
             self._stop_checks()
             self._stop_journal()
+            self._stop_tariff()
             self._stop_outputs(STOP_TIMEOUT)
             self._stop_servers(0.5)
             _LOG.info("stopped: %s", self.summary())
@@ -308,6 +351,10 @@ class Service:
         for frame in self.reader.feed(data, now):
             if frame.meter is not None and self.fanout is not None:
                 self.fanout.submit(frame)
+            if self.tariff is not None:
+                self.tariff.on_frame(frame)
+            if self.web is not None and self.live is not None:
+                self.live.on_frame(frame)
             if self.control is not None:
                 self.control.on_frame(frame)
             for fn in self._frame_listeners:
@@ -346,7 +393,7 @@ class Service:
         if new.gpio != old.gpio:  # the control socket restarts too: its gpio commands name the new outputs
             self._stop_gpio()
             self._start_gpio()
-        if (new.health, new.control, new.gpio) != (old.health, old.control, old.gpio):
+        if (new.health, new.control, new.gpio, new.web) != (old.health, old.control, old.gpio, old.web):
             self._stop_servers(1.0)
             try:
                 self._start_servers()
@@ -359,6 +406,9 @@ class Service:
             assert self.source is not None
             self.source.close()
             self._open_source()
+        if (new.tariff, new.state, new.source.kind) != (old.tariff, old.state, old.source.kind):
+            self._stop_tariff()  # saved, then read back by the new one: the ledger goes on under the new prices
+            self._start_tariff()
         if (new.journal, new.source, new.state) != (old.journal, old.source, old.state):
             self._stop_journal()  # a new decoder or directory: a new journal session, so replay starts afresh too
             self._start_journal()

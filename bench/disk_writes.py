@@ -102,7 +102,7 @@ def config_text(state: Path, vm_port: int, mqtt_port: int | None) -> str:
         '[source]\nkind = "simulator"\n[source.simulator]\nmode = "standard"\n'
         "[outputs.multicast]\nenabled = false\n"
         f'[outputs.influxdb]\nenabled = true\nurl = "http://127.0.0.1:{vm_port}"\n'
-        "[health]\nenabled = false\n[control]\nenabled = false\n"
+        "[health]\nenabled = false\n[control]\nenabled = false\n[web]\nenabled = false\n"
         f'[state]\ndirectory = "{state}"\n[logging]\nlevel = "info"\n'
     )
     if mqtt_port is not None:

@@ -282,7 +282,7 @@ def test_service_runs_checks_on_check_now(vm: VM, providers: Providers, listener
     conf.write_text(
         f'[source]\nkind = "simulator"\n[outputs.multicast]\nenabled = false\n'
         f'[outputs.influxdb]\nenabled = true\nurl = "{vm.url}"\n'
-        f'[health]\nbind = "127.0.0.1"\nport = {health}\n[control]\nport = {control}\n'
+        f'[health]\nbind = "127.0.0.1"\nport = {health}\n[control]\nport = {control}\n[web]\nenabled = false\n'
         f'[state]\ndirectory = "{tmp_path / "state"}"\n'
         f'[checks]\nenabled = true\n[checks.public_ip]\nproviders = ["{providers.url("/valid")}"]\n'
         f'[[checks.ports.targets]]\nhost = "127.0.0.1"\nports = "{listener}"\nexpected = []\n'
@@ -346,7 +346,7 @@ def test_check_now_when_checks_are_disabled(tmp_path: Path) -> None:
     conf = tmp_path / "teleinfo.toml"
     conf.write_text(
         f'[source]\nkind = "simulator"\n[outputs.multicast]\nenabled = false\n'
-        f'[health]\nbind = "127.0.0.1"\nport = {health}\n[control]\nport = {control}\n'
+        f'[health]\nbind = "127.0.0.1"\nport = {health}\n[control]\nport = {control}\n[web]\nenabled = false\n'
         f'[state]\ndirectory = "{tmp_path / "state"}"\n'
     )
     proc = subprocess.Popen(

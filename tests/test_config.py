@@ -56,7 +56,8 @@ level = "debug"
 """
     )
     assert errs == [
-        "loging: unknown key (expected one of: source, outputs, health, control, state, logging, checks, gpio, "
+        "loging: unknown key (expected one of: source, outputs, health, control, web, state, logging, checks, gpio, "
+        "tariff, "
         "journal, sync, update)",
         "source.devise: unknown key (expected one of: kind, device, mode, framing, no_data_timeout, "
         "reconnect_max_backoff, simulator)",

@@ -166,7 +166,7 @@ class Rig:
             'format = "influx"\nprecision = "s"\nttl = 1\n'
             f'[outputs.influxdb]\nenabled = true\nurl = "{url or self.vm.url}"\ntimeout = {timeout}\n'
             + ('token = { env = "TELEINFO_INFLUX_TOKEN" }\n' if self.password else "")
-            + "[health]\nenabled = false\n[control]\nenabled = false\n"
+            + "[health]\nenabled = false\n[control]\nenabled = false\n[web]\nenabled = false\n"
             f'[state]\ndirectory = "{self.state}"\n'
         )
         before = len(self.receiver.lines)

@@ -195,6 +195,7 @@ def test_the_service_journals_every_read_with_the_stamp_its_frames_got(
         cfg,
         outputs=replace(cfg.outputs, multicast=replace(cfg.outputs.multicast, enabled=False)),
         health=replace(cfg.health, enabled=False),
+        web=replace(cfg.web, enabled=False),
         control=replace(cfg.control, enabled=False),
         state=replace(cfg.state, directory=str(tmp_path)),
         journal=JournalConfig(enabled=True, flush_interval=0.05),

@@ -445,7 +445,9 @@ class Rig:
             "ttl = 1\n"
             "\n[health]\nenabled = false\n"
             "\n[control]\nenabled = false\n"
+            "\n[web]\nenabled = false\n"
             f'\n[logging]\nlevel = "{level}"\n'
+            f'\n[state]\ndirectory = "{self.tmp / "state"}"\n'  # the tariff's ledger, never the system's
         )
 
     def write_config(self, **kw: Any) -> Path:

@@ -17,7 +17,8 @@ meter              samples the port for a few seconds at 9600 Bd (standard) then
                    reports which verifies, against ``source.mode``
 outputs            each *enabled* output only: a route to the multicast group (a connect(), no packet sent),
                    a TCP connection to the MQTT broker, an HTTP answer from InfluxDB's ``/ping``
-clock              the kernel says the clock is synchronised (adjtimex, as timedatectl does); frames carry it
+clock              the kernel says the clock is synchronised (adjtimex, as timedatectl does): frames are stamped
+                   with it, energy costs wait for it (appliance.clock)
 spool disk         free space for the spools of the durable outputs under ``state.directory``
 reboot             a reboot is pending (a kernel or firmware update installed, ``/run/reboot-required``), and
                    an update left unfinished (``appliance.update.reboot``)
@@ -30,8 +31,6 @@ the kernel for a route.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import grp
 import os
 import pwd
@@ -48,7 +47,6 @@ from typing import Any
 from appliance.commands import config_parent
 
 CHECKS = ("config", "device", "access", "holders", "console", "boot", "meter", "outputs", "clock", "disk", "reboot")
-_TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
 PROBE_BYTES = 4096  # of an HTTP probe's body: only its status matters
 
 
@@ -477,23 +475,12 @@ def check_http(name: str, url: str, timeout: float) -> Result:
 
 
 # --- clock and disk ----------------------------------------------------------------------------------------
-def kernel_clock_state() -> int | None:
-    """adjtimex(2)'s clock state (5 = not synchronised), None where it cannot be asked."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        buf = ctypes.create_string_buffer(512)  # struct timex with modes = 0: read only
-        return int(libc.adjtimex(buf))
-    except (OSError, AttributeError):
-        return None
-
-
 def check_clock(state: int | None = None, now: float | None = None) -> Iterator[Result]:
+    from appliance.clock import FLOOR, TIME_ERROR, kernel_clock_state
+
     state = kernel_clock_state() if state is None else state
     now = time.time() if now is None else now
-    if now < 1_704_067_200:  # 2024-01-01: a Pi without RTC that never reached a time server
+    if now < FLOOR:  # a Pi without RTC that never reached a time server
         yield Result(
             "clock",
             "FAIL",
@@ -502,11 +489,11 @@ def check_clock(state: int | None = None, now: float | None = None) -> Iterator[
         )
     elif state is None:
         yield Result("clock", "skip", "the kernel's clock state cannot be read here")
-    elif state == _TIME_ERROR:
+    elif state == TIME_ERROR:
         yield Result(
             "clock",
             "FAIL",
-            "not synchronised: frame timestamps may drift",
+            "not synchronised: frame timestamps may drift, and energy costs wait for it (tariff.wait_for_clock_sync)",
             "timedatectl set-ntp true (systemd-timesyncd), and check that the time server is reachable",
         )
     else:

@@ -25,9 +25,12 @@ from appliance.tariff.engine import TariffEngine
 from appliance.tariff.store import TariffKeeper
 from appliance.tic import Frame
 
-__all__ = ["INTERVAL", "TariffPublisher"]
+__all__ = ["INTERVAL", "RECORDS_PER_HOUR", "TariffPublisher"]
 
 INTERVAL: Final = 60.0  # seconds: the record is at most this old when nothing else changes
+#: Records in an hour, at most for any real meter: one a minute, and a few more for the changes of period, of
+#: Tempo colour (announced once a day) and of day (two records), each of which restarts the minute.
+RECORDS_PER_HOUR: Final = int(3600 / INTERVAL) + 4
 
 
 class TariffPublisher:
