@@ -196,7 +196,9 @@ def test_line_protocol_is_accepted_by_influxd_with_stable_types(
         assert types == documented_fields()  # exactly what docs/DATA_FORMAT.md section 5 says
         assert types["teleinfo_public_ip"]["changed"] == "boolean"
         rows = server.rows("checks", "SELECT status, code FROM teleinfo_check WHERE \"check\" = 'peers'")
-        assert sorted((r["status"], r["code"]) for r in rows) == [("error", 2), ("problem", 1)]
+        # Both batches hold the same peers results; they share one row each when written within the same second.
+        assert sorted({(r["status"], r["code"]) for r in rows}) == [("error", 2), ("problem", 1)]
+        assert len(rows) in (2, 4)
     finally:
         server.stop()
 
