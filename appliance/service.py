@@ -48,11 +48,6 @@ STOP_TIMEOUT = 4.0  # seconds the outputs get to deliver what they hold on SIGTE
 class Source(Protocol):
     """Where the TIC bytes come from: the serial port or the simulator."""
 
-    @property
-    def first_open(self) -> threading.Event:
-        """Set once the source is first open: the service then tells systemd it is ready (the source sets it)."""
-        ...
-
     def read(self) -> bytes: ...
     def frame_ok(self, mode: str) -> None: ...
     def frame_bad(self) -> None: ...
@@ -287,7 +282,9 @@ class Service:
         self._start_checks()
         self._start_journal()
         self.source = build_source(self.cfg, self.stats, self._stop)
-        ready = False
+        # Started means started: the sockets answer and the outputs run, whether or not the meter is there (a
+        # missing adapter is a "down" health state with its reason, never a start timeout nor a restart loop).
+        self._notifier.ready()
         last_ping = 0.0
         last_status = 0.0
         try:
@@ -296,9 +293,6 @@ class Service:
                 if data:
                     self._handle(data)
                 now = time.monotonic()
-                if not ready and self.source.first_open.is_set():
-                    ready = True
-                    self._notifier.ready()
                 interval = self._notifier.watchdog_interval
                 if interval is not None and now - last_ping >= interval and self._healthy():
                     self._notifier.watchdog()

@@ -78,7 +78,7 @@ level = "debug"
         ('[outputs.multicast]\ngroup = "224.0.0.251"', "reserved for link-local control traffic"),
         ("[source.simulator]\nphases = 2", "source.simulator.phases: must be 1 or 3 (got 2)"),
         ("[source.simulator]\nerrors = 1.5", "source.simulator.errors: must be at most 1 (got 1.5)"),
-        ("[source]\nframing = true", "source.framing: must be '7E1' or '8N1' (got True)"),
+        ("[source]\nframing = true", "source.framing: must be 'auto' or '7E1' or '8N1' (got True)"),
     ],
 )
 def test_individual_errors(text: str, message: str) -> None:
