@@ -7,7 +7,9 @@ only the ports forwarded to the host's 127.0.0.1.  The meter is a unix-socket ch
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import socket
 import subprocess
 import threading
@@ -172,11 +174,13 @@ class Guest:
         return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
     def stop(self) -> None:
+        """Stop the meter, the subscriber and QEMU (idempotent)."""
         if self.feed is not None:
             self.feed.stop()
         if self.subscriber is not None:
             self.subscriber.close()
-        if self.qemu is not None:
+            self.subscriber = None
+        if self.qemu is not None and self.qemu.returncode is None:
             self.qemu.terminate()
             try:
                 self.qemu.wait(15)
@@ -214,6 +218,35 @@ def card_copy(image: Path, tmp: Path, extra_mib: int) -> Path:
     with disk.open("r+b") as f:
         f.truncate(target)
     return disk
+
+
+def guest_journal(disk: Path, lines: int = 200) -> str:
+    """The end of the journal on ``disk``'s root partition, read on the host once QEMU stopped (``debugfs`` and
+    ``journalctl -D``): what a failed boot did, when neither SSH nor a console could say it."""
+    table = json.loads(subprocess.run(["sfdisk", "-J", str(disk)], capture_output=True, text=True, check=True).stdout)
+    root = table["partitiontable"]["partitions"][1]
+    part, logs = disk.with_name("root-part.img"), disk.with_name("journal")
+    with disk.open("rb") as src, part.open("wb") as dst:
+        src.seek(root["start"] * 512)
+        remaining = root["size"] * 512
+        while remaining > 0:
+            chunk = src.read(min(remaining, 2**24))
+            if not chunk:
+                break
+            dst.write(chunk)
+            remaining -= len(chunk)
+    try:
+        shutil.rmtree(logs, ignore_errors=True)
+        logs.mkdir()
+        subprocess.run(["debugfs", "-R", f"rdump /var/log/journal {logs}", str(part)], capture_output=True, timeout=120)
+        out = subprocess.run(
+            ["journalctl", "-D", str(logs / "journal"), "--no-pager", "-o", "short-monotonic", "-n", str(lines)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        return out.stdout or out.stderr
+    finally:
+        part.unlink(missing_ok=True)
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 def pi3_boot(disk: Path, offset: int, dest: Path) -> tuple[Path, Path, Path, str]:

@@ -55,6 +55,7 @@ from .qemu_image import (
     children_of,
     direct_argv,
     guest_config,
+    guest_journal,
     health_line,
     netdev,
     pi3_boot,
@@ -340,8 +341,8 @@ def test_arm64_card_on_an_emulated_raspberry_pi_3(
         assert "ok    uart           header UART /dev/ttyS1: the mini UART" in doctor and "8N1" in doctor
         assert "ok    boot config" in doctor and "survives updates" in doctor and "ok    uart clock" in doctor
     except BaseException:
-        print(f"--- PL011 (Bluetooth's UART) ---\n{guest.log()[-3000:]}")
-        print(f"--- guest ---\n{guest.ssh('systemctl --failed; journalctl -b --no-pager | tail -80')}")
+        guest.stop()
+        print(f"--- the guest's journal (read from the card) ---\n{guest_journal(disk)}")
         raise
     finally:
         guest.stop()
