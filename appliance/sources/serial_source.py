@@ -18,7 +18,9 @@ An appliance has no operator, so everything that can go wrong with a serial link
   change is logged once, not once per attempt; every change also goes to :meth:`Stats.source`.
 
 The port is opened raw by pyserial (no canonical mode, so ETX and CR survive, TIC.md G7), in 7E1 (the TIC's
-own format) or 8N1 for UARTs without parity (the decoder masks bit 7, TIC.md G6).
+own format) or 8N1 for UARTs without parity (the decoder masks bit 7, TIC.md G6).  ``device = "auto"`` is the
+Raspberry Pi's header UART, resolved from the device tree at each open (:mod:`appliance.sources.uart`), and
+``framing = "auto"`` picks 8N1 on the mini UART (Linux drops a parity request there), 7E1 elsewhere.
 
 All methods are meant to be called from one thread (the service's reader); a lock makes :meth:`close` safe from
 another thread too, which then waits for the current read (at most ~0.25 s).
