@@ -302,7 +302,9 @@ class Service:
         updates = start_reporter(self.stats)  # /status: the running release, pending reboots (appliance.update)
         self._open_source()
         assert self.source is not None
-        ready = False
+        # Started means started: the sockets answer and the outputs run, whether or not the meter is there (a
+        # missing adapter is a "down" health state with its reason, never a start timeout nor a restart loop).
+        self._notifier.ready()
         last_ping = 0.0
         last_status = 0.0
         try:
@@ -311,9 +313,6 @@ class Service:
                 if data:
                     self._handle(data)
                 now = time.monotonic()
-                if not ready and self.source.first_open.is_set():
-                    ready = True
-                    self._notifier.ready()
                 interval = self._notifier.watchdog_interval
                 if interval is not None and now - last_ping >= interval and self._healthy():
                     self._notifier.watchdog()

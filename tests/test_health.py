@@ -127,6 +127,12 @@ def snap(age: float | None, outputs: dict[str, str] | None = None, uptime: float
         (snap(63.0, {"mqtt": "failing"}), "down 0% #no TIC frame for 63s", 0, 503),
         (snap(None, uptime=1.0), "up ready 100% #starting: no frame yet", 100, 200),
         (snap(None, uptime=75.0), "down 0% #no TIC frame since start 75s ago", 0, 503),
+        (  # the adapter is missing: down at once, with the reason (not "starting" for down_after seconds)
+            {**snap(None, uptime=1.0), "source": {"state": "lost", "detail": "cannot open /dev/ttyUSB0: No such file"}},
+            "down 0% #no meter: cannot open /dev/ttyUSB0: No such file",
+            0,
+            503,
+        ),
     ],
 )
 def test_state_rules(snapshot: StatsSnapshot, line: str, weight: int, status: int) -> None:

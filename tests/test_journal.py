@@ -160,8 +160,6 @@ class _Fixed:
     def __init__(self, blobs: list[bytes], stop: threading.Event) -> None:
         self.blobs = list(blobs)
         self.stop = stop
-        self.first_open = threading.Event()
-        self.first_open.set()
 
     def read(self) -> bytes:
         if not self.blobs:

@@ -50,8 +50,6 @@ class DaySource:
         self.data = data
         self.stop = stop
         self.now = data[0][0]
-        self.first_open = threading.Event()
-        self.first_open.set()
 
     def read(self) -> bytes:
         if not self.data:

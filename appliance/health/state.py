@@ -6,6 +6,7 @@ Rules (the same words go to the health socket, ``teleinfo status`` and the contr
 situation                              agent line                                     HTTP      exit
 =====================================  =============================================  ========  ====
 no valid frame for ``down_after`` s    ``down 0% #no TIC frame for 63s``              503       2
+the adapter is missing or unplugged    ``down 0% #no meter: cannot open /dev/ttyS1``  503       2
 no frame yet, within ``down_after``    ``up ready 100% #starting: no frame yet``      200       0
 frames flow, every output failing      ``drain 0% #all outputs failing: mqtt``        503       1
 frames flow, some outputs failing      ``up ready 50% #degraded: mqtt failing ...``   200       1
@@ -75,6 +76,8 @@ def evaluate(snapshot: StatsSnapshot, cfg: HealthConfig) -> HealthState:
     age = snapshot.last_frame_age_s
     meter = snapshot.meter if cfg.expose_meter else None
     who = f"meter={meter} " if meter else ""
+    if snapshot.source.state == "lost":  # the adapter is not there: nothing will come until it is, say why now
+        return _state("down", 0, f"{who}no meter: {snapshot.source.detail or 'serial port lost'}", cfg)
     if age is None:
         uptime = snapshot.uptime_s
         if uptime > cfg.down_after:
