@@ -534,3 +534,86 @@ def test_teleinfo_status_unreachable() -> None:
     out = teleinfo_status(free_port(), "--timeout", "2")
     assert out.returncode == 2
     assert out.stdout.count("\n") == 1 and "unreachable" in out.stdout and "refused" in out.stdout
+
+
+# --- issue 15: a handful of connections must not deny the service ---------------------------------------------
+def hold_requests(port: int, n: int, request: bytes, stop: threading.Event, source: str = "127.0.0.1") -> list[int]:
+    """``n`` clients that each send ``request`` and keep the connection open, re-opening as soon as the server
+    answers or closes (the attack that made every HTTP check fail); returns a one-element list counting the
+    re-openings, updated until ``stop`` is set."""
+    opened = [0]
+
+    def holder() -> None:
+        while not stop.is_set():
+            try:
+                with socket.socket() as s:
+                    s.bind((source, 0))
+                    s.settimeout(0.5)
+                    s.connect(("127.0.0.1", port))
+                    opened[0] += 1
+                    s.sendall(request)
+                    while not stop.is_set():
+                        try:
+                            if not s.recv(4096):
+                                break
+                        except TimeoutError:
+                            continue
+            except OSError:
+                time.sleep(0.01)
+
+    for _ in range(n):
+        threading.Thread(target=holder, daemon=True).start()
+    return opened
+
+
+@pytest.mark.integration
+def test_unfinished_http11_requests_never_fail_the_http_checks(
+    serve: Callable[..., HealthServer], stats: Stats
+) -> None:
+    curl = need("curl")
+    port = port_of(serve(read_timeout=2.0))  # max_connections: the default 32
+    stop = threading.Event()
+    with Feeder(lambda _i: stats.frame(10), 0.1):
+        opened = hold_requests(port, 32, b"GET / HTTP/1.1\r\nHost: x\r\n", stop)
+        wait_until(lambda: opened[0] >= 32, 5)
+        time.sleep(0.3)
+        ok = 0
+        for _ in range(48):
+            out = subprocess.run(
+                [curl, "-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/health"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+            ok += out.stdout == "200"
+        stop.set()
+    assert ok == 48, f"{ok}/48 HTTP checks answered 200 while 32 requests were held open"
+    assert agent_line(port).startswith("up ready 100%")
+
+
+def test_a_bad_request_target_is_answered_without_a_traceback(
+    serve: Callable[..., HealthServer], stats: Stats, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = port_of(serve())
+    stats.frame(10)
+    with caplog.at_level("DEBUG"):
+        for request in (b"GET //[ HTTP/1.0\r\n\r\n", b"GET http://[::1 HTTP/1.0\r\n\r\n", b"GET //[\n"):
+            raw = read_all(port, request)
+            assert raw.startswith(b"HTTP/1.0 400 Bad Request\r\n"), raw
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]
+
+
+def test_clients_from_other_addresses_cannot_take_a_checks_slot(
+    serve: Callable[..., HealthServer], stats: Stats
+) -> None:
+    port = port_of(serve(max_connections=8, read_timeout=5.0))
+    stop = threading.Event()
+    with Feeder(lambda _i: stats.frame(10), 0.1):
+        # Another machine holds every slot with requests that never complete, and re-opens each one it loses.
+        opened = hold_requests(port, 16, b"GE", stop, source="127.0.0.2")
+        wait_until(lambda: opened[0] >= 16, 5)
+        for _ in range(20):
+            assert get(port, "/health")[0] == 200
+            assert agent_line(port).startswith("up ready 100%")
+        stop.set()
