@@ -172,14 +172,19 @@ class SourcePool(Generic[T]):
         refused."""
         if len(self._source_of) < self.limit:
             return True, None
+        victim = self.victim(source)
+        return victim is not None, victim
+
+    def victim(self, source: str) -> T | None:
+        """The item a newcomer from ``source`` may displace, whatever the fill level (None: none may be)."""
         mine = self.count(source)
         best: dict[T, None] | None = None
         for items in self._by_source.values():
             if best is None or len(items) > len(best):
                 best = items
         if best is None or len(best) < mine + 2:
-            return False, None
-        return True, next(iter(best))
+            return None
+        return next(iter(best))
 
 
 @dataclass(slots=True)
