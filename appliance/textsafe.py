@@ -22,6 +22,11 @@ _UNSAFE: Final = re.compile(
     "[\x00-\x08\x0a-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb]"
 )
 
+#: In JSON text, C0 controls only appear escaped (inside strings) or as the indentation's newlines: the rest.
+_UNSAFE_IN_JSON: Final = re.compile(
+    "[\x7f-\x9f\ud800-\udfff\u061c\u200b-\u200f\u202a-\u202e\u2060-\u206f\ufeff\ufff9-\ufffb\u2028\u2029]"
+)
+
 
 def _escape(match: re.Match[str]) -> str:
     code = ord(match.group())
@@ -49,12 +54,12 @@ def _hex(c: str) -> str:
     return f"\\u{ord(c):04x}" if ord(c) < 0x10000 else f"\\U{ord(c):08x}"
 
 
-def json_line(obj: Any) -> str:
+def json_line(obj: Any, indent: int | None = None) -> str:
     r"""``obj`` as compact JSON on one line, non-ASCII letters kept, anything a terminal would act on escaped
     (JSON's own ``\uXXXX``, so the line stays valid JSON with the same value).
 
     >>> json_line({"m": "caf\u00e9\x1b[0m\u009b\ud800"})
     '{"m":"café\\u001b[0m\\u009b\\ud800"}'
     """
-    text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-    return _UNSAFE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+    text = json.dumps(obj, ensure_ascii=False, indent=indent, separators=None if indent else (",", ":"))
+    return _UNSAFE_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)

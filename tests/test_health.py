@@ -7,6 +7,7 @@ reader does.  Every server listens on 127.0.0.1 on a free port and is stopped by
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -24,8 +25,11 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.health import HealthServer, evaluate, public_snapshot
 from appliance.health.config import HealthConfig
@@ -617,3 +621,115 @@ def test_clients_from_other_addresses_cannot_take_a_checks_slot(
             assert get(port, "/health")[0] == 200
             assert agent_line(port).startswith("up ready 100%")
         stop.set()
+
+
+# --- issue 15: what a stranger reads, and credentials nowhere ---------------------------------------------------
+def get_from(port: int, path: str, source: str) -> tuple[int, bytes]:
+    with socket.socket() as s:
+        s.settimeout(3)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+SECRET_URL = "http://admin:hunter2@10.1.2.3:8086/api/v2/write?org=home&token=s3cr3t"
+
+
+def loaded_stats(stats: Stats) -> None:
+    stats.frame(10)
+    stats.source("open", "/dev/ttyAMA0", mode="standard")
+    stats.update_output("influxdb", state="failing", last_error=f"InfluxDB {SECRET_URL} unreachable: refused")
+    stats.update_output("mqtt", state="up", sent=3)
+    stats.set_extra("checks", {"public_ip": {"result": "ok", "message": "public address 203.0.113.7"}})
+    stats.set_extra("journal", {"directory": "/var/lib/teleinfo/journal", "last_error": None})
+    stats.set_meter(METER)
+
+
+def test_strangers_read_only_what_health_needs_and_no_one_reads_credentials(
+    serve: Callable[..., HealthServer], stats: Stats
+) -> None:
+    port = port_of(serve())
+    loaded_stats(stats)
+    status, body = get_from(port, "/status", "127.0.0.2")  # another machine
+    assert status == 200
+    doc = json.loads(body)
+    text = body.decode()
+    for secret in ("hunter2", "s3cr3t", "admin", "203.0.113.7", "10.1.2.3", METER, "ttyAMA0", "version"):
+        assert secret not in text, secret
+    assert (
+        doc["health"]["state"] == "up" and doc["frames"] == 1 and doc["source"] == {"state": "open", "mode": "standard"}
+    )
+    assert doc["outputs"] == {"influxdb": {"state": "failing"}, "mqtt": {"state": "up"}}
+    assert doc["journal"] == {"state": "ok"} and "checks" not in doc
+    # This machine (teleinfo status) reads every counter, credentials redacted all the same.
+    status, body = get_from(port, "/status", "127.0.0.1")
+    doc = json.loads(body)
+    assert doc["checks"]["public_ip"]["result"] == "ok" and "version" in doc
+    assert "hunter2" not in body.decode() and "s3cr3t" not in body.decode()
+    assert doc["outputs"]["influxdb"]["last_error"].startswith("InfluxDB http://***@10.1.2.3:8086/api/v2/write?")
+
+
+def test_status_detail_full_and_health(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    loaded_stats(stats)
+    full = json.loads(get_from(port_of(serve(status_detail="full")), "/status", "127.0.0.2")[1])
+    assert "checks" in full and "hunter2" not in json.dumps(full) and METER not in json.dumps(full)
+    health = json.loads(get_from(port_of(serve(status_detail="health")), "/status", "127.0.0.1")[1])
+    assert "checks" not in health and "version" not in health
+
+
+def test_credentials_in_urls_never_reach_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from appliance.logs import setup_logging
+
+    stream = io.StringIO()
+    handler = setup_logging("info", logging.StreamHandler(stream))
+    try:
+        log = logging.getLogger("appliance.test")
+        log.warning("InfluxDB %s unreachable", SECRET_URL)
+        try:
+            raise ConnectionError(f"POST {SECRET_URL} failed")
+        except ConnectionError:
+            log.exception("output failed")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        del logging.getLogger()._teleinfo_handler  # type: ignore[attr-defined]
+    text = stream.getvalue()
+    assert "http://***@10.1.2.3:8086" in text and "token=***" in text
+    assert "hunter2" not in text and "s3cr3t" not in text
+
+
+@pytest.mark.slow
+def test_teleinfo_status_reads_a_strangers_document(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    port = port_of(serve(status_detail="health"))
+    loaded_stats(stats)
+    out = teleinfo_status(port)
+    assert out.returncode == 1 and out.stdout.startswith("TELEINFO WARNING - up ready 50%"), out.stdout
+    assert "output     influxdb failing" in out.stdout and "Traceback" not in out.stderr
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=10),
+        st.recursive(
+            st.none() | st.integers() | st.floats() | st.text(),
+            lambda i: st.lists(i, max_size=3) | st.dictionaries(st.text(max_size=5), i, max_size=3),
+            max_leaves=8,
+        ),
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_teleinfo_status_survives_any_document(doc: dict[str, Any]) -> None:  # fmt: skip
+    from appliance.commands import status as status_module
+
+    doc["health"] = doc.get("health") if isinstance(doc.get("health"), dict) else {"state": "up", "line": "\x1b[2J"}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = status_module.run_document(doc, "192.0.2.1:9999", as_json=False)
+    assert code in (0, 1, 2)
+    assert "\x1b" not in out.getvalue()

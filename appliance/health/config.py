@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from appliance.config import ip_address, opt
 
@@ -41,6 +42,14 @@ class HealthConfig:
     )
     max_request_bytes: int = opt(
         4096, "Largest HTTP request head accepted (bytes); a larger one gets 400.", lo=256, hi=65536
+    )
+    status_detail: Literal["local", "full", "health"] = opt(
+        "local",
+        'What GET /status shows. "local": every counter to a client on this machine (teleinfo status), and to '
+        "others only what health needs (the verdict, frame counts and age, the source's and each output's "
+        'state); "full": every counter to everyone; "health": only what health needs, to everyone. Errors, '
+        "self-check results (public address, open ports of other machines) and the version are counters "
+        "strangers on the LAN do not need. Credentials written in URLs are redacted whatever the setting.",
     )
     expose_meter: bool = opt(
         False, "Include the meter address (personal data) in health answers; without it, it is never shown."

@@ -121,7 +121,7 @@ class HealthServer(SelectorServer[_Conn]):
     def refusal_to(self, request: bytes) -> bytes:
         """A refused client is answered from what it sent in its 50 ms: HTTP if its request line came."""
         if _classify(request[:5]) == "http":
-            answer = self._http_answer(request, eof=False, final=True)
+            answer = self._http_answer(request, eof=False, final=True, local=False)
             if answer is not None:
                 return answer
         return self._agent_line()
@@ -148,7 +148,7 @@ class HealthServer(SelectorServer[_Conn]):
         if conn.phase == "peek" and not conn.inbuf:
             self._respond(conn, self._agent_line())
             return
-        answer = self._http_answer(bytes(conn.inbuf), eof=False, final=True)
+        answer = self._http_answer(bytes(conn.inbuf), eof=False, final=True, local=_is_local(conn))
         self._respond(conn, answer if answer is not None else self._http_error(408, b"request too slow\n"))
 
     def on_too_large(self, conn: _Conn) -> None:
@@ -165,7 +165,7 @@ class HealthServer(SelectorServer[_Conn]):
                 return
             else:
                 return
-        answer = self._http_answer(bytes(conn.inbuf), eof)
+        answer = self._http_answer(bytes(conn.inbuf), eof, local=_is_local(conn))
         if answer is not None:
             self._respond(conn, answer)
 
@@ -176,10 +176,11 @@ class HealthServer(SelectorServer[_Conn]):
         return (self.state().line + "\n").encode("ascii")
 
     # --- HTTP --------------------------------------------------------------------------------------------
-    def _http_answer(self, buf: bytes, eof: bool, final: bool = False) -> bytes | None:
+    def _http_answer(self, buf: bytes, eof: bool, final: bool = False, local: bool = False) -> bytes | None:
         """The whole response once the request head is complete (or cannot be), else None to read more.
 
         ``final``: answer from the request line even if the headers have not ended (None without a whole line).
+        ``local``: the client is this machine (``status_detail = "local"`` shows it every counter).
         """
         end = buf.find(b"\n")
         if end < 0:
@@ -208,7 +209,8 @@ class HealthServer(SelectorServer[_Conn]):
             state = self.state()
             status, body, content_type = state.http_status, (state.line + "\n").encode("ascii"), text
         elif path == "/status":
-            doc = status_document(self._stats.snapshot(), self.cfg)
+            detail = self.cfg.status_detail == "full" or (self.cfg.status_detail == "local" and local)
+            doc = status_document(self._stats.snapshot(), self.cfg, detail=detail)
             body = (json.dumps(doc, separators=(",", ":")) + "\n").encode("ascii")
             status, content_type = 200, "application/json"
         else:
@@ -220,6 +222,15 @@ class HealthServer(SelectorServer[_Conn]):
     @staticmethod
     def _http_error(status: int, body: bytes) -> bytes:
         return _http(status, body, "text/plain; charset=us-ascii", False)
+
+
+def _is_local(conn: Connection) -> bool:
+    """The client is this machine: it connected from the very address it connected to (127.0.0.1 to 127.0.0.1,
+    the LAN address to itself).  Another loopback address counts as another machine: the safe side."""
+    try:
+        return bool(conn.sock.getsockname()[0] == conn.source)
+    except OSError:
+        return False
 
 
 def _http(status: int, body: bytes, content_type: str, head_only: bool) -> bytes:

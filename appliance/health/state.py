@@ -37,9 +37,10 @@ from typing import Any, Final, Literal
 
 from appliance import __version__
 from appliance.health.config import HealthConfig
+from appliance.redaction import redact_tree
 from appliance.stats import StatsSnapshot
 
-__all__ = ["HealthState", "evaluate", "public_snapshot", "status_document", "summary"]
+__all__ = ["HealthState", "evaluate", "health_counters", "public_snapshot", "status_document", "summary"]
 
 DEGRADED_WEIGHT: Final = 50
 MAX_COMMENT: Final = 100  # characters of the '#' text; HAProxy logs it, monitors show it
@@ -121,13 +122,20 @@ def _redact(value: Any) -> Any:
     return value
 
 
-def status_document(snapshot: StatsSnapshot, cfg: HealthConfig, *, redact: bool = True) -> dict[str, Any]:
-    """The ``GET /status`` document: the health verdict, then every counter of the snapshot.
+def status_document(
+    snapshot: StatsSnapshot, cfg: HealthConfig, *, redact: bool = True, detail: bool = True
+) -> dict[str, Any]:
+    """The ``GET /status`` document: the health verdict, then every counter of the snapshot (``detail``) or only
+    those health needs (:func:`health_counters`: what a stranger on the LAN may read).
 
     ``redact=False`` is for the control socket, whose clients already see whole frames with ``watch``.
+    Credentials written in URLs are removed in every case (:func:`appliance.redaction.redact_tree`).
     """
     state = evaluate(snapshot, cfg)
-    counters = public_snapshot(snapshot, cfg) if redact else snapshot.to_json()
+    if not detail:
+        counters = health_counters(snapshot)
+    else:
+        counters = redact_tree(public_snapshot(snapshot, cfg) if redact else snapshot.to_json())
     doc: dict[str, Any] = {
         "health": {
             "state": state.state,
@@ -136,9 +144,27 @@ def status_document(snapshot: StatsSnapshot, cfg: HealthConfig, *, redact: bool 
             "line": state.line,
             "down_after_s": cfg.down_after,
         },
-        "version": __version__,
     }
+    if detail:
+        doc["version"] = __version__
     doc.update((k, v) for k, v in counters.items() if k not in doc)
+    return doc
+
+
+def health_counters(snapshot: StatsSnapshot) -> dict[str, Any]:
+    """What health needs, and nothing a stranger could use: frame counts and age, the source's mode and state,
+    each output's state and the journal's; no error text, no address, no self-check result, no meter."""
+    doc: dict[str, Any] = {
+        "uptime_s": snapshot.uptime_s,
+        "frames": snapshot.frames,
+        "rejects": dict(snapshot.rejects),
+        "last_frame_age_s": snapshot.last_frame_age_s,
+        "source": {"state": snapshot.source.state, "mode": snapshot.source.mode},
+        "outputs": {name: {"state": o.state} for name, o in snapshot.outputs.items()},
+    }
+    journal = snapshot.sections.get("journal")
+    if isinstance(journal, dict):
+        doc["journal"] = {"state": "failing" if journal.get("last_error") else "ok"}
     return doc
 
 
