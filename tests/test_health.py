@@ -733,3 +733,109 @@ def test_teleinfo_status_survives_any_document(doc: dict[str, Any]) -> None:  # 
         code = status_module.run_document(doc, "192.0.2.1:9999", as_json=False)
     assert code in (0, 1, 2)
     assert "\x1b" not in out.getvalue()
+
+
+# --- issue 15: health tells the truth ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("snapshot", "line", "status"),
+    [
+        (
+            replace(snap(0.5, {"mqtt": "stopped", "udp": "up"})),
+            "up ready 50% #degraded: mqtt stopped, frames=120 age=0.5s",
+            200,
+        ),
+        (snap(0.5, {"mqtt": "stopped"}), "drain 0% #all outputs stopped: mqtt", 503),
+        (
+            replace(
+                snap(0.5, {"udp": "up"}), sections={"journal": {"last_error": "[Errno 28] No space left on device"}}
+            ),
+            "up ready 50% #degraded: journal: no space left on device, frames=120 age=0.5s",
+            200,
+        ),
+        (
+            replace(snap(0.5), sections={"journal": {"last_error": "[Errno 30] Read-only file system: '/var/x'"}}),
+            "up ready 50% #degraded: journal: read-only file system, frames=120 age=0.5s",
+            200,
+        ),
+        (
+            replace(snap(0.5, {"a": "failing"}), sections={"journal": {"last_error": "[Errno 28] No space left"}}),
+            "drain 0% #all outputs failing: a; journal: no space left",
+            503,
+        ),
+        (replace(snap(0.5), sections={"journal": {"last_error": None}}), "up ready 100% #ok frames=120 age=0.5s", 200),
+    ],
+)
+def test_a_dead_output_or_a_journal_that_cannot_write_is_not_ok(
+    snapshot: StatsSnapshot, line: str, status: int
+) -> None:
+    state = evaluate(snapshot, HealthConfig(down_after=60))
+    assert (state.line, state.http_status) == (line, status)
+
+
+class QuietSource:
+    def frame_ok(self, mode: str) -> None:
+        pass
+
+    def frame_bad(self) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_garbage_between_stx_and_etx_is_not_a_frame(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    from appliance.reader import FrameReader
+    from appliance.tic import encode_frame, encode_group
+
+    port = port_of(serve(down_after=1.5))
+    reader = FrameReader(QuietSource(), "historique", stats)  # type: ignore[arg-type]
+    good = encode_frame([encode_group("historique", "ADCO", METER), encode_group("historique", "PAPP", "00420")])
+    assert len(reader.feed(good, time.time())) == 1
+    assert agent_line(port).startswith("up ready 100% #ok frames=1 ")
+    rng = random.Random(15)
+    garbage = b"".join(b"\x02" + rng.randbytes(200).replace(b"\x02", b"").replace(b"\x03", b"") + b"\x03"
+                       for _ in range(300))  # fmt: skip
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3:  # 60 kB of garbage a second, framed like the meter's frames
+        reader.feed(garbage, time.time())
+        time.sleep(0.1)
+    snapshot = stats.snapshot()
+    assert snapshot.frames == 1 and snapshot.bad_frames > 1000, snapshot
+    line = agent_line(port)
+    assert line.startswith("down 0% #no TIC frame for"), line
+    assert teleinfo_status(port).returncode == 2
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_a_journal_on_a_full_disk_makes_health_and_status_degraded(
+    serve: Callable[..., HealthServer], stats: Stats, tmp_path: Path
+) -> None:
+    from appliance.journal import Journal, JournalConfig
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "tiny"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], capture_output=True, check=False)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        (disk / "journal").mkdir()
+        with contextlib.suppress(OSError), open(disk / "filler", "wb") as f:  # the disk full to the last byte
+            while True:
+                f.write(random.randbytes(1024))
+                f.flush()
+        cfg = JournalConfig(enabled=True, flush_interval=0.2, flush_kb=1)
+        journal = Journal(cfg, disk / "journal", "historique", stats)
+        journal.start()
+        port = port_of(serve())
+        with Feeder(lambda i: (stats.frame(10), journal.append(b"\0" * 2000, time.time())), 0.05):
+            wait_until(lambda: "journal: no space left on device" in agent_line(port), 10)
+            line = agent_line(port)
+            assert line.startswith("up ready 50% #degraded: journal: no space left on device"), line
+            out = teleinfo_status(port)
+            assert out.returncode == 1 and "journal: no space left" in out.stdout.splitlines()[0], out.stdout
+            (disk / "filler").unlink()  # room again: the journal writes what it kept, health is ok again
+            wait_until(lambda: agent_line(port).startswith("up ready 100% #ok"), 10)
+        journal.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

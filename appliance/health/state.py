@@ -2,20 +2,28 @@
 
 Rules (the same words go to the health socket, ``teleinfo status`` and the control socket):
 
-=====================================  =============================================  ========  ====
-situation                              agent line                                     HTTP      exit
-=====================================  =============================================  ========  ====
-no valid frame for ``down_after`` s    ``down 0% #no TIC frame for 63s``              503       2
-no frame yet, within ``down_after``    ``up ready 100% #starting: no frame yet``      200       0
-frames flow, every output failing      ``drain 0% #all outputs failing: mqtt``        503       1
-frames flow, some outputs failing      ``up ready 50% #degraded: mqtt failing ...``   200       1
-frames flow, no output failing         ``up ready 100% #ok frames=120 age=1.2s``      200       0
-=====================================  =============================================  ========  ====
+=======================================  ===============================================  ========  ====
+situation                                agent line                                       HTTP      exit
+=======================================  ===============================================  ========  ====
+no valid frame for ``down_after`` s      ``down 0% #no TIC frame for 63s``                503       2
+no frame yet, within ``down_after``      ``up ready 100% #starting: no frame yet``        200       0
+frames flow, every output failing        ``drain 0% #all outputs failing: mqtt``          503       1
+frames flow, every output stopped        ``drain 0% #all outputs stopped: mqtt``          503       1
+frames flow, an output failing/stopped   ``up ready 50% #degraded: mqtt failing ...``     200       1
+frames flow, the journal cannot write    ``up ready 50% #degraded: journal: no space...`` 200       1
+frames flow, everything does its job     ``up ready 100% #ok frames=120 age=1.2s``        200       0
+=======================================  ===============================================  ========  ====
 
 *Down* means "no meter data" and *drain* "alive, but nothing delivers the data"; both make HAProxy's tcp-check and
 httpchk mark the server down, while agent-check shows DOWN or DRAIN.  One failing output among several halves the
 weight (a fixed 50%, not a proportion, so an alert threshold never depends on how many outputs are configured).
-An output that is ``starting`` is not failing: a broker that is still being dialled is not an incident yet.
+An output that is ``starting`` is not failing: a broker that is still being dialled is not an incident yet.  An
+output that is ``stopped`` while the service runs has a dead worker (a removed output leaves the counters
+altogether): degraded, named in the line.  The journal (``sections["journal"]``, when it is enabled) is degraded
+while its ``last_error`` is set: chunks wait in memory, bounded, and are lost if it lasts.
+
+Only a *valid* frame is a frame (:attr:`Frame.verified`, counted by :meth:`Stats.frame`): a line of garbage between
+STX and ETX is counted in ``bad_frames`` and never makes the data look fresh.
 Without any output, flowing data is enough for ``up``.  While no frame has come yet, the service's uptime stands
 for the frame age, so a meter that never speaks is reported down ``down_after`` seconds after the start, and a
 normal start is not.
@@ -85,13 +93,34 @@ def evaluate(snapshot: StatsSnapshot, cfg: HealthConfig) -> HealthState:
         return _state("down", 0, f"{who}no TIC frame for {age:.0f}s", cfg)
     outputs = snapshot.outputs
     active = [name for name, o in outputs.items() if o.state != "stopped"]
+    stopped = sorted(name for name, o in outputs.items() if o.state == "stopped")
     failing = sorted(name for name in active if outputs[name].state == "failing")
+    journal = _journal_problem(snapshot)
     flow = f"frames={frames} age={age:.1f}s"
+    also = f"; journal: {journal}" if journal else ""
     if failing and len(failing) == len(active):
-        return _state("drain", 0, f"{who}all outputs failing: {','.join(failing)}", cfg)
-    if failing:
-        return _state("up", DEGRADED_WEIGHT, f"{who}degraded: {','.join(failing)} failing, {flow}", cfg)
+        return _state("drain", 0, f"{who}all outputs failing: {','.join(failing)}{also}", cfg)
+    if stopped and not active:
+        return _state("drain", 0, f"{who}all outputs stopped: {','.join(stopped)}{also}", cfg)
+    problems = [f"{','.join(failing)} failing"] if failing else []
+    problems += [f"{','.join(stopped)} stopped"] if stopped else []
+    problems += [f"journal: {journal}"] if journal else []
+    if problems:
+        return _state("up", DEGRADED_WEIGHT, f"{who}degraded: {', '.join(problems)}, {flow}", cfg)
     return _state("up", 100, f"{who}ok {flow}", cfg)
+
+
+_ERRNO_PREFIX: Final = re.compile(r"^\[Errno \d+\] ")
+
+
+def _journal_problem(snapshot: StatsSnapshot) -> str | None:
+    """Why the journal cannot write (its ``last_error``, shortened: "no space left on device"), or None."""
+    journal = snapshot.sections.get("journal")
+    error = journal.get("last_error") if isinstance(journal, dict) else None
+    if not error:
+        return None
+    reason = _ERRNO_PREFIX.sub("", str(error)).split(": '")[0].split(":")[0].strip() or "cannot write"
+    return reason[:1].lower() + reason[1:]
 
 
 def _state(state: Literal["up", "drain", "down"], weight: int, comment: str, cfg: HealthConfig) -> HealthState:
@@ -169,7 +198,8 @@ def health_counters(snapshot: StatsSnapshot) -> dict[str, Any]:
 
 
 def summary(snapshot: StatsSnapshot) -> str:
-    """One line for people (systemd's status text, the service's last log line): source, frames, outputs.
+    """One line for people (systemd's status text, the service's last log line): source, frames decoded (valid or
+    not: ``bad_frames`` included, with the rejected groups next to them), outputs.
 
     >>> summary(StatsSnapshot(frames=12, rejects={"checksum": 1}, last_frame_age_s=0.4))
     'starting; 12 frames, 1 rejected, last 0 s ago; no outputs'
@@ -178,7 +208,7 @@ def summary(snapshot: StatsSnapshot) -> str:
     age = snapshot.last_frame_age_s
     return (
         f"{snapshot.source.state} {snapshot.source.mode or ''}".strip()
-        + f"; {snapshot.frames} frames, {sum(snapshot.rejects.values())} rejected"
+        + f"; {snapshot.frames + snapshot.bad_frames} frames, {sum(snapshot.rejects.values())} rejected"
         + ("" if age is None else f", last {age:.0f} s ago")
         + f"; {outs}"
     )
