@@ -12,8 +12,9 @@ everything a hostile or broken peer can abuse is here, once:
     drained; beyond the bound the oldest is closed at once (it only loses the politeness of a FIN);
 
 - fairness between source addresses: when the pending pool is full, a newcomer takes the slot of the oldest
-  pending client of the address that holds the most slots, provided that address holds at least two more than
-  the newcomer's (:meth:`on_evict` says goodbye to it); failing that, the oldest pending client whose request
+  pending client of the address that holds the most slots (the one whose oldest is oldest, among equals),
+  provided the newcomer's address holds none, or two fewer than that one (:meth:`on_evict` says goodbye to it):
+  every address is sure of one slot, and equals never churn; failing that, the oldest pending client whose request
   can already be answered (:meth:`answerable`: it gets its answer now); otherwise the newcomer is refused
   (:meth:`refusal_to`).  So hostile clients from other machines can never keep a client from its slot, however
   many connections they open; only a flood from the client's own address can (nothing can tell them apart);
@@ -124,9 +125,10 @@ class SourcePool(Generic[T]):
     """Items (connections) by source address, at most ``limit`` in all, shared fairly between addresses.
 
     :meth:`make_room` says whether a newcomer from an address may come in, and which item it displaces: when the
-    pool is full, the oldest item of the address holding the most, if that address holds at least two more than
-    the newcomer's (so the displaced address still holds as many as the newcomer's afterwards: no churn between
-    equals).  Not thread-safe: one thread, or the caller's lock.
+    pool is full, the oldest item of the address holding the most (among equals, the one whose oldest item is
+    the oldest), if the newcomer's address holds none (every address is sure of one slot) or at least two fewer
+    (so the displaced address still holds as many as the newcomer's afterwards: no churn between equals).  Not
+    thread-safe: one thread, or the caller's lock.
 
     >>> pool: SourcePool[str] = SourcePool(3)
     >>> for item in ("a1", "a2", "a3"):
@@ -139,8 +141,9 @@ class SourcePool(Generic[T]):
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self._by_source: dict[str, dict[T, None]] = {}  # insertion-ordered: oldest first
+        self._by_source: dict[str, dict[T, int]] = {}  # item -> arrival number, insertion-ordered: oldest first
         self._source_of: dict[T, str] = {}
+        self._arrivals = 0
 
     def __len__(self) -> int:
         return len(self._source_of)
@@ -156,7 +159,8 @@ class SourcePool(Generic[T]):
 
     def add(self, item: T, source: str) -> None:
         self._source_of[item] = source
-        self._by_source.setdefault(source, {})[item] = None
+        self._arrivals += 1
+        self._by_source.setdefault(source, {})[item] = self._arrivals
 
     def discard(self, item: T) -> None:
         source = self._source_of.pop(item, None)
@@ -178,11 +182,11 @@ class SourcePool(Generic[T]):
     def victim(self, source: str) -> T | None:
         """The item a newcomer from ``source`` may displace, whatever the fill level (None: none may be)."""
         mine = self.count(source)
-        best: dict[T, None] | None = None
+        best: dict[T, int] | None = None
         for items in self._by_source.values():
-            if best is None or len(items) > len(best):
+            if best is None or (len(items), -next(iter(items.values()))) > (len(best), -next(iter(best.values()))):
                 best = items
-        if best is None or len(best) < mine + 2:
+        if best is None or len(best) < (1 if mine == 0 else mine + 2):
             return None
         return next(iter(best))
 

@@ -29,6 +29,7 @@ class Echo(SelectorServer[Connection]):
         self.finish(conn, b"too large\n")
 
     def on_data(self, conn: Connection, eof: bool) -> None:
+        answers = b""  # the answers to one read go out together (one segment: a reader sees them at once)
         while b"\n" in conn.inbuf:
             line, _, rest = bytes(conn.inbuf).partition(b"\n")
             conn.inbuf[:] = rest
@@ -36,9 +37,11 @@ class Echo(SelectorServer[Connection]):
                 raise RuntimeError("a bug in the protocol")
             if not conn.admitted:
                 if line == b"hello":
-                    self.send(conn, b"welcome\n" if self.admit(conn) else b"full\n")
+                    answers += b"welcome\n" if self.admit(conn) else b"full\n"
                 continue
-            self.send(conn, line + b"\n")
+            answers += line + b"\n"
+        if answers:
+            self.send(conn, answers)
 
 
 LIMITS = Limits(max_clients=4, request_timeout=0.6, max_request_bytes=100, max_pending=2, idle_timeout=0.8)
@@ -178,13 +181,17 @@ def test_a_greedy_address_gives_its_oldest_slot_to_another_address(tracked: Trac
         s.close()
 
 
-def test_addresses_holding_as_much_do_not_displace_each_other(tracked: Tracked) -> None:
+def test_every_address_is_sure_of_one_slot_and_equals_do_not_churn(tracked: Tracked) -> None:
     port = tport(tracked)
     each = [connect_from(port, f"127.0.0.{i}") for i in range(2, 6)]  # one slot each: all equal
     time.sleep(0.1)
-    assert read_all(connect_from(port, "127.0.0.6")) == b"busy\n"
+    assert read_all(connect_from(port, "127.0.0.3")) == b"busy\n"  # holds one already: no churn between equals
     assert tracked.evicted == 0
-    for s in each:
+    newcomer = connect_from(port, "127.0.0.6")  # holds none: takes the oldest slot among the equals
+    assert read_all(each[0]) == b"evicted\n"
+    newcomer.sendall(b"hello\n")
+    assert newcomer.recv(100) == b"welcome\n" and tracked.evicted == 1
+    for s in [*each, newcomer]:
         s.close()
 
 
