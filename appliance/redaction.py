@@ -15,6 +15,8 @@ import re
 from typing import Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
+from appliance.textsafe import printable
+
 __all__ = ["RedactingFilter", "redact", "redact_tree", "redact_url"]
 
 #: ``scheme://userinfo@``: everything between ``//`` and ``@`` within one URL (no space, slash or another @).
@@ -69,14 +71,15 @@ def redact_tree(value: Any) -> Any:
 
 
 class RedactingFilter(logging.Filter):
-    """A handler filter: the record's message (and its traceback's text) with :func:`redact` applied."""
+    """A handler filter: the record's message (and its traceback's text) with :func:`redact` applied, and any
+    character that could drive a terminal escaped (a peer's words often end up in a message)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:  # a bad format string: logging reports it itself
             return True
-        clean = redact(message)
+        clean = "\n".join(printable(line) for line in redact(message).split("\n"))
         if clean != message:
             record.msg, record.args = clean, None
         if record.exc_info and not record.exc_text:
