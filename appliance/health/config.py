@@ -20,9 +20,9 @@ class HealthConfig:
         "(200 when up, 503 otherwise) with that line as body; GET /status gets every counter as JSON.",
     )
     bind: str = opt(
-        "0.0.0.0",  # noqa: S104 - monitors and load balancers are on the LAN; personal data is never served
-        "Address to listen on: 0.0.0.0 for every IPv4 interface (load balancers and monitors on the LAN), "
-        "127.0.0.1 for this machine only.",
+        "0.0.0.0",  # noqa: S104 - monitors and load balancers are on the LAN; strangers read only what health needs
+        "Address to listen on: 0.0.0.0 for every IPv4 interface (load balancers and monitors on the LAN, which "
+        "read only what health needs: see status_detail), 127.0.0.1 for this machine only.",
         check=ip_address,
     )
     port: int = opt(9999, "TCP port.", lo=1, hi=65535)
