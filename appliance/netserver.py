@@ -14,8 +14,9 @@ everything a hostile or broken peer can abuse is here, once:
 - fairness between source addresses: when the pending pool is full, a newcomer takes the slot of the oldest
   pending client of the address that holds the most slots (the one whose oldest is oldest, among equals),
   provided the newcomer's address holds none, or two fewer than that one (:meth:`on_evict` says goodbye to it):
-  every address is sure of one slot, and equals never churn; failing that, the oldest pending client whose request
-  can already be answered (:meth:`answerable`: it gets its answer now); otherwise the newcomer is refused
+  every address is sure of one slot, and equals never churn; failing that, the oldest pending client the protocol
+  calls :meth:`evictable` (a request that can already be answered, a client silent too long: it gets its answer
+  or its error now), whatever its address; otherwise the newcomer is refused
   (:meth:`refusal_to`).  So hostile clients from other machines can never keep a client from its slot, however
   many connections they open; only a flood from the client's own address can (nothing can tell them apart);
 - a refused client may be given ``refuse_grace`` seconds to send its first bytes, so a protocol can still
@@ -313,9 +314,10 @@ class SelectorServer(Generic[C]):
         """The client sent more than ``max_request_bytes`` before :meth:`admit`: by default, closed."""
         self.close(conn)
 
-    def answerable(self, conn: C) -> bool:
-        """Pending ``conn`` has sent enough to be answered now (when the pending pool is full, such a client is
-        answered through :meth:`on_evict` rather than a newcomer refused); by default, never."""
+    def evictable(self, conn: C, now: float) -> bool:
+        """Pending ``conn`` may give its slot to a newcomer even from its own address, when the pending pool is
+        full (then :meth:`on_evict` runs): a request that can be answered already, or a client that has not said
+        what a real one says at once; by default, never."""
         return False
 
     def on_evict(self, conn: C) -> None:
@@ -577,7 +579,7 @@ class SelectorServer(Generic[C]):
             source = str(addr[0])
             room, victim = self._pending.make_room(source)
             if not room:
-                victim = self._answerable()
+                victim = self._evictable()
                 if victim is None:
                     self._refuse(sock)
                     continue
@@ -598,17 +600,18 @@ class SelectorServer(Generic[C]):
             self._sel.register(sock, selectors.EVENT_READ, conn)
             self._guard(conn, self.on_accept, conn)
 
-    def _answerable(self) -> C | None:
-        """The oldest pending client the protocol can answer now, if any."""
+    def _evictable(self) -> C | None:
+        """The oldest pending client the protocol lets go for a newcomer, if any."""
         best: C | None = None
+        now = time.monotonic()
         for conn in self._pending:
-            if (best is None or conn.accepted < best.accepted) and self._safe_answerable(conn):
+            if (best is None or conn.accepted < best.accepted) and self._safe_evictable(conn, now):
                 best = conn
         return best
 
-    def _safe_answerable(self, conn: C) -> bool:
+    def _safe_evictable(self, conn: C, now: float) -> bool:
         try:
-            return self.answerable(conn)
+            return self.evictable(conn, now)
         except Exception:
             _LOG.exception("%s: error while serving %s", self.name, conn.peer)
             return False

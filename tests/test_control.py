@@ -543,3 +543,44 @@ def stats_section(server: ControlServer) -> dict[str, int]:
     section = server._stats.snapshot().sections["control"]
     assert isinstance(section, dict)
     return section
+
+
+@pytest.mark.slow
+def test_squatters_from_the_operators_own_address_do_not_lock_it_out(serve: Callable[..., ControlServer]) -> None:
+    """The issue's attack: 16 connections that never authenticate, re-opened every 10 s, from the same machine as
+    the operator (no fairness between addresses can help): a connection silent for a second gives its slot.  (A
+    same-address flood re-connecting without pause can still fill the slots faster than they age: nothing tells
+    its connections from the operator's at the accept; docs/NETWORK.md §8.2.)"""
+    server = serve(token=Secret(TOKEN), max_clients=4, max_unauthenticated=8)
+    port = port_of(server)
+    stop = threading.Event()
+
+    def squatter() -> None:
+        while not stop.is_set():
+            opened = time.monotonic()
+            try:
+                c = LineClient(port, timeout=0.5)
+                while not stop.is_set() and c.readline(0.5) != "":
+                    pass
+                c.close()
+            except (OSError, AssertionError):
+                pass
+            stop.wait(max(0.05, opened + 10 - time.monotonic()))
+
+    threads = [threading.Thread(target=squatter, daemon=True) for _ in range(16)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.5)  # every slot squatted, and the squatters older than a second
+        for _ in range(5):
+            op = LineClient(port)
+            assert op.readline() == "auth required"
+            assert op.ask(f"auth {TOKEN}") == "hello principal"
+            op.close()
+            wait_until(lambda: server._live == 0, 2)
+            time.sleep(1.1)
+        assert server.evicted >= 1  # the first operator took a squatter's slot
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(3)

@@ -149,7 +149,7 @@ class Tracked(Echo):
         self.evicted_peers.append(conn.source)
         self.finish(conn, b"evicted\n")
 
-    def answerable(self, conn: Connection) -> bool:
+    def evictable(self, conn: Connection, now: float) -> bool:
         return conn.inbuf.startswith(b"ready")
 
 

@@ -30,7 +30,8 @@ command nor reads anything for ``idle_timeout`` seconds (900) is disconnected, l
 Bounds: ``max_clients`` authenticated clients (a further one reads an error and is closed) and, apart from them,
 ``max_unauthenticated`` connections still to authenticate (strangers can never fill the operator's slots; when
 that pool is full, the address holding the most gives up its oldest to a newcomer from an address holding
-fewer), ``max_line_bytes`` per line, ``max_commands_per_second`` per client (a token bucket), a 10 s limit to
+fewer, and one that has not sent its auth line within a second gives its slot to a newcomer from any address),
+``max_line_bytes`` per line, ``max_commands_per_second`` per client (a token bucket), a 10 s limit to
 authenticate (for the whole exchange, not per read), and a bounded output buffer per client: a watcher that reads
 too slowly loses frames (counted), never delays anyone, and a client that stops reading its answers altogether
 is disconnected. Like the health socket, everything runs on one ``selectors`` thread
@@ -71,6 +72,7 @@ __all__ = ["Command", "ControlServer", "Session"]
 _LOG = logging.getLogger(__name__)
 
 AUTH_TIMEOUT_S: Final = 10.0
+AUTH_EVICTABLE_S: Final = 1.0  # with every slot taken, a connection without its auth line by then gives its slot
 DRAIN_S: Final = 0.5  # after a last line, let the client finish sending so our close sends FIN, not RST
 WATCH_BUFFER: Final = 64 * 1024  # bytes of frames queued per watcher before frames are dropped
 OUT_MAX: Final = WATCH_BUFFER + 64 * 1024  # beyond this the client is not reading at all: disconnected
@@ -217,8 +219,13 @@ class ControlServer(SelectorServer[Session]):
     def on_expire(self, client: Session, now: float) -> None:
         self._disconnect(client, "authentication failed" if client.failed else "authentication timeout")
 
+    def evictable(self, client: Session, now: float) -> bool:
+        """A connection that has not sent its auth line within a second: a program sends it at once (a person
+        typing it by hand can lose the race, only while the slots are all taken)."""
+        return client.role == "pending" and not client.failed and now - client.accepted >= AUTH_EVICTABLE_S
+
     def on_evict(self, client: Session) -> None:
-        self._disconnect(client, "busy: your address holds too many unauthenticated connections")
+        self._disconnect(client, "busy: too many connections waiting to authenticate")
 
     def on_idle(self, client: Session) -> None:
         self._disconnect(client, f"idle for {self.cfg.idle_timeout:g} s")

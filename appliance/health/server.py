@@ -126,7 +126,7 @@ class HealthServer(SelectorServer[_Conn]):
                 return answer
         return self._agent_line()
 
-    def answerable(self, conn: _Conn) -> bool:
+    def evictable(self, conn: _Conn, now: float) -> bool:
         """An HTTP request line has come: the answer does not depend on the headers still coming."""
         return conn.phase == "http" and b"\n" in conn.inbuf
 
