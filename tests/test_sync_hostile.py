@@ -320,3 +320,44 @@ def test_any_server_reply_is_survived(
     payload = json.dumps(listing).encode()
     replies = [{**hello, "ok": True}, {"ok": True, "size": len(payload)}, payload, put, {"ok": True}, {"ok": True}]
     assert run_client(tmp_path, replies) in (0, 1)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(60)
+def test_drippers_from_the_clients_own_address_give_their_slots(make_server: Callable[..., SyncServer]) -> None:
+    """Drippers re-opened every 10 s from the client's own machine (fairness between addresses cannot help): a
+    connection that has not logged in after a second gives its slot to a newcomer."""
+    server = make_server(max_connections=8, max_pending=4)
+    stop = threading.Event()
+
+    def dripper() -> None:
+        while not stop.is_set():
+            opened = time.monotonic()
+            try:
+                r = Raw(server.port, timeout=0.5)
+                while not stop.is_set():
+                    r.sock.sendall(b" ")
+                    try:
+                        if r.sock.recv(100) == b"":
+                            break
+                    except TimeoutError:
+                        continue
+            except OSError:
+                pass
+            stop.wait(max(0.05, opened + 10 - time.monotonic()))
+
+    threads = [threading.Thread(target=dripper, daemon=True) for _ in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.5)
+        for _ in range(5):
+            alice = Raw(server.port)
+            assert alice.hello("alice", TOKEN.format("alice"))["ok"] is True
+            assert alice.ask({"op": "ping"}) == {"ok": True}
+            alice.sock.close()
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(3)

@@ -14,7 +14,8 @@ Before logging in, a connection is *pending*, and strangers are bounded apart fr
 - at most ``max_pending`` pending connections (never more than ``max_connections``), so logged-in clients keep
   the rest of the slots; when they are all taken, a newcomer from an address holding fewer takes the slot of the
   oldest pending connection of the address holding the most (:class:`appliance.netserver.SourcePool`, the rule
-  every listening socket of the appliance follows), else it is told ``server busy``;
+  every listening socket of the appliance follows), else that of the oldest connection not logged in after a
+  second (a real client logs in within milliseconds), else it is told ``server busy``;
 - the TLS handshake and the hello have ``HELLO_TIMEOUT`` seconds *in all* from the accept, not per read: the
   accept loop shuts down any pending connection past its deadline, so a client dripping a byte every few seconds
   holds its slot for 10 s at most;
@@ -50,6 +51,7 @@ __all__ = ["Refused", "SyncServer", "load_tokens"]
 _LOG = logging.getLogger(__name__)
 
 HELLO_TIMEOUT: Final = 10.0  # seconds a new connection has to log in (TLS handshake and hello, in all)
+SLOW_HELLO: Final = 1.0  # with every pending slot taken, a connection not logged in by then gives its slot
 REAP_INTERVAL: Final = 0.25  # how often the accept loop looks for pending connections past their deadline
 BUSY: Final = b'{"ok":false,"error":"server busy"}\n'
 
@@ -60,6 +62,7 @@ class _Pending:
 
     sock: socket.socket
     source: str
+    accepted: float
     deadline: float
     evicted: bool = False
 
@@ -186,7 +189,7 @@ class SyncServer:
                 continue
             source = str(peer[0])
             now = time.monotonic()
-            pending = _Pending(sock, source, now + HELLO_TIMEOUT)
+            pending = _Pending(sock, source, now, now + HELLO_TIMEOUT)
             if not self._admit_pending(pending):
                 if now - last_busy_log >= 60:  # a flood of refusals is one line a minute
                     last_busy_log = now
@@ -204,6 +207,9 @@ class SyncServer:
             full = self._connections >= self.cfg.max_connections or len(self._pending) >= self._pending.limit
             if full:
                 victim = self._pending.victim(pending.source)
+                if victim is None and len(self._pending):  # else the oldest that is slow to log in, any address
+                    oldest = min(self._pending, key=lambda p: p.accepted)
+                    victim = oldest if pending.accepted - oldest.accepted >= SLOW_HELLO else None
                 if victim is None:
                     return False
                 self._drop_pending(victim, evicted=True)
