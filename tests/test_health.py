@@ -570,6 +570,7 @@ def hold_requests(port: int, n: int, request: bytes, stop: threading.Event, sour
     return opened
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_unfinished_http11_requests_never_fail_the_http_checks(
     serve: Callable[..., HealthServer], stats: Stats
@@ -608,6 +609,7 @@ def test_a_bad_request_target_is_answered_without_a_traceback(
     assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]
 
 
+@pytest.mark.slow
 def test_clients_from_other_addresses_cannot_take_a_checks_slot(
     serve: Callable[..., HealthServer], stats: Stats
 ) -> None:

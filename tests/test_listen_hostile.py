@@ -69,6 +69,7 @@ def assert_safe(lines: list[str]) -> None:
         assert not UNSAFE.search(line), ascii(line)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.parametrize("fmt", ["auto", "json", "influx"])
 def test_no_single_datagram_stops_listen_and_nothing_raw_is_printed(fmt: str) -> None:
@@ -138,6 +139,7 @@ def test_a_flood_of_json_parts_stays_bounded() -> None:
     assert peak - base < 10_000, f"RSS went from {base} to {peak} KiB after {n} parts"
 
 
+@pytest.mark.slow
 def test_incomplete_frames_are_released_while_nothing_arrives(monkeypatch: pytest.MonkeyPatch) -> None:
     printers: list[Any] = []
     original = listen_module._Printer.__init__

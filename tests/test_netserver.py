@@ -227,6 +227,7 @@ def test_admitted_clients_are_bounded_apart_from_pending_ones(tracked: Tracked) 
         s.close()
 
 
+@pytest.mark.slow
 def test_closing_clients_are_bounded(tracked: Tracked) -> None:
     port = tport(tracked)
     # Clients that never read nor close: each answered, then drained; beyond max_closing the oldest goes at once.
@@ -278,6 +279,7 @@ class Gate(Echo):
             self.hold(conn, now + self.throttle.failed(conn.source, now))
 
 
+@pytest.mark.slow
 def test_wrong_secrets_cost_their_address_time_and_no_one_else() -> None:
     server = Gate()
     server.start()

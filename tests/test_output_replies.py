@@ -102,6 +102,7 @@ def test_an_influxdb_reply_is_read_in_bounded_memory_and_shown_safely(
     assert elapsed < 5  # (log lines: test_log_lines_never_carry_a_peers_escapes)
 
 
+@pytest.mark.slow
 def test_a_broker_answering_garbage_is_an_error_not_a_crash() -> None:
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]

@@ -86,6 +86,7 @@ def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
     assert not bad, bad
 
 
+@pytest.mark.slow
 # --- the hello deadline, pending slots, busy ------------------------------------------------------------------
 @pytest.mark.integration
 def test_the_hello_deadline_is_for_the_whole_exchange(
@@ -115,6 +116,7 @@ def test_the_hello_deadline_is_for_the_whole_exchange(
     assert closed_after is not None and closed_after < 1.0 + 0.25 + 0.7, closed_after
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_drippers_from_another_address_cannot_keep_a_client_out(make_server: Callable[..., SyncServer]) -> None:
@@ -322,6 +324,7 @@ def test_any_server_reply_is_survived(
     assert run_client(tmp_path, replies) in (0, 1)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 @pytest.mark.timeout(60)
 def test_drippers_from_the_clients_own_address_give_their_slots(make_server: Callable[..., SyncServer]) -> None:
