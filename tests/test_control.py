@@ -584,3 +584,14 @@ def test_squatters_from_the_operators_own_address_do_not_lock_it_out(serve: Call
         stop.set()
         for t in threads:
             t.join(3)
+
+
+def test_status_redacts_credentials_written_in_urls(serve: Callable[..., ControlServer], stats: Stats) -> None:
+    port = port_of(serve())
+    url = "http://admin:hunter2@10.1.2.3:8086/api/v2/write?org=home&token=s3cr3t"
+    stats.update_output("influxdb", state="failing", last_error=f"InfluxDB {url} unreachable")
+    client = join(port)
+    answer = client.ask("status")
+    assert "hunter2" not in answer and "s3cr3t" not in answer
+    assert json.loads(answer)["outputs"]["influxdb"]["last_error"].startswith("InfluxDB http://***@10.1.2.3:8086/")
+    client.close()
