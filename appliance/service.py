@@ -237,6 +237,7 @@ class Service:
 
     def _start_journal(self) -> None:
         """The raw capture journal (appliance.journal): its own thread writes, the reader only appends."""
+        self.stats.remove_extra("journal")  # a reload may have disabled it: no stale state in health
         if self.cfg.journal.enabled:
             from appliance.journal import Journal, journal_directory
 
@@ -246,6 +247,7 @@ class Service:
                 journal.start()
             except OSError as e:  # the meter's data still flows to the outputs: an error, not a stop
                 _LOG.error("journal disabled: cannot create %s: %s", directory, e)
+                self.stats.set_extra("journal", {"directory": str(directory), "last_error": str(e)})  # health
                 return
             self.journal = journal
 

@@ -81,18 +81,22 @@ def make_client(cfg: InfluxConfig) -> Any:
     """
     from influxdb_client.client.influxdb_client import InfluxDBClient
 
+    from appliance.outputs.influxdb.bounded import bound_replies
+
     token = cfg.token.get() if cfg.token is not None else ""
     timeout_ms = int(cfg.timeout * 1000)
     kwargs: dict[str, Any] = {"verify_ssl": cfg.verify_tls, "retries": False, "auth_basic": ":" in token}
     if cfg.ca_file:
         kwargs["ssl_ca_cert"] = cfg.ca_file
-    return InfluxDBClient(
-        url=cfg.url.rstrip("/"),
-        token=token,  # "" sends no Authorization header, like None: the client only tests its truth
-        org=cfg.org or "-",  # InfluxDB 1.8 and 3.x ignore org, but the client insists on one
-        timeout=(min(timeout_ms, int(CONNECT_TIMEOUT * 1000)), timeout_ms),
-        debug=False,
-        **kwargs,
+    return bound_replies(  # a reply's body is read up to 64 kB, whatever the server sends
+        InfluxDBClient(
+            url=cfg.url.rstrip("/"),
+            token=token,  # "" sends no Authorization header, like None: the client only tests its truth
+            org=cfg.org or "-",  # InfluxDB 1.8 and 3.x ignore org, but the client insists on one
+            timeout=(min(timeout_ms, int(CONNECT_TIMEOUT * 1000)), timeout_ms),
+            debug=False,
+            **kwargs,
+        )
     )
 
 
