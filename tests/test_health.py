@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from appliance.health import HealthServer, evaluate, public_snapshot
 from appliance.health.config import HealthConfig
-from appliance.stats import OutputSnapshot, Stats, StatsSnapshot
+from appliance.stats import OutputSnapshot, SourceSnapshot, Stats, StatsSnapshot
 
 from .probes import Feeder, open_fds, rss_kib
 from .util import free_port, wait_until
@@ -132,7 +132,10 @@ def snap(age: float | None, outputs: dict[str, str] | None = None, uptime: float
         (snap(None, uptime=1.0), "up ready 100% #starting: no frame yet", 100, 200),
         (snap(None, uptime=75.0), "down 0% #no TIC frame since start 75s ago", 0, 503),
         (  # the adapter is missing: down at once, with the reason (not "starting" for down_after seconds)
-            {**snap(None, uptime=1.0), "source": {"state": "lost", "detail": "cannot open /dev/ttyUSB0: No such file"}},
+            replace(
+                snap(None, uptime=1.0),
+                source=SourceSnapshot(state="lost", detail="cannot open /dev/ttyUSB0: No such file"),
+            ),
             "down 0% #no meter: cannot open /dev/ttyUSB0: No such file",
             0,
             503,
