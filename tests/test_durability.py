@@ -155,16 +155,18 @@ class Rig:
         self.spool_dir = self.state / "spool" / "influxdb"
         self.procs: list[ServiceProc] = []
 
-    def service(self, mode: str = "historique", url: str = "", timeout: float = 2.0) -> ServiceProc:
-        """Start the service (InfluxDB: ``url``, else our victoria-metrics) and wait for its first frame on the
-        multicast group."""
+    def service(
+        self, mode: str = "historique", url: str = "", timeout: float = 2.0, influx_extra: str = ""
+    ) -> ServiceProc:
+        """Start the service (InfluxDB: ``url``, else our victoria-metrics; ``influx_extra``: more lines of its
+        section) and wait for its first frame on the multicast group."""
         config = self.tmp / "teleinfo.toml"
         config.write_text(
             '[source]\nkind = "simulator"\n'
             f'[source.simulator]\nmode = "{mode}"\nseed = 3\n'
             f'[outputs.multicast]\ngroup = "{self.group}"\nport = {self.port}\ninterface = "127.0.0.1"\n'
             'format = "influx"\nprecision = "s"\nttl = 1\n'
-            f'[outputs.influxdb]\nenabled = true\nurl = "{url or self.vm.url}"\ntimeout = {timeout}\n'
+            f'[outputs.influxdb]\nenabled = true\nurl = "{url or self.vm.url}"\ntimeout = {timeout}\n{influx_extra}'
             + ('token = { env = "TELEINFO_INFLUX_TOKEN" }\n' if self.password else "")
             + "[health]\nenabled = false\n[control]\nenabled = false\n"
             f'[state]\ndirectory = "{self.state}"\n'
@@ -370,3 +372,30 @@ def test_an_unreadable_spool_segment_is_logged_and_frames_still_spool(
     spool.close()
     again = Spool(tmp_path / "spool")
     assert [frame_time(f) for f in again.peek(10).frames] == [frame_time(f) for f in frames]
+
+
+def duplicates(rig: Rig, field: str = "papp") -> int:
+    """Samples of ``field`` stored more often than the service published them (victoria-metrics keeps copies)."""
+    sent, got = rig.receiver.fields(), stored(rig.vm)
+    return sum(max(0, len(got.get(k, [])) - len(v)) for k, v in sent.items() if k[0] == field)
+
+
+@pytest.mark.slow
+def test_a_hung_server_gets_one_write_at_a_time_and_stores_each_frame_once(rig: Rig) -> None:
+    """SIGSTOP: the server takes connections and requests into its buffers and answers none; resumed, it executes
+    every one.  A write that got no answer is waited for, never sent again beside itself."""
+    svc = rig.service(timeout=1.0)
+    wait_until(lambda: len(rig.receiver.times()) >= 3, 15)
+    wait_stored(rig, 10)
+    rig.vm.pause()
+    hung = time.monotonic()
+    wait_until(lambda: time.monotonic() - hung >= 20, 25)  # about 15 frames, many retries of 1 s
+    rig.vm.resume()
+    wait_stored(rig, 40)
+    rc, _ = svc.stop()
+    assert rc == 0
+    wait_stored(rig, 5)
+    dups = duplicates(rig)
+    print(f"frames {len(rig.receiver.times())}, duplicates stored after a 20 s hang: {dups}")
+    assert dups == 0, dups
+    assert "Traceback" not in svc.log()
