@@ -399,3 +399,28 @@ def test_a_hung_server_gets_one_write_at_a_time_and_stores_each_frame_once(rig: 
     print(f"frames {len(rig.receiver.times())}, duplicates stored after a 20 s hang: {dups}")
     assert dups == 0, dups
     assert "Traceback" not in svc.log()
+
+
+@pytest.mark.slow
+def test_kill_9_while_a_write_hangs_loses_no_queued_frame(rig: Rig) -> None:
+    """Frames that arrive while the worker waits on a hung server are on disk before it waits: kill -9 then
+    loses none of them (the write in doubt is resent by the next process: at most that batch twice)."""
+    a = rig.service(timeout=30.0)  # a write waits 30 s for its answer
+    wait_until(lambda: len(rig.receiver.times()) >= 2, 15)
+    wait_stored(rig, 10)
+    rig.vm.pause()
+    before = len(rig.receiver.times())
+    wait_until(lambda: len(rig.receiver.times()) >= before + 4, 15)  # queued behind the hung write
+    a.stop(signal.SIGKILL)
+    published = rig.receiver.times()
+    b = rig.service(timeout=5.0)
+    rig.vm.resume()
+    wait_until(lambda: len(rig.receiver.times()) >= len(published) + 2, 15)
+    got = wait_stored(rig, 40)
+    assert set(published) <= {k[3] for k in got}
+    b.stop()
+    wait_stored(rig, 5)
+    dups = duplicates(rig)
+    print(f"duplicates after kill -9 during a hang: {dups}")
+    assert dups <= 1, dups  # the one frame in the request in doubt when the process died
+    assert_clean(b)

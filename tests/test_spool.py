@@ -7,12 +7,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from appliance.outputs.base import OutputWorker
-from appliance.outputs.spool import Spool
+from appliance.outputs.spool import Spool, fsync_paths
 from appliance.stats import Stats
 from appliance.tic import Frame
 
@@ -71,7 +73,7 @@ def test_a_frame_written_is_never_lost_to_kill_9(tmp_path: Path) -> None:
         f"""
         import os, signal, sys
         sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
-        from appliance.outputs.spool import Spool
+        from appliance.outputs.spool import Spool, fsync_paths
         from tests.test_spool import frame
         sp = Spool({str(tmp_path)!r}, segment_bytes=8192, fsync_interval=3600)
         for i in range(500):
@@ -194,3 +196,75 @@ def test_full_disk_is_a_counted_state_not_a_crash(tmp_path: Path) -> None:
     server.up = True
     wait_until(lambda: server.got[-1:] == [49])
     w.stop(2)
+
+
+def test_a_healthy_flow_truncates_one_segment_and_leaves_nothing_at_close(tmp_path: Path) -> None:
+    """The write-ahead role: each record consumed as it comes.  The segment is truncated, never recreated, no
+    cursor file is written, nothing needs an fsync, and a clean close leaves no file (nor the directory)."""
+    d = tmp_path / "s"
+    sp = Spool(d, fsync_interval=0.0)
+    segments = set()
+    for i in range(50):
+        end = sp.append(frame(i))
+        segments |= {p.name for p in d.glob("*.spool")}
+        sp.commit(sp.batch([frame(i)], [end]), keep=True)
+        assert len(sp) == 0 and sp.sync_due() == []  # consumed: nothing to fsync, even at once
+    assert len(segments) == 1 and [p.stat().st_size for p in d.glob("*.spool")] == [0]
+    assert not (d / "cursor").exists()
+    sp.close()
+    assert not d.exists()
+
+
+def test_records_that_stay_are_fsynced_once_the_interval_has_passed(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, fsync_interval=0.2)
+    sp.append(frame(0))
+    assert sp.sync_due() == []  # not yet: it may be consumed within the interval
+    time.sleep(0.25)
+    due = sp.sync_due()
+    assert due == list(tmp_path.glob("*.spool"))
+    fsync_paths(due)
+    assert sp.sync_due() == []  # synced: nothing until the next record
+    sp.close()
+    assert len(Spool(tmp_path)) == 1  # kept: what stays unconsumed is never removed
+
+
+def test_a_cursor_left_past_a_truncated_segment_skips_no_new_record(tmp_path: Path) -> None:
+    """kill -9 between a cursor update and a truncation: the saved cursor points past the end of the segment."""
+    sp = Spool(tmp_path)
+    ends = [sp.append(frame(i)) for i in range(3)]
+    sp.commit(sp.batch([frame(0)], ends[:1]))  # saves the cursor: two records left
+    (tmp_path / "cursor").write_text(f"{ends[2][0]} {ends[2][1] + 500}\n")  # past the end
+    seg = next(tmp_path.glob("*.spool"))
+    del sp
+    os.truncate(seg, 0)
+    again = Spool(tmp_path)
+    again.append(frame(7))
+    assert east(again.peek(10).frames) == [7]
+
+
+class Hung(Server):
+    """A server that takes the first frame and never answers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def send(self, f: Frame) -> None:
+        self.release.wait(30)
+        super().send(f)
+
+
+def test_frames_are_on_disk_when_submit_returns_even_while_the_worker_hangs(tmp_path: Path) -> None:
+    stats, server = Stats(), Hung()
+    w = OutputWorker(server, stats, spool=Spool(tmp_path))
+    w.start()
+    try:
+        for i in range(20):
+            w.submit(frame(i))
+            # what a process started after a kill -9 would find: every frame handed over, in order
+            assert east(Spool(tmp_path).peek(100).frames) == list(range(i + 1))
+        assert stats.snapshot().outputs["db"].queued == 0  # nothing only in memory
+    finally:
+        server.release.set()
+        w.stop(2)
+    assert server.got == list(range(20))
