@@ -424,3 +424,23 @@ def test_kill_9_while_a_write_hangs_loses_no_queued_frame(rig: Rig) -> None:
     print(f"duplicates after kill -9 during a hang: {dups}")
     assert dups <= 1, dups  # the one frame in the request in doubt when the process died
     assert_clean(b)
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_server_hangs_takes_under_5_s_and_says_what_is_kept(rig: Rig) -> None:
+    svc = rig.service(timeout=5.0, influx_extra="health_interval = 1\n")
+    wait_until(lambda: len(rig.receiver.times()) >= 2, 15)
+    wait_stored(rig, 10)
+    rig.vm.pause()
+    hung = time.monotonic()
+    wait_until(lambda: time.monotonic() - hung >= 5.7, 8)  # a write timed out, the next one hangs too
+    rc, took = svc.stop()
+    print(f"SIGTERM while InfluxDB hangs: {took:.2f} s")
+    assert rc == 0 and took < 5.0, took
+    assert "kept on disk: " in svc.log() and " in the influxdb spool" in svc.log(), svc.log()
+    published = set(rig.receiver.times())
+    rig.vm.resume()
+    b = rig.service()
+    got = wait_stored(rig, 30)
+    assert published <= {k[3] for k in got}
+    b.stop()

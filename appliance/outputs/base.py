@@ -373,6 +373,10 @@ class OutputWorker:
                 if lane.units:
                     lane.last_error = error_reason(error)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def request_stop(self, deadline: float) -> None:
         """Start stopping: keep delivering until ``deadline`` (monotonic), then close."""
         self._deadline = deadline
@@ -727,10 +731,17 @@ class Fanout:
             if w.accepts(record.kind):
                 w.submit_record(record)
 
+    def request_stop(self, deadline: float) -> None:
+        """Every worker starts stopping at once: delivering what it holds until ``deadline`` (monotonic)."""
+        for w in self.workers:
+            w.request_stop(deadline)
+
     def stop(self, timeout: float) -> None:
-        """Stop every worker in parallel within ``timeout`` seconds in total."""
+        """Stop every worker in parallel within ``timeout`` seconds in total (draining until 0.5 s before, unless
+        :meth:`request_stop` set an earlier deadline)."""
         deadline = time.monotonic() + timeout
         for w in self.workers:  # all of them start draining at once
-            w.request_stop(deadline - 0.5)
+            if not w.stopping:
+                w.request_stop(deadline - 0.5)
         for w in self.workers:
             w.stop(max(0.1, deadline - time.monotonic()))
