@@ -317,7 +317,7 @@ class Service:
         self.fanout = self.journal = None
         self._stop_servers(0.5)
         kept = self._kept(fanout, journal)
-        _LOG.info("stopped in %.1f s: %s; kept on disk: %s", time.monotonic() - start, self.summary(), kept)
+        _LOG.info("stopped: %s; kept on disk: %s (stop took %.1f s)", self.summary(), kept, time.monotonic() - start)
 
     @staticmethod
     def _kept(fanout: Fanout | None, journal: Journal | None) -> str:
