@@ -17,6 +17,7 @@ thread alive); a silent meter is not a hang: it is reported by the health state,
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -58,14 +59,26 @@ STOP_TIMEOUT = 3.5  # seconds from the source's close to the sockets' (systemd w
 DRAIN_S = 2.5  # of which the outputs keep delivering what they hold, if their servers answer
 
 
+def runtime_directory() -> Path | None:
+    """systemd's ``RuntimeDirectory`` (``$RUNTIME_DIRECTORY``: ``/run/teleinfo``, a RAM file system), if any."""
+    value = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(value) if value else None
+
+
 def build_workers(cfg: Config, stats: Stats) -> list[OutputWorker]:
-    """A worker for every enabled output (:data:`appliance.outputs.OUTPUTS`); spools under the state directory."""
+    """A worker for every enabled output (:data:`appliance.outputs.OUTPUTS`); spools under the state directory,
+    the segment a healthy output writes ahead in systemd's runtime directory when there is one (RAM: the SD card
+    sees nothing while outputs keep up; :mod:`appliance.outputs.spool`)."""
     workers: list[OutputWorker] = []
     spools = Path(cfg.state.directory) / "spool"
+    runtime = runtime_directory()
     lanes = {CHECK: cfg.checks.backlog, HEALTH: BACKLOG_LINES}
     for plugin, settings in enabled_outputs(cfg):
         o = plugin.options(settings)
-        spool = None if o.spool_max_bytes is None else Spool(spools / plugin.name, max_bytes=o.spool_max_bytes)
+        spool = None
+        if o.spool_max_bytes is not None:
+            hot = runtime / "spool" / plugin.name if runtime is not None else None
+            spool = Spool(spools / plugin.name, max_bytes=o.spool_max_bytes, hot=hot)
         output = plugin.build(settings)
         workers.append(
             OutputWorker(output, stats, queue_size=o.queue_size, spool=spool, batch_size=o.batch_size, lane_sizes=lanes)

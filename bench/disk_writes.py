@@ -16,10 +16,12 @@ What is measured is the service process's ``write_bytes`` in ``/proc/<pid>/io``:
 dirtied for the block device (every thread; ``tmpfs`` excluded), minus ``cancelled_write_bytes``, the dirty bytes
 it truncated or deleted before the kernel wrote them back: the difference is the data that reaches the disk.
 Over ``--duration`` seconds after a warm-up, extrapolated to an hour.  The durable outputs write every frame
-ahead to their spool (``appliance/outputs/spool.py``) and truncate it as soon as the server has the frame, so
-the net is zero; the log goes to standard error, which here is a pipe read by this script (under systemd it is
-the journal's socket), so the log's bytes are counted apart and printed.  ``wchar``/``syscw`` (bytes and calls
-of ``write()`` on any file descriptor; ``send()`` on sockets is not counted there) are shown for scale.  The
+ahead to their spool (``appliance/outputs/spool.py``) and truncate it as soon as the server has the frame, so the
+net is zero.  The service gets a ``$RUNTIME_DIRECTORY`` on a tmpfs (``/dev/shm``) as systemd gives it
+``/run/teleinfo``, where those segments live (``--no-runtime-dir``: none, they go to the state directory).  The
+log goes to standard error, which here is a pipe read by this script (under systemd it is the journal's
+socket), so the log's bytes are counted apart and printed.  ``wchar``/``syscw`` (bytes and calls of ``write()``
+on any file descriptor, tmpfs included; ``send()`` on sockets is not counted there) are shown for scale.  The
 state directory is listed at the end (a spool's open, empty segment at most).
 
 What ``/proc/<pid>/io`` cannot see is the file system's own writes: ext4 journals every change of a file's
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -65,8 +68,11 @@ def proc_io(pid: int) -> dict[str, int]:
 class Service:
     """The service process; its standard error (the log) read by a thread and counted, never written to disk."""
 
-    def __init__(self, config: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "TELEINFO_CONFIG")}
+    def __init__(self, config: Path, runtime: Path | None) -> None:
+        drop = ("NOTIFY_SOCKET", "TELEINFO_CONFIG", "RUNTIME_DIRECTORY")
+        env = {k: v for k, v in os.environ.items() if k not in drop}
+        if runtime is not None:
+            env["RUNTIME_DIRECTORY"] = str(runtime)  # as systemd's RuntimeDirectory= sets it
         env["PYTHONPATH"] = str(REPO)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "appliance", "run", "--config", str(config), "--no-view"],
@@ -162,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--outage", type=float, default=20.0, help="seconds of the control outage (0: none)")
     ap.add_argument("--no-mqtt", action="store_true", help="InfluxDB output only")
     ap.add_argument("--loop", action="store_true", help="state directory on an ext4 loop device (root): device bytes")
+    ap.add_argument(
+        "--no-runtime-dir", action="store_true", help="no $RUNTIME_DIRECTORY: the spools write ahead on the disk too"
+    )
     args = ap.parse_args(argv)
     if args.loop and os.geteuid() != 0:
         raise SystemExit("--loop needs root (losetup, mount)")
@@ -179,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         vm.start(tmp)
         broker = sub = None
         svc = None
+        runtime: Path | None = None
         try:
             if mqtt:
                 from tests.mosquitto import Mosquitto, Subscriber
@@ -187,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
                 sub = Subscriber(broker.port, ["teleinfo/+/state"])
             config = tmp / "teleinfo.toml"
             config.write_text(config_text(state, vm.port, broker.port if broker else None))
-            svc = Service(config)
+            runtime = None
+            if not args.no_runtime_dir:  # systemd's /run/teleinfo is a tmpfs: so is /dev/shm
+                runtime = Path(tempfile.mkdtemp(prefix="bench-run-", dir="/dev/shm"))
+            svc = Service(config, runtime)
             svc.wait_log("output influxdb up", 30)
             if broker is not None:
                 svc.wait_log("output mqtt up", 30)
@@ -213,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if svc is not None:
                 svc.stop()
+            if runtime is not None:
+                shutil.rmtree(runtime, ignore_errors=True)
             if sub is not None:
                 sub.close()
             if broker is not None:
@@ -223,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
 
     per_hour = 3600 / took
     print(f"python {platform.python_version()} on {platform.machine()}; state directory on {fs}")
+    print(
+        "write-ahead segments: "
+        + ("in the state directory (no $RUNTIME_DIRECTORY)" if args.no_runtime_dir else "$RUNTIME_DIRECTORY, a tmpfs")
+    )
     print(
         f"service: simulator (standard), outputs influxdb -> victoria-metrics"
         f"{' and mqtt -> mosquitto' if mqtt else ''}; measured {took:.0f} s after a {args.warmup:.0f} s warm-up"

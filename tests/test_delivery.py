@@ -10,7 +10,9 @@
   are stopped, hung and restarted, and the service itself is killed (``kill -9``) and stopped (SIGTERM).  A
   multicast listener on loopback witnesses every frame the service accepted (durable outputs are handed each
   frame first, so a frame seen there is on disk).  Nothing witnessed may be missing at MQTT or in the database,
-  MQTT must keep the meter's order, and duplicates must stay within docs/DESIGN.md's bound.
+  MQTT must keep the meter's order, and duplicates must stay within docs/DESIGN.md's bound.  The service runs
+  with ``$RUNTIME_DIRECTORY`` as under systemd (the spools' RAM tier; a plain directory here: ``kill -9`` keeps
+  it the same way a RAM file system does).
 """
 
 from __future__ import annotations
@@ -180,7 +182,7 @@ class Chaos:
         """A new service process; returns once it delivered a frame (witnessed on the multicast group)."""
         before = len(self.witness.lines)
         argv = [sys.executable, "-m", "appliance", "run", "--config", str(self.config), "--no-view"]
-        p = Proc(argv, clean_env())
+        p = Proc(argv, clean_env(RUNTIME_DIRECTORY=str(self.tmp / "run")))  # as systemd: the RAM tier
         self.procs.append(p)
         wait_until(lambda: len(self.witness.lines) > before or not p.alive, 15)
         assert p.alive, p.log()

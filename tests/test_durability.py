@@ -102,7 +102,8 @@ class ServiceProc:
 
     def __init__(self, config: Path, log: Path, **extra_env: str) -> None:
         self.log_path = log
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "TELEINFO_CONFIG")}
+        drop = ("NOTIFY_SOCKET", "TELEINFO_CONFIG", "RUNTIME_DIRECTORY")
+        env = {k: v for k, v in os.environ.items() if k not in drop}
         env["PYTHONPATH"] = str(REPO)
         env.update(extra_env)
         with log.open("ab") as f:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -268,3 +269,86 @@ def test_frames_are_on_disk_when_submit_returns_even_while_the_worker_hangs(tmp_
         server.release.set()
         w.stop(2)
     assert server.got == list(range(20))
+
+
+# --- the RAM tier (systemd's RuntimeDirectory): what a healthy output writes ahead never reaches the card ---------
+def on_card(d: Path) -> list[str]:
+    return sorted(p.name for p in d.glob("*.spool")) if d.exists() else []
+
+
+def test_hot_a_healthy_flow_writes_nothing_to_the_card(tmp_path: Path) -> None:
+    card, ram = tmp_path / "card", tmp_path / "ram"
+    sp = Spool(card, hot=ram, fsync_interval=0.0)
+    for i in range(30):
+        end = sp.append(frame(i))
+        sp.commit(sp.batch([frame(i)], [end]), keep=True)
+        assert sp.sync_due() == []
+    assert on_card(card) == [] and [p.stat().st_size for p in ram.glob("*.spool")] == [0]
+    sp.close()
+    assert not card.exists() and not ram.exists()
+
+
+def test_hot_records_that_stay_move_to_the_card_and_come_back_once_replayed(tmp_path: Path) -> None:
+    card, ram = tmp_path / "card", tmp_path / "ram"
+    sp = Spool(card, hot=ram, fsync_interval=0.1)
+    ends = [sp.append(frame(i)) for i in range(3)]
+    sp.commit(sp.batch([frame(0)], ends[:1]))  # one delivered, two stay: the cursor is saved (in RAM)
+    assert on_card(card) == [] and (ram / "cursor").exists()
+    time.sleep(0.15)
+    due = sp.sync_due()  # an outage: moved to the card, to be fsynced there
+    assert due and all(p.parent == card for p in due) and not list(ram.glob("*.spool"))
+    fsync_paths(due)
+    sp.append(frame(3))  # written to the card now, behind them
+    assert len(on_card(card)) == 1
+    # a power cut now (RAM gone) keeps everything but the delivered frame
+    shutil.rmtree(ram)
+    assert east(Spool(card, hot=ram).peek(10).frames) == [1, 2, 3]
+    b = sp.peek(10)
+    sp.commit(b)  # replayed: the card is emptied, the next record goes to RAM again
+    assert on_card(card) == []
+    sp.append(frame(4))
+    assert on_card(card) == [] and len(list(ram.glob("*.spool"))) == 1
+
+
+def test_hot_kill_9_loses_nothing_and_the_next_run_moves_it_to_the_card(tmp_path: Path) -> None:
+    card, ram = tmp_path / "card", tmp_path / "ram"
+    sp = Spool(card, hot=ram, fsync_interval=3600)
+    for i in range(5):
+        sp.append(frame(i))
+    del sp  # kill -9: RAM survives the process
+    again = Spool(card, hot=ram)
+    assert east(again.peek(10).frames) == list(range(5))
+    assert len(on_card(card)) == 1 and not list(ram.glob("*.spool"))  # old: on the card at once
+    again.append(frame(5))  # behind them, on the card
+    assert east(again.peek(10).frames) == list(range(6))
+
+
+def test_hot_a_move_cut_by_a_crash_keeps_the_ram_copy(tmp_path: Path) -> None:
+    card, ram = tmp_path / "card", tmp_path / "ram"
+    sp = Spool(card, hot=ram)
+    for i in range(4):
+        sp.append(frame(i))
+    seg = next(ram.glob("*.spool"))
+    card.mkdir()
+    (card / seg.name).write_bytes(seg.read_bytes()[:40])  # the copy was being written when the process died
+    del sp
+    assert east(Spool(card, hot=ram).peek(10).frames) == list(range(4))  # once each, whole
+
+
+def test_hot_a_clean_close_keeps_pending_records_on_the_card(tmp_path: Path) -> None:
+    card, ram = tmp_path / "card", tmp_path / "ram"
+    sp = Spool(card, hot=ram)
+    for i in range(3):
+        sp.append(frame(i))
+    sp.close()
+    shutil.rmtree(ram, ignore_errors=True)  # a reboot
+    assert east(Spool(card, hot=ram).peek(10).frames) == [0, 1, 2]
+
+
+def test_hot_that_cannot_be_written_falls_back_to_the_card(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    card, ram = tmp_path / "card", tmp_path / "ram"
+    ram.write_text("a file where the directory should be")
+    sp = Spool(card, hot=ram)
+    sp.append(frame(0))
+    assert len(on_card(card)) == 1 and any("writing to" in r.getMessage() for r in caplog.records)
+    assert east(sp.peek(5).frames) == [0]
