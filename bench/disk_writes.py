@@ -259,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'net: data to the disk':30} {net:>12,} {net * per_hour:>14,.0f}")
     if args.loop:
         dev = delta["device"]
-        print(f"{'device (data, metadata, journal)':30} {dev:>12,} {dev * per_hour:>14,.0f}")
+        print(f"{'device (data+metadata+journal)':30} {dev:>12,} {dev * per_hour:>14,.0f}")
     print(f"{'log on stderr (journal)':30} {log_bytes:>12,} {log_bytes * per_hour:>14,.0f}")
     print(f"{'wchar (write() bytes, any fd)':30} {delta['wchar']:>12,} {delta['wchar'] * per_hour:>14,.0f}")
     print(f"{'syscw (write calls)':30} {delta['syscw']:>12,} {delta['syscw'] * per_hour:>14,.0f}")
