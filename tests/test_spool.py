@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pytest_mock import MockerFixture
 
 from appliance.outputs.base import OutputWorker
 from appliance.outputs.spool import Spool, fsync_paths
@@ -352,3 +353,21 @@ def test_hot_that_cannot_be_written_falls_back_to_the_card(tmp_path: Path, caplo
     sp.append(frame(0))
     assert len(on_card(card)) == 1 and any("writing to" in r.getMessage() for r in caplog.records)
     assert east(sp.peek(5).frames) == [0]
+
+
+def test_a_full_disk_is_retried_twice_a_second_not_in_a_loop(tmp_path: Path, mocker: MockerFixture) -> None:
+    sp = Spool(tmp_path)
+    os.symlink("/dev/full", tmp_path / "000000000001.spool")  # every write: ENOSPC
+    stats, server = Stats(), Server()
+    server.up = False
+    w = OutputWorker(server, stats, spool=sp, backoff_initial=5.0, backoff_max=5.0)
+    w.start()
+    try:
+        for i in range(5):
+            w.submit(frame(i))
+        wait_until(lambda: stats.snapshot().outputs["db"].state == "failing")
+        appends = mocker.spy(sp, "append")
+        time.sleep(1.0)
+        assert appends.call_count <= 3, appends.call_count  # the worker's pause waits while the disk is full
+    finally:
+        w.stop(2)

@@ -480,7 +480,7 @@ class OutputWorker:
                     probe = None  # it answers, yet the delivery failed (a token, a bucket...): the whole backoff
                 next_probe = time.monotonic() + PROBE_EVERY
             wait = min(deadline, next_probe if probe is not None else deadline) - time.monotonic()
-            if self._spool is None or not self._queue:
+            if self._spool is None or not self._queue or self._spool_error is not None:  # never spin on a full disk
                 self._stop.wait(min(max(0.0, wait), 0.5))
             if self._spool is not None:
                 self._to_spool()
