@@ -35,6 +35,7 @@ from appliance.outputs.influxdb.output import InfluxOutput
 from appliance.outputs.mqtt.output import MqttOutput
 from appliance.outputs.spool import Spool
 from appliance.stats import Stats
+from appliance.tic import Frame
 from appliance.tic.encode import encode_frame, encode_group
 
 from .mosquitto import Mosquitto, Subscriber
@@ -50,7 +51,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 
 def first_delivery_after(
-    output: Output, tmp_path: Path, frames: list, down: Callable[[], None], up: Callable[[], None]
+    output: Output, tmp_path: Path, frames: list[Frame], down: Callable[[], object], up: Callable[[], object]
 ) -> float:
     """Seconds from the server's return to the first delivery, with the worker's backoff at 30 s."""
     stats = Stats()
@@ -71,41 +72,27 @@ def first_delivery_after(
         w.stop(2.0)
 
 
+@pytest.mark.parametrize("sink", ["influxdb", "mqtt"])
 @pytest.mark.parametrize("fault", ["stopped", "hung"])
-def test_influxdb_is_written_again_within_seconds_of_its_return(tmp_path: Path, fault: str) -> None:
-    vm = VictoriaMetrics()
-    vm.start(tmp_path)
+def test_the_first_delivery_follows_the_servers_return_within_seconds(tmp_path: Path, sink: str, fault: str) -> None:
+    server: VictoriaMetrics | Mosquitto
+    if sink == "influxdb":
+        server = VictoriaMetrics()
+        server.start(tmp_path)
+        output: Output = InfluxOutput(influx_cfg(server.url, timeout=1.0))
+        frames = sim_frames(2, "historique")
+    else:
+        server = Mosquitto(tmp_path / "broker").start()
+        output = MqttOutput(cfg_for(server), timeout=1.0)
+        frames = make_frames(2)
     try:
         hung = fault == "hung"
-        delay = first_delivery_after(
-            InfluxOutput(influx_cfg(vm.url, timeout=1.0)),
-            tmp_path,
-            sim_frames(2, "historique"),
-            vm.pause if hung else vm.stop,
-            vm.resume if hung else lambda: vm.start(),
-        )
-        print(f"InfluxDB {fault}: first delivery {delay:.2f} s after its return (backoff 30 s)")
+        down, up = (server.pause, server.resume) if hung else (server.stop, server.start)
+        delay = first_delivery_after(output, tmp_path, frames, down, up)
+        print(f"{sink} {fault}: first delivery {delay:.2f} s after the server's return (backoff 30 s)")
         assert delay < 3.0, delay
     finally:
-        vm.stop()
-
-
-@pytest.mark.parametrize("fault", ["stopped", "hung"])
-def test_mqtt_is_published_again_within_seconds_of_the_brokers_return(tmp_path: Path, fault: str) -> None:
-    broker = Mosquitto(tmp_path / "broker").start()
-    try:
-        hung = fault == "hung"
-        delay = first_delivery_after(
-            MqttOutput(cfg_for(broker), timeout=1.0),
-            tmp_path,
-            make_frames(2),
-            broker.pause if hung else broker.stop,
-            broker.resume if hung else lambda: broker.start(),
-        )
-        print(f"MQTT broker {fault}: first delivery {delay:.2f} s after its return (backoff 30 s)")
-        assert delay < 3.0, delay
-    finally:
-        broker.stop()
+        server.stop()
 
 
 # --- a numbered meter, the service, the servers ---------------------------------------------------------------

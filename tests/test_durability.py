@@ -36,7 +36,7 @@ from appliance.stats import Stats
 
 from .servers import VictoriaMetrics
 from .test_influx import influx_cfg, sim_frames
-from .util import free_port, wait_until
+from .util import free_port, mount_tmpfs, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -321,13 +321,8 @@ def test_stop_is_bounded_when_the_server_hangs_and_nothing_queued_is_lost(rig: R
 def test_a_full_disk_for_the_spool_is_a_counted_state_then_everything_kept_arrives(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
     disk = tmp_path / "tiny"
-    disk.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    mount_tmpfs(disk, "16k")
     vm = VictoriaMetrics()
     vm.port = free_port()  # not started yet: the server is down
     try:

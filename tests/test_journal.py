@@ -23,7 +23,7 @@ from appliance.service import Service
 from appliance.stats import Stats
 from appliance.tic import Decoder, Frame
 
-from .util import wait_until
+from .util import mount_tmpfs, wait_until
 
 T0 = 1_764_000_000.0  # a whole hour (UTC): 2025-11-24T16:00:00Z
 
@@ -261,13 +261,8 @@ def test_a_failed_fsync_rolls_the_write_back_and_the_chunks_are_written_once(
 @pytest.fixture
 def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     """A 64 kB tmpfs mounted by the test (root only): a real full disk, ENOSPC from the kernel."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
     disk = tmp_path / "tiny"
-    disk.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    mount_tmpfs(disk, "64k")
     try:
         yield disk
     finally:

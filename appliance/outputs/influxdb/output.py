@@ -386,7 +386,8 @@ class InfluxOutput:
             self._connect()
         req = _Write(bodies)
         payload = b"\n".join(b for b in bodies if b)
-        threading.Thread(target=self._send, args=(req, payload), name="influxdb-write", daemon=True).start()
+        api = self._client.api_client  # the thread keeps its own reference: close() may drop the client meanwhile
+        threading.Thread(target=self._send, args=(api, req, payload), name="influxdb-write", daemon=True).start()
         timeout = self.cfg.timeout
         if not req.done.wait(timeout):
             self._pending = req
@@ -399,7 +400,7 @@ class InfluxOutput:
         if req.error is not None:
             raise req.error
 
-    def _send(self, req: _Write, payload: bytes) -> None:
+    def _send(self, api: Any, req: _Write, payload: bytes) -> None:
         """The request itself (in its own thread): connect within ``min(timeout, 2 s)``, then wait up to
         :data:`PENDING_MAX` for the answer, so that a hung server's late answer is still seen."""
         from influxdb_client.service.write_service import WriteService
@@ -407,7 +408,7 @@ class InfluxOutput:
         connect_ms = int(min(self.cfg.timeout, CONNECT_TIMEOUT) * 1000)
         try:
             # the generated service has no annotations
-            WriteService(self._client.api_client).post_write(  # type: ignore[no-untyped-call]
+            WriteService(api).post_write(  # type: ignore[no-untyped-call]
                 org=self.cfg.org or "-",
                 bucket=self.cfg.bucket,
                 body=payload,
