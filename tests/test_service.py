@@ -261,6 +261,7 @@ class NotifySocket:
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without what would change how the service runs (systemd's variables, a config path)."""
     drop = {"INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "TELEINFO_CONFIG"}
+    drop |= {"RUNTIME_DIRECTORY", "STATE_DIRECTORY"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PYTHONPATH"] = str(REPO)
     env.update(extra)
