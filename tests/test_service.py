@@ -928,7 +928,7 @@ def test_watchdog_is_fed_by_the_read_loop_only(tmp_path: Path) -> None:
     runner.start()
     try:
         wait_until(lambda: notify.count("READY=1") == 1 and notify.count("WATCHDOG=1") >= 3, 10)
-        assert service.stats.snapshot()["source"]["state"] == "lost"
+        assert service.stats.snapshot().source.state == "lost"
         assert service.source is not None
         wedged, release = threading.Event(), threading.Event()
         real_read = service.source.read
