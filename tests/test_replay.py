@@ -198,10 +198,15 @@ def test_bad_segments_and_a_dead_server_are_clear_errors(tmp_path: Path) -> None
     assert r.returncode == 0 and "10 frame(s) decoded, 0 sent to nowhere (dry run)" in r.stderr
     from .util import free_port
 
-    dead = f"http://127.0.0.1:{free_port()}"
+    # Credentials in the URL (user:password, a token in the query) are never printed nor written to the ledger.
+    dead = f"http://admin:hunter2@127.0.0.1:{free_port()}/?token=s3cret"
     r = teleinfo("replay", "--url", dead, "--ledger", str(tmp_path / "l.json"), str(tmp_path / "j"))
     assert r.returncode == 1 and "unreachable" in r.stderr and "Traceback" not in r.stderr
-    assert teleinfo("replay", "--url", "ftp://x", str(tmp_path / "j")).returncode == 2
+    assert "hunter2" not in r.stderr and "s3cret" not in r.stderr and "admin" not in r.stderr, r.stderr
+    ledger = tmp_path / "l.json"
+    assert not ledger.exists() or "hunter2" not in ledger.read_text()
+    r = teleinfo("replay", "--url", "ftp://admin:hunter2@x", str(tmp_path / "j"))
+    assert r.returncode == 2 and "hunter2" not in r.stderr, r.stderr
 
 
 def test_a_server_that_keeps_failing_ends_the_replay_through_the_outputs_worker(tmp_path: Path) -> None:

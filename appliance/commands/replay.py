@@ -213,13 +213,14 @@ def run(args: argparse.Namespace) -> int:
     from appliance.commands import load_config_or_report
     from appliance.journal import JournalError, read_segment
     from appliance.outputs.influxdb.output import InfluxError, InfluxOutput
+    from appliance.redaction import redact_url
 
     err = sys.stderr
     cfg = load_config_or_report("replay", args.config)
     if cfg is None:
         return 2
     if args.url and not args.url.startswith(("http://", "https://")):
-        print(f"teleinfo replay: --url must be an http:// or https:// URL (got {args.url!r})", file=err)
+        print(f"teleinfo replay: --url must be an http:// or https:// URL (got {redact_url(args.url)!r})", file=err)
         return 2
     files, missing = _find(args.segments)
     status = 0
@@ -246,7 +247,8 @@ def run(args: argparse.Namespace) -> int:
         ledger_path = Path(args.ledger) if args.ledger else Path(cfg.state.directory) / "replay-ledger.json"
         try:
             ledger_path.parent.mkdir(parents=True, exist_ok=True)
-            ledger = _Ledger(ledger_path, f"{influx.url} {influx.bucket}", ignore_existing=args.force)
+            # The ledger names its target without credentials: it is a file anyone reading the state may see.
+            ledger = _Ledger(ledger_path, f"{redact_url(influx.url)} {influx.bucket}", ignore_existing=args.force)
         except (OSError, ValueError) as e:
             print(f"teleinfo replay: cannot use the ledger {ledger_path}: {e} (choose one with --ledger)", file=err)
             return 2
@@ -269,7 +271,7 @@ def run(args: argparse.Namespace) -> int:
         if out is not None:
             out.close()
             totals.refused = out.refused
-    target = "nowhere (dry run)" if out is None else f"{influx.url} bucket {influx.bucket}"
+    target = "nowhere (dry run)" if out is None else f"{redact_url(influx.url)} bucket {influx.bucket}"
     print(
         f"teleinfo replay: {totals.segments} segment(s), {totals.frames} frame(s) decoded, {totals.sent} sent to "
         f"{target}, {totals.skipped} already replayed, {totals.refused} refused by the server, "

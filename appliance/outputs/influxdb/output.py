@@ -67,6 +67,7 @@ from appliance.metrics import sample_lines
 from appliance.outputs.base import PartialDelivery, Rejected
 from appliance.outputs.influxdb.config import InfluxConfig
 from appliance.records import CHECK, HEALTH, TARIFF, CheckRun, HealthSample, Record, TariffRecord
+from appliance.redaction import redact_url
 from appliance.tariff.lines import tariff_lines
 from appliance.tic import Frame
 
@@ -188,6 +189,7 @@ class InfluxOutput:
     def __init__(self, cfg: InfluxConfig) -> None:
         self.cfg = cfg
         self.url = cfg.url.rstrip("/")
+        self.shown = redact_url(self.url)  # what messages name: no credentials (errors reach /status and stderr)
         self.rejected = 0  # frames the server refused for their content (dropped, never retried)
         self._client: Any = None
         self._precision: Any = None
@@ -217,7 +219,7 @@ class InfluxOutput:
         warnings.filterwarnings("ignore", f".*host '{re.escape(host)}'", InsecureRequestWarning)
         if not self._insecure_logged:
             self._insecure_logged = True
-            _LOG.warning("InfluxDB %s: the server's TLS certificate is not verified (verify_tls = false)", self.url)
+            _LOG.warning("InfluxDB %s: the server's TLS certificate is not verified (verify_tls = false)", self.shown)
 
     def counters(self) -> dict[str, int]:
         """Counts the worker shows in /status: frames the server refused for their content."""
@@ -238,7 +240,7 @@ class InfluxOutput:
             if isinstance(status, int) and status:
                 raise self._http_error(e, status) from None
             why = _reason(e, self.cfg.timeout)
-            raise InfluxError(f"InfluxDB {self.url} unreachable: {why}", reason=why) from None
+            raise InfluxError(f"InfluxDB {self.shown} unreachable: {why}", reason=why) from None
 
     def probe(self) -> bool:
         """Whether the server answers ``/ping`` now (any HTTP status), within :data:`PROBE_TIMEOUT`; never raises.
@@ -322,7 +324,7 @@ class InfluxOutput:
                 raise PartialDelivery(done[0], e) from e
             raise
         if bad:
-            raise Rejected(bad, f"InfluxDB {self.url} refused {bad} of {len(bodies)} {what}")
+            raise Rejected(bad, f"InfluxDB {self.shown} refused {bad} of {len(bodies)} {what}")
 
     def _settle(self, bodies: list[bytes | None]) -> int:
         """Settle the write in doubt before anything else is sent; how many leading ``bodies`` it delivered.
@@ -338,7 +340,7 @@ class InfluxOutput:
                 if not self._answers_ping(PROBE_TIMEOUT):
                     why = f"no answer within {timeout:g} s"
                     raise InfluxError(
-                        f"InfluxDB {self.url} unreachable: {why} (a write sent {age:.0f} s ago is still unanswered: "
+                        f"InfluxDB {self.shown} unreachable: {why} (a write sent {age:.0f} s ago is still unanswered: "
                         "nothing else is sent until it is)",
                         reason=why,
                     )
@@ -346,7 +348,7 @@ class InfluxOutput:
                     _LOG.warning(
                         "InfluxDB %s answers /ping but not a write sent %.0f s ago: sending its %d frame(s) again "
                         "(stored twice if the server still executes it)",
-                        self.url,
+                        self.shown,
                         age,
                         len(req.bodies),
                     )
@@ -397,7 +399,7 @@ class InfluxOutput:
             self._pending = req
             why = f"no answer within {timeout:g} s"
             raise InfluxError(
-                f"InfluxDB {self.url} unreachable: {why} (the write stays open: nothing else is sent until it is "
+                f"InfluxDB {self.shown} unreachable: {why} (the write stays open: nothing else is sent until it is "
                 "answered)",
                 reason=why,
             )
@@ -435,11 +437,11 @@ class InfluxOutput:
                 return _DataRejected(f"{status} {_status_text(status)}: {_body_message(e)}", status)
             return self._http_error(e, status)
         why = _reason(e, PENDING_MAX)
-        return InfluxError(f"InfluxDB {self.url} unreachable: {why}", reason=why)
+        return InfluxError(f"InfluxDB {self.shown} unreachable: {why}", reason=why)
 
     def _http_error(self, exc: BaseException, status: int) -> InfluxError:
         detail = _body_message(exc)
-        head = f"InfluxDB {self.url}"
+        head = f"InfluxDB {self.shown}"
         code = f"{status} {_status_text(status)}"
         if status == 401:
             msg = f"{head} rejected the token ({code})"
@@ -465,7 +467,7 @@ class InfluxOutput:
         self._last_reject_log = now
         _LOG.warning(
             "InfluxDB %s refused %d frame(s) for their content (%s); dropped, not retried (%d in all)",
-            self.url,
+            self.shown,
             count,
             reason,
             self.rejected,
