@@ -3,9 +3,9 @@
 addresses) run for 60 s, a legitimate client is served at least 99% of the time, and afterwards the owner's file
 descriptors and memory are back to their baseline.
 
-The three sockets are loaded at once, by one harness (:mod:`tests.loadtest`): the health and control sockets of
-a real ``teleinfo run --simulate`` (control with a token, as when it is reachable from the network), and a real
-``teleinfo sync-server``.  ``TELEINFO_LOAD_SECONDS`` shortens the run while working on it.
+The four sockets are loaded at once, by one harness (:mod:`tests.loadtest`): the health, control and live-page
+sockets of a real ``teleinfo run --simulate`` (control with a token, as when it is reachable from the network;
+the page's hostile clients also hold event streams), and a real ``teleinfo sync-server``.  ``TELEINFO_LOAD_SECONDS`` shortens the run while working on it.
 
 The hostile clients come from 127.0.0.2-9 and the legitimate one from 127.0.0.1: other machines, for the servers,
 whose pending slots are shared fairly between addresses (``appliance.netserver.SourcePool``).  A flood from the
@@ -81,6 +81,26 @@ def control_probe(port: int) -> Target:
     return Target("control", port, 0, probe, drip="auth ", guess="auth wrong-guess-{n}\n")
 
 
+def web_probe(port: int) -> Target:
+    """A browser: the page, then its snapshot (what it fetches on load and after every reconnection)."""
+    turn = [0]
+
+    def probe() -> bool:
+        turn[0] += 1
+        path = "/" if turn[0] % 2 else "/api/snapshot"
+        with socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT) as s:
+            s.sendall(f"GET {path} HTTP/1.1\r\nHost: teleinfo.local\r\nAccept: */*\r\n\r\n".encode())
+            head, _, body = _read_all(s).partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200 OK\r\n"):
+                return False
+            return b"<html" in body if path == "/" else json.loads(body)["frame"] is not None
+
+    # The garbage clients alternate random bytes with event-stream subscriptions they hold (the page's
+    # long-lived request: the one a stranger can multiply).
+    events = "GET /api/events HTTP/1.1\r\nHost: x{n}\r\n\r\n"
+    return Target("web", port, 0, probe, drip="GET / HTTP/1.1\r\nHost: x\r\nX-Pad: ", guess=events)
+
+
 def sync_probe(port: int) -> Target:
     def probe() -> bool:
         with socket.create_connection(("127.0.0.1", port), timeout=PROBE_TIMEOUT) as s:
@@ -115,10 +135,10 @@ def listening(port: int) -> bool:
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LoadResult]]:
     tmp = tmp_path_factory.mktemp("load")
-    health, control, sync = free_port(), free_port(), free_port()
+    health, control, sync, web = free_port(), free_port(), free_port(), free_port()
     (tmp / "teleinfo.toml").write_text(
         f'[health]\nport = {health}\n[control]\nport = {control}\ntoken = "{CONTROL_TOKEN}"\n'
-        "[outputs.multicast]\nenabled = false\n",
+        f'[web]\nport = {web}\nbind = "127.0.0.1"\n[outputs.multicast]\nenabled = false\n',
         encoding="utf-8",
     )
     (tmp / "tokens").write_text(f"probe {SYNC_TOKEN}\n", encoding="utf-8")
@@ -129,8 +149,8 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, LoadR
         tmp / "sync-server.log",
     )  # fmt: skip
     try:
-        targets = [health_probe(health), control_probe(control), sync_probe(sync)]
-        for t, proc in zip(targets, (service, service, server), strict=True):
+        targets = [health_probe(health), control_probe(control), web_probe(web), sync_probe(sync)]
+        for t, proc in zip(targets, (service, service, service, server), strict=True):
             t.pid = proc.pid
             wait_until(lambda t=t: listening(t.port), 20)
         wait_until(targets[0].probe, 20)  # frames flow: up
@@ -163,11 +183,15 @@ def test_control_socket_serves_the_operator_under_load(loaded: dict[str, LoadRes
     check(loaded["control"])
 
 
+def test_web_page_serves_browsers_under_load(loaded: dict[str, LoadResult]) -> None:
+    check(loaded["web"])
+
+
 def test_sync_server_serves_its_clients_under_load(loaded: dict[str, LoadResult]) -> None:
     check(loaded["sync-server"])
 
 
 def test_load_wall_time_is_reported(loaded: dict[str, LoadResult]) -> None:
-    """The three sockets are loaded together: one run's time, not three (the figures: pytest -s)."""
+    """The four sockets are loaded together: one run's time, not four (the figures: pytest -s)."""
     wall = max(r.wall_s for r in loaded.values())
-    assert wall < SECONDS + 60, f"the three load tests took {wall:.0f} s together"
+    assert wall < SECONDS + 60, f"the four load tests took {wall:.0f} s together"
