@@ -8,7 +8,8 @@ What happens to every chunk the source returns, in the reader thread, before any
   ``health.expose_meter``); a frame that does not (standard mode's short frames, a corrupted ADCO) is attributed
   to the last meter seen, never to none when one is known (:meth:`~appliance.tic.Frame.received`);
 - frame accounting: only a frame that verifies counts as a frame (and as fresh data for health); the others are
-  ``bad_frames``, so a line of garbage never keeps the appliance "up";
+  ``bad_frames``, so a line of garbage never keeps the appliance "up"; a frame with no valid group at all is not
+  handed out either (nothing in it is data: an empty record at every output would only be noise, or refused);
 - reject accounting: the decoder's per-reason counts, added to :class:`~appliance.stats.Stats` as deltas once per
   change (its ``epoch``), so reading them costs nothing while nothing is rejected;
 - the source told which frames verified (``frame_ok``/``frame_bad``): its only honest measure of progress.
@@ -62,6 +63,7 @@ class FrameReader:
     def feed(self, data: bytes, now: float) -> list[Frame]:
         """The frames completed by ``data`` (received at ``now``, wall clock), counted and reported."""
         frames = self.decoder.feed(data, now)  # stamped as they are built: no copy on the common path
+        empty = 0
         for i, frame in enumerate(frames):
             meter = frame.meter
             if meter is None:
@@ -75,7 +77,12 @@ class FrameReader:
                 self.source.frame_ok(frame.mode)
             else:
                 self.source.frame_bad()
-            self._stats.frame(len(frame.values) + len(frame.timestamps), verified=verified)
+            good = len(frame.values) + len(frame.timestamps)
+            self._stats.frame(good, verified=verified)
+            if not good:
+                empty += 1
+        if empty:  # rare: garbage between STX and ETX, counted above as a bad frame
+            frames = [f for f in frames if f.values or f.timestamps]
         epoch = self.decoder.epoch
         if epoch != self._reject_epoch:
             self._reject_epoch = epoch

@@ -5,7 +5,8 @@ descriptors and memory are back to their baseline.
 
 The four sockets are loaded at once, by one harness (:mod:`tests.loadtest`): the health, control and live-page
 sockets of a real ``teleinfo run --simulate`` (control with a token, as when it is reachable from the network;
-the page's hostile clients also hold event streams), and a real ``teleinfo sync-server``.  ``TELEINFO_LOAD_SECONDS`` shortens the run while working on it.
+the page's hostile clients also hold event streams), and a real ``teleinfo sync-server``.
+``TELEINFO_LOAD_SECONDS`` shortens the run while working on it.
 
 The hostile clients come from 127.0.0.2-9 and the legitimate one from 127.0.0.1: other machines, for the servers,
 whose pending slots are shared fairly between addresses (``appliance.netserver.SourcePool``).  A flood from the
