@@ -330,7 +330,7 @@ def test_arm64_card_on_an_emulated_raspberry_pi_3(
         ptr, a = (bytes.fromhex(part.split("=", 1)[1]) for part in facts["mdns"].split("|"))
         assert b"teleinfo on linky-pi3" in ptr and b"_teleinfo" in ptr
         assert socket.inet_aton(GUEST_IP) in a
-        assert facts["avahi"] == f"active|<port>{HEALTH_PORT}</port>"
+        assert facts["avahi"] == f"active|<port>{HEALTH_PORT}</port>|<port>8080</port>"  # health, the live page
         # GPIO for the service user, security updates by themselves.
         assert facts["gpiochip"] == "gpio 660" and facts["gpio"] == "1", facts["gpio"]
         origins = re.findall(r'Origins-Pattern:: "([^"]*)";', facts["origins"])

@@ -183,7 +183,15 @@ def test_health_port_is_announced_by_mdns(firstboot: ModuleType, tmp_path: Path)
     firstboot.announce()
     text = service.read_text()
     assert "<type>_teleinfo._tcp</type>" in text and "<port>9123</port>" in text and "%h" in text
-    config.write_text('[health]\nbind = "127.0.0.1"\n')  # not on the network: not announced either
+    # The live page too, for a phone's or a browser's list of services on the LAN, at its configured port.
+    assert "<type>_http._tcp</type>" in text and "<port>8080</port>" in text
+    config.write_text("[health]\nport = 9123\n[web]\nport = 8000\n")
+    firstboot.announce()
+    assert "<port>8000</port>" in service.read_text() and "<port>9123</port>" in service.read_text()
+    config.write_text("[health]\nport = 9123\n[web]\nenabled = false\n")
+    firstboot.announce()
+    assert "_http._tcp" not in service.read_text() and "_teleinfo._tcp" in service.read_text()
+    config.write_text('[health]\nbind = "127.0.0.1"\n')  # not on the network (the page bound like it): not announced
     firstboot.announce()
     assert not service.exists()
 
