@@ -716,8 +716,12 @@ def run_version(version: str, args: argparse.Namespace) -> Result:
             eid_of = {e["unique_id"]: e["entity_id"] for e in answer["registry"] if e.get("platform") == "mqtt"}
             check_all(res, meters, answer, eid_of)
             energy_check(res, ha, d, energy_prefs(meters, eid_of), args.statistics_timeout)
+            before = len(ha.log())
+            negative_control(res, ha, recorder)
+            after = len(ha.log())
             lwt(res, ha, procs, meters, eid_of)
-            ours, other = log_findings(ha.log(), list(meters))
+            log = ha.log()
+            ours, other = log_findings(log[:before] + log[after:], list(meters))  # the control's lines aside
             res.add("HA log: our warnings/errors", not ours, f"{len(ours)} ({len(other)} others, not about us)")
             for line in ours[:20]:
                 print(f"  [{version}] {line[:300]}")
@@ -830,6 +834,15 @@ def check_all(res: Result, meters: dict[str, Published], answer: dict[str, Any],
         elif closed:
             readable.append(f"{name} relays {sorted(closed)}")
     res.add("entities per meter", not [x for x in all_diffs if "not in HA" in x], f"{total} entities in HA")
+    lacking = 0
+    for pub in meters.values():
+        steady = set.intersection(*(set(s["values"]) for s in pub.states[-5:])) if pub.states else set()
+        lacking += sum(1 for s in pub.states if steady - set(s["values"]))
+    res.add(
+        "frames lacking a label (--sim-errors)",
+        lacking > 0,
+        f"{lacking} state messages without a label the meter sends (PTEC, DEMAIN, an index...): HA saw them",
+    )
     res.add("values equal", total_cmp > 0 and total_cmp == total_eq, f"{total_eq}/{total_cmp} equal")
     for line in all_diffs[:30]:
         print(f"  [{res.version}] {line}")
@@ -844,6 +857,72 @@ def check_all(res: Result, meters: dict[str, Published], answer: dict[str, Any],
     )
     res.add("no unused relay", not relay_bad, "; ".join(relay_bad) or "relays = those seen closed")
     res.add("price entity EUR/kWh", not price_bad, "; ".join(price_bad[:3]) or "unit and state class right")
+
+
+#: Discovery messages HA must complain about, to show that the log check sees what it looks for: an enum whose
+#: template renders ``unknown`` (the issue's "Ignoring invalid option"), a timestamp sensor given ``0`` (what
+#: DPM/FPM used to send), and, on its own device message, the ``reactive_energy`` device class (refused by HA
+#: before 2025.6).
+_CONTROL = {
+    "dev": {"ids": ["bench_control"], "name": "bench control"},
+    "o": {"name": "ha_core.py control"},
+    "state_topic": "bench/control/state",
+    "cmps": {
+        "enum": {
+            "p": "sensor",
+            "unique_id": "bench_control_enum",
+            "device_class": "enum",
+            "options": ["A", "B"],
+            "value_template": "{{ value_json.get('x', 'unknown') }}",
+        },
+        "stamp": {
+            "p": "sensor",
+            "unique_id": "bench_control_stamp",
+            "device_class": "timestamp",
+            "value_template": "{{ 0 }}",
+        },
+    },
+}
+_CONTROL_VARH = {
+    "dev": {"ids": ["bench_control_varh"], "name": "bench control varh"},
+    "o": {"name": "ha_core.py control"},
+    "state_topic": "bench/control/state",
+    "cmps": {
+        "varh": {
+            "p": "sensor",
+            "unique_id": "bench_control_varh",
+            "device_class": "reactive_energy",
+            "unit_of_measurement": "varh",
+            "state_class": "total_increasing",
+            "value_template": "{{ value_json.y }}",
+        }
+    },
+}
+
+
+def negative_control(res: Result, ha: HA, recorder: Recorder) -> None:
+    """Publish :data:`_CONTROL`, a state for it, and check HA's log shows the warnings the log check looks for."""
+    mark = len(ha.log())
+    topics = ("homeassistant/device/bench_control/config", "homeassistant/device/bench_control_varh/config")
+    for topic, payload in zip(topics, (_CONTROL, _CONTROL_VARH), strict=True):
+        recorder.client.publish(topic, json.dumps(payload), qos=1, retain=True).wait_for_publish(5)
+    time.sleep(3)
+    recorder.client.publish("bench/control/state", json.dumps({"y": 1}), qos=1).wait_for_publish(5)
+    time.sleep(3)
+    for topic in topics:
+        recorder.client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
+    time.sleep(2)
+    caught, _ = log_findings(ha.log()[mark:], [])
+    text = "\n".join(caught)
+    invalid_option = "invalid option" in text.lower()
+    stamp = "'0'" in text or "Invalid state message" in text
+    varh = "reactive_energy" in text
+    res.add(
+        "negative control: log check sees",
+        invalid_option and stamp,
+        f"invalid option {'caught' if invalid_option else 'MISSED'}, timestamp 0 {'caught' if stamp else 'MISSED'}; "
+        f"reactive_energy {'refused (logged)' if varh else 'accepted'} by this version",
+    )
 
 
 def energy_check(res: Result, ha: HA, directory: Path, prefs: dict[str, Any], timeout: float) -> None:
