@@ -596,7 +596,9 @@ class HA:
         return result
 
     def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        """The whole log, the run before a restart included (HA rolls the previous one over to ``.log.1``)."""
+        paths = (self.log_path.with_name(self.log_path.name + ".1"), self.log_path)
+        return "".join(p.read_text(errors="replace") for p in paths if p.exists())
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -719,6 +721,9 @@ def run_version(version: str, args: argparse.Namespace) -> Result:
             before = len(ha.log())
             negative_control(res, ha, recorder)
             after = len(ha.log())
+            ha.stop()
+            ha = HA(venv, d / "ha", http_port, token)
+            restart_check(res, ha, d, eid_of, args.start_timeout)
             lwt(res, ha, procs, meters, eid_of)
             log = ha.log()
             ours, other = log_findings(log[:before] + log[after:], list(meters))  # the control's lines aside
@@ -922,6 +927,32 @@ def negative_control(res: Result, ha: HA, recorder: Recorder) -> None:
         invalid_option and stamp,
         f"invalid option {'caught' if invalid_option else 'MISSED'}, timestamp 0 {'caught' if stamp else 'MISSED'}; "
         f"reactive_energy {'refused (logged)' if varh else 'accepted'} by this version",
+    )
+
+
+def restart_check(res: Result, ha: HA, directory: Path, eid_of: dict[str, str], timeout: float) -> None:
+    """HA restarted while the meters run: the retained discovery and our answer to its birth message bring every
+    entity back, under the same id, none duplicated, each with a state within a minute."""
+    t0 = time.monotonic()
+    ha.wait_running(timeout)
+    running = time.monotonic()
+    ours = set(eid_of.values())
+    waiting: set[str] = ours
+    same = False
+    while time.monotonic() - running < 60:
+        answer = ha.query(directory, None)
+        again = {e["unique_id"]: e["entity_id"] for e in answer["registry"] if e.get("platform") == "mqtt"}
+        same = again == eid_of
+        states = {s["entity_id"]: s["state"] for s in answer["states"]}
+        waiting = {e for e in ours if states.get(e, "unavailable") == "unavailable"}
+        if same and not waiting:
+            break
+        time.sleep(1)
+    res.add(
+        "HA restarted: entities back",
+        same and not waiting,
+        f"{len(ours) - len(waiting)}/{len(ours)} available {time.monotonic() - running:.0f} s after HA ran again "
+        f"({running - t0:.0f} s start), ids {'unchanged' if same else 'CHANGED'}",
     )
 
 
