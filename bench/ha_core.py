@@ -48,6 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -840,13 +841,16 @@ def check_all(res: Result, meters: dict[str, Published], answer: dict[str, Any],
             readable.append(f"{name} relays {sorted(closed)}")
     res.add("entities per meter", not [x for x in all_diffs if "not in HA" in x], f"{total} entities in HA")
     lacking = 0
+    labels: Counter[str] = Counter()
     for pub in meters.values():
         steady = set.intersection(*(set(s["values"]) for s in pub.states[-5:])) if pub.states else set()
-        lacking += sum(1 for s in pub.states if steady - set(s["values"]))
+        for state in pub.states:
+            labels.update(steady - set(state["values"]))
+            lacking += bool(steady - set(state["values"]))
     res.add(
         "frames lacking a label (--sim-errors)",
         lacking > 0,
-        f"{lacking} state messages without a label the meter sends (PTEC, DEMAIN, an index...): HA saw them",
+        f"{lacking} state messages without a label the meter sends: {', '.join(sorted(labels))}",
     )
     res.add("values equal", total_cmp > 0 and total_cmp == total_eq, f"{total_eq}/{total_cmp} equal")
     for line in all_diffs[:30]:
