@@ -6,7 +6,9 @@ decide whether HA takes an entity and what state it shows are encoded here, read
 ``components/sensor/const.py``, ``components/energy/validate.py``) and the MQTT docs, for the versions the
 appliance supports (2024.12, the first with device-based discovery, to today).  Each rule says where it comes
 from.  Templates are rendered like HA's ``MqttValueTemplate``: Jinja2's immutable sandbox with ``value``,
-``value_json`` and ``this`` (the entity's current state object).
+``value_json`` and ``this`` (the entity's current state object).  ``bench/ha_core.py`` checks the same messages
+against the real HA Core (2025.4.4 and 2026.2.3, on a machine with Python 3.13) and compares the states HA shows
+with those :class:`Entity` derives.
 
 * :func:`check_component` raises :class:`Refused` for a component HA would refuse or log about at discovery.
 * :class:`Entity` replays state messages through a component the way HA's MQTT sensor or binary sensor does,
