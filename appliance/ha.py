@@ -32,9 +32,8 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any, Final
-from zoneinfo import ZoneInfo
 
 from appliance import __version__
 from appliance.lineproto import field_key
@@ -105,7 +104,7 @@ TEMPO_TOMORROW: Final = "tempo_tomorrow"
 _RELAYS: Final = 8
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 #: Legal time in France: what a horodate without a season (DPM/FPM) is expressed in.
-_LEGAL_TIME: Final = ZoneInfo("Europe/Paris")
+_LEGAL_TIME: list[tzinfo] = []  # Europe/Paris, loaded with zoneinfo on first use (most meters never need it)
 
 
 # --- topics ------------------------------------------------------------------------------------------------
@@ -516,7 +515,13 @@ def legal_time(horodate: str) -> str:
         t = datetime.fromisoformat(horodate)
     except ValueError:
         return horodate
-    return horodate if t.tzinfo is not None else t.replace(tzinfo=_LEGAL_TIME).isoformat()
+    if t.tzinfo is not None:
+        return horodate
+    if not _LEGAL_TIME:
+        from zoneinfo import ZoneInfo
+
+        _LEGAL_TIME.append(ZoneInfo("Europe/Paris"))
+    return t.replace(tzinfo=_LEGAL_TIME[0]).isoformat()
 
 
 def state_payload(frame_json: dict[str, Any], dropped: Iterable[str] = ()) -> dict[str, Any]:

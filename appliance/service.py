@@ -23,11 +23,9 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from appliance.config import ConfigError
-from appliance.console import LiveView
 from appliance.control import ControlServer
 from appliance.health import HealthServer, summary
 from appliance.logs import setup_logging
-from appliance.metrics import BACKLOG_LINES
 from appliance.outputs import enabled_outputs
 from appliance.outputs.base import Fanout, OutputWorker
 from appliance.outputs.spool import Spool
@@ -42,6 +40,7 @@ from appliance.update.reboot import start_reporter
 
 if TYPE_CHECKING:
     from appliance.checks.scheduler import CheckScheduler
+    from appliance.console import LiveView
     from appliance.gpio import GpioController
     from appliance.journal import Journal
     from appliance.metrics import HealthSampler
@@ -57,6 +56,8 @@ def build_workers(cfg: Config, stats: Stats) -> list[OutputWorker]:
     """A worker for every enabled output (:data:`appliance.outputs.OUTPUTS`); spools under the state directory."""
     workers: list[OutputWorker] = []
     spools = Path(cfg.state.directory) / "spool"
+    from appliance.metrics import BACKLOG_LINES
+
     lanes = {CHECK: cfg.checks.backlog, HEALTH: BACKLOG_LINES}
     for plugin, settings in enabled_outputs(cfg):
         o = plugin.options(settings)

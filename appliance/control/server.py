@@ -38,7 +38,6 @@ per try.  The status answer is not stripped of the meter address as the health s
 from __future__ import annotations
 
 import collections
-import hmac
 import json
 import logging
 import re
@@ -66,6 +65,13 @@ OUT_MAX: Final = WATCH_BUFFER + 64 * 1024  # beyond this the client is not readi
 FRAME_BACKLOG: Final = 64  # frames handed over by the reader and not yet serialised
 MAX_COMMAND_WORDS: Final = 4
 _UNPRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
+
+
+def _compare_digest(a: bytes, b: bytes) -> bool:
+    """``hmac.compare_digest``, imported when a client authenticates: hmac maps OpenSSL (about 4 MiB of memory)."""
+    import hmac
+
+    return hmac.compare_digest(a, b)
 
 
 @dataclass(eq=False, slots=True)
@@ -265,7 +271,7 @@ class ControlServer(SelectorServer[Session]):
         if client.role == "pending":
             word, _, token = text.partition(" ")
             assert self._token is not None
-            if word.lower() == "auth" and hmac.compare_digest(token.strip().encode("utf-8"), self._token):
+            if word.lower() == "auth" and _compare_digest(token.strip().encode("utf-8"), self._token):
                 self._admit(client)
             else:
                 self._disconnect(client, "authentication failed" if word.lower() == "auth" else "auth required")

@@ -25,20 +25,17 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.reasoncodes import ReasonCode
-
 from appliance import ha
 from appliance.errors import ApplianceError, error_reason
+from appliance.lazy import loaded
 from appliance.outputs.base import PartialDelivery
+from appliance.outputs.mqtt.client import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion, ReasonCode, mqtt
 from appliance.outputs.mqtt.config import MqttConfig
 from appliance.records import CHECK, TARIFF, CheckRun, Record, TariffRecord
 from appliance.tariff.lines import record_periods
@@ -371,7 +368,7 @@ class MqttOutput:
                     certfile=cfg.cert_file or None,
                     keyfile=cfg.key_file or None,
                 )
-            except (OSError, ssl.SSLError, ValueError) as e:
+            except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
                 raise MqttError(f"cannot set up TLS (ca_file, cert_file, key_file): {e}") from e
         client.connect_timeout = self.timeout
 
@@ -453,9 +450,10 @@ class MqttOutput:
         where = self._where()
         if isinstance(error, socket.gaierror):
             return f"cannot resolve the MQTT broker's host name {self.cfg.host!r}: {error.strerror or error}"
-        if isinstance(error, ssl.SSLCertVerificationError):
+        ssl = loaded("ssl")  # not loaded: no TLS was ever attempted, so no TLS error (and no megabytes spent)
+        if ssl is not None and isinstance(error, ssl.SSLCertVerificationError):
             return f"TLS: the MQTT broker {where}'s certificate is not trusted: {error.verify_message or error}"
-        if isinstance(error, ssl.SSLError):
+        if ssl is not None and isinstance(error, ssl.SSLError):
             return f"TLS handshake with the MQTT broker {where} failed (is that port TLS?): {error.reason or error}"
         if self.cfg.tls and isinstance(error, ConnectionResetError | ConnectionAbortedError):
             return f"TLS handshake with the MQTT broker {where} failed: connection reset (is that port TLS?)"

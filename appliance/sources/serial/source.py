@@ -12,6 +12,8 @@ An appliance has no operator, so everything that can go wrong with a serial link
 * **Which speed?**  In ``auto`` mode the port alternates between 9600 Bd (standard) and 1200 Bd (historique), each
   for a window long enough to see a whole frame even when reading starts mid-frame (docs/PROTOCOL.md §10.5), until a
   frame verifies; that mode is then locked and remembered, so a reopen tries it first.
+* **Woken once per frame.**  A read gathers the pieces a UART or USB adapter hands over until the frame's ETX
+  (:func:`_read_available`), so the service's loop runs once per frame, not once per 16-byte piece.
 * **Retrying forever without flooding.**  Reopen attempts back off from 0.5 s, doubling up to
   ``reconnect_max_backoff``, and wait on the service's ``stop`` event in slices of at most 0.25 s, so ``read()``
   always returns quickly (the caller pings the systemd watchdog and handles SIGHUP between reads).  Each state
@@ -63,6 +65,7 @@ so each window holds about two frames: the partial one that is skipped and a who
 
 READ_TIMEOUT: Final = 0.2  # pyserial read timeout: bounds how long read() blocks on a silent port
 READ_CHUNK: Final = 4096  # bytes per read at most: several frames, far more than a UART queues between reads
+GATHER_MAX: Final = 0.25  # once bytes flow, read() waits this long at most for the rest of the frame (its ETX)
 MAX_WAIT: Final = 0.25  # longest read() waits for a reopen attempt that is not due yet
 INITIAL_BACKOFF: Final = 0.5
 BAD_FRAMES_TO_SWITCH: Final = 2  # frames in one detection window, none verified: wrong speed, try the other now
@@ -75,11 +78,19 @@ _IO_ERRORS: Final = (serial.SerialException, OSError, _TermiosError)
 
 
 def _read_available(ser: serial.Serial) -> bytes:
-    """What the port holds, or the first bytes within READ_TIMEOUT; ``b""`` if none came.
+    """The bytes of the port up to the end of a frame: from the first byte (waited for at most READ_TIMEOUT) on,
+    every piece that follows, until one holds an ETX or GATHER_MAX has passed; ``b""`` if no byte came.
 
-    A UART delivers a frame in dozens of small pieces, so this runs hundreds of times a minute: on a POSIX port
-    it is one ``select`` and one ``read`` (pyserial's ``read(in_waiting)`` adds an ioctl, timers and a second
-    select per call, about three times the CPU).  Other ports (pyserial URL handlers) use pyserial's read.
+    A USB adapter hands a standard frame over in about 60 pieces of 16 bytes (its latency timer), a UART in a
+    few dozen.  Returning each piece to the service cost a pass of its loop per piece: most of its CPU.  Waiting
+    here costs a ``select`` and a ``read`` per piece, and the read returns the moment the piece with the ETX is
+    in, so the frame is published as early as before.  (termios ``VMIN``/``VTIME`` would wake less often, but
+    only on byte counts or inter-byte timeouts, which would delay the ETX; canonical mode would wake on it, but
+    it would also treat LF and other TIC bytes as line editing: docs/PROTOCOL.md §10.7.)
+
+    On a POSIX port these are plain ``select`` and ``read`` calls (pyserial's ``read(in_waiting)`` adds an ioctl,
+    timers and a second select per call, about three times the CPU).  Other ports (pyserial URL handlers) use
+    pyserial's read, one piece per call.
     """
     fd = getattr(ser, "fd", None)
     if not isinstance(fd, int):
@@ -90,7 +101,26 @@ def _read_available(ser: serial.Serial) -> bytes:
     data = os.read(fd, READ_CHUNK)
     if not data:  # readable but empty: what a vanished USB adapter looks like (pyserial says the same)
         raise serial.SerialException("device reports readiness to read but returned no data (device disconnected?)")
-    return data
+    if b"\x03" in data:
+        return data
+    pieces = [data]
+    size = len(data)
+    until = time.monotonic() + GATHER_MAX
+    while size < READ_CHUNK:
+        left = until - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        piece = os.read(fd, READ_CHUNK - size)
+        if not piece:  # the device went away: hand over what came, the next read reports it
+            break
+        pieces.append(piece)
+        size += len(piece)
+        if b"\x03" in piece:
+            break
+    return b"".join(pieces)
 
 
 class _Serial(serial.Serial):  # type: ignore[misc, unused-ignore]
@@ -217,7 +247,8 @@ class SerialSource:
         return self._state
 
     def read(self) -> bytes:
-        """The next bytes from the port, possibly ``b""``, within about 0.25 s; never raises for I/O problems.
+        """The next bytes from the port (up to a frame's end), possibly ``b""``, within about 0.5 s; never raises for
+        I/O problems.
 
         Opens the port when it is due (lazily at first, then on the backoff schedule), and closes it on any
         error, on a vanished or re-pointed device path, or when no frame verified for ``no_data_timeout``.
@@ -232,8 +263,9 @@ class SerialSource:
                 if ser is None:
                     return b""
             try:
-                # Whatever is queued, or block (at most READ_TIMEOUT) for the first byte: never a sleep while
-                # data flows, so an ETX reaches the decoder as soon as the kernel has it.
+                # Block (at most READ_TIMEOUT) for the first byte, then gather up to the frame's ETX (at most
+                # GATHER_MAX): never a sleep while data flows, so an ETX reaches the decoder as soon as the kernel
+                # has it.
                 data = _read_available(ser)
             except _IO_ERRORS as e:
                 self._lose(_describe(e))
