@@ -45,7 +45,7 @@ __all__ = ["Connection", "Limits", "SelectorServer"]
 
 _LOG = logging.getLogger(__name__)
 
-TICK_S: Final = 0.2  # longest wait in select(): how soon stop() is noticed
+TICK_S: Final = 2.0  # longest wait in select() (stop() and wake() interrupt it; deadlines shorten it)
 ACCEPT_PAUSE_S: Final = 0.5  # after accept() fails (out of file descriptors), so the loop does not spin
 ACCEPT_BATCH: Final = 64  # connections accepted per readiness event, so a flood cannot starve the clients
 RECV_CHUNK: Final = 4096
@@ -149,7 +149,7 @@ class SelectorServer(Generic[C]):
         """``conn`` is gone (any reason); it was already removed from :attr:`connections`."""
 
     def on_tick(self, now: float) -> None:
-        """After every pass of the loop (at least every 0.2 s, and soon after :meth:`wake`)."""
+        """After every pass of the loop (at least every TICK_S, and soon after :meth:`wake`)."""
 
     def refusal(self) -> bytes:
         """What a client beyond ``max_clients``/``max_pending`` reads before it is closed."""

@@ -1,6 +1,6 @@
 """The service: wires a source, the reader and the outputs together, and talks to systemd.  Wiring only.
 
-The main thread is the reader: it reads bytes (each read returns within ~0.25 s), journals them, has
+The main thread is the reader: it reads bytes (each read returns within ~0.75 s), journals them, has
 :class:`~appliance.reader.FrameReader` decode and account for them, and hands every frame to the fan-out, whose
 per-output queues and threads keep slow outputs away from it. Signals only set flags that the loop looks at
 between reads, so SIGTERM stops within a read plus the outputs' drain deadline (under 5 s), and SIGHUP reloads the

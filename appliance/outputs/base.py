@@ -49,6 +49,7 @@ __all__ = [
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_LANE_SIZE = 1000  # serialised units (lines, messages) of one record kind kept while an output is down
+IDLE_WAIT = 5.0  # s: an idle worker's longest sleep (submit, submit_record and request_stop wake it at once)
 
 
 @runtime_checkable
@@ -366,7 +367,7 @@ class OutputWorker:
                     return []
                 if self._stop.is_set():
                     return None
-                self._cond.wait(0.5)
+                self._cond.wait(IDLE_WAIT)
             return list(itertools.islice(self._queue, n))
 
     def _draining_done(self) -> bool:
