@@ -12,10 +12,14 @@ at the same pace, publishing to the same local mosquitto, measured by the same c
 * **the feed**: standard-mode frames of the simulated meter (a real capture's meter, values moving as on a real
   evening), 9600 Bd, delivered as a USB adapter delivers them: 16-byte writes at 960 bytes/s, the meter's
   silence between frames (``bench/latency.py``'s ``usb`` schedule);
-* **ours**: ``python -m appliance run`` as systemd starts it (a ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` from the
-  bench, so the READY/STATUS/WATCHDOG traffic of the real unit is counted), MQTT (QoS 1, discovery on: the
-  defaults) and multicast (line protocol, TTL 0 on 127.0.0.1) enabled, the health and control sockets on (their
-  defaults) on 127.0.0.1;
+* **ours**: ``teleinfo run`` as systemd starts it (a ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` from the bench, so
+  the READY/STATUS/WATCHDOG traffic of the real unit is counted), MQTT (QoS 1, discovery on: the defaults) and
+  multicast (line protocol, TTL 0 on 127.0.0.1) enabled, the health and control sockets on (their defaults) on
+  127.0.0.1.  ``--interpreter deployed`` (the default) runs it as the image installs it: Debian's ``python3``, a
+  venv with the appliance's wheel (not an editable install, whose import hook alone costs 2.4 MiB) and the two
+  libraries this configuration imports (paho-mqtt, pyserial, at image/requirements.txt's versions), started by
+  the ``teleinfo`` console script; the venv is built once under ``~/.cache/teleinfo-bench``.  ``--interpreter
+  current`` runs ``python -m appliance`` with this interpreter and checkout instead;
 * **the classic script** (always run): ``peers/line_by_line_service.py``, pyserial ``readline()``, each frame
   published as JSON with QoS 1 through paho (``loop_start``) and as a line-protocol datagram, as the Raspberry Pi
   scripts do.  It validates less and publishes less (no discovery, no availability, no state kept), so it is a
@@ -145,13 +149,63 @@ directory = {json.dumps(str(state))}
     return text
 
 
-def ours() -> Contender:
+def ours(teleinfo: Path | None) -> Contender:
+    """``teleinfo run``: the console script ``teleinfo`` of a deployed-like venv, or ``python -m appliance``."""
+
     def command(device: str, broker: int, port: int, work: Path) -> tuple[list[str], dict[str, str], Path]:
         cfg = work / "teleinfo.toml"
         cfg.write_text(ours_config(device, broker, port, work / "state"), encoding="utf-8")
-        return [sys.executable, "-m", "appliance", "run", "--config", str(cfg), "--no-view"], {}, REPO
+        head = [str(teleinfo)] if teleinfo is not None else [sys.executable, "-m", "appliance"]
+        return [*head, "run", "--config", str(cfg), "--no-view"], {}, REPO if teleinfo is None else work
 
-    return Contender("ours (teleinfo run)", "ours", command, multicast=True, systemd=True)
+    how = "deployed venv" if teleinfo is not None else "this interpreter"
+    return Contender(f"ours (teleinfo run, {how})", "ours", command, multicast=True, systemd=True)
+
+
+def _pin(name: str) -> str:
+    """``name==version`` as image/requirements.txt pins it (what the image installs), else just ``name``."""
+    for line in (REPO / "image" / "requirements.txt").read_text(encoding="utf-8").splitlines():
+        if line.lower().startswith(name.lower() + "=="):
+            return line.split(";")[0].strip()
+    return name
+
+
+def deployed_teleinfo(say: Callable[[str], None]) -> Path | None:
+    """The ``teleinfo`` script of a venv laid out as the image's (Debian's python3, the wheel, paho-mqtt and
+    pyserial only), built once per checkout state under ``~/.cache/teleinfo-bench``; None if it cannot be."""
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        say("deployed venv: no /usr/bin/python3; running with this interpreter")
+        return None
+    tree = subprocess.run(
+        ["git", "rev-parse", "HEAD:appliance"], cwd=REPO, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "appliance", "setup.cfg"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    if not tree or dirty:
+        say("deployed venv: appliance/ has uncommitted changes; running with this interpreter")
+        return None
+    venv = Path.home() / ".cache" / "teleinfo-bench" / f"deployed-{tree[:12]}"
+    script = venv / "bin" / "teleinfo"
+    if script.exists():
+        return script
+    say(f"deployed venv: building {venv} (once per version of appliance/)")
+    shutil.rmtree(venv, ignore_errors=True)
+    try:
+        subprocess.run([python, "-m", "venv", str(venv)], check=True, capture_output=True)
+        pip = [str(venv / "bin" / "pip"), "install", "--quiet", "--disable-pip-version-check"]
+        subprocess.run([*pip, _pin("paho-mqtt"), _pin("pyserial")], check=True, capture_output=True)
+        with tempfile.TemporaryDirectory() as src:  # a wheel of the committed tree, as image/wheels builds it
+            subprocess.run(["git", "archive", "HEAD", "-o", f"{src}/tree.tar"], cwd=REPO, check=True)
+            subprocess.run(["tar", "-xf", f"{src}/tree.tar", "-C", src], check=True)
+            subprocess.run([*pip, "--no-deps", src], check=True, capture_output=True)
+    except (subprocess.CalledProcessError, OSError) as e:
+        err = getattr(e, "stderr", b"") or b""
+        say(f"deployed venv: cannot build it ({e}; {err.decode(errors='replace')[-300:]}); this interpreter then")
+        shutil.rmtree(venv, ignore_errors=True)
+        return None
+    return script
 
 
 def classic() -> Contender:
@@ -555,6 +609,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="one round of 15 s")
     ap.add_argument("--only", action="append", choices=("ours", "classic", "teleinfo2mqtt"), help="repeatable")
     ap.add_argument("--teleinfo2mqtt", metavar="DIR", help="a teleinfo2mqtt checkout (default: $TELEINFO2MQTT)")
+    ap.add_argument(
+        "--interpreter",
+        choices=("deployed", "current"),
+        default="deployed",
+        help="deployed: Debian's python3 and a wheel install, as on the image (default); current: python -m appliance",
+    )
     ap.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     args = ap.parse_args(argv)
     seconds = args.seconds or (15.0 if args.quick else 60.0)
@@ -568,7 +628,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(msg, flush=True)
 
     say(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs")
-    contenders = [ours(), classic()]
+    teleinfo = deployed_teleinfo(say) if args.interpreter == "deployed" else None
+    contenders = [ours(teleinfo), classic()]
     checkout, why = find_teleinfo2mqtt(args.teleinfo2mqtt)
     if checkout is None:
         say(f"teleinfo2mqtt skipped: {why}")
