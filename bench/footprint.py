@@ -15,10 +15,11 @@ at the same pace, publishing to the same local mosquitto, measured by the same c
 * **ours**: ``teleinfo run`` as systemd starts it (a ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` from the bench, so
   the READY/STATUS/WATCHDOG traffic of the real unit is counted), MQTT (QoS 1, discovery on: the defaults) and
   multicast (line protocol, TTL 0 on 127.0.0.1) enabled, the health and control sockets on (their defaults) on
-  127.0.0.1.  ``--interpreter deployed`` (the default) runs it as the image installs it: Debian's ``python3``, a
-  venv with the appliance's wheel (not an editable install, whose import hook alone costs 2.4 MiB) and the two
-  libraries this configuration imports (paho-mqtt, pyserial, at image/requirements.txt's versions), started by
-  the ``teleinfo`` console script; the venv is built once under ``~/.cache/teleinfo-bench``.  ``--interpreter
+  127.0.0.1, with the unit's malloc settings (systemd/teleinfo.service).  ``--interpreter deployed`` (the
+  default) runs it as the image installs it: Debian's ``python3``, a venv with the appliance's wheel (not an
+  editable install, whose import hook alone costs 2.4 MiB) and the two libraries this configuration imports
+  (paho-mqtt, pyserial, at image/requirements.txt's versions), started by the ``teleinfo`` console script; the
+  venv is built once per committed version of appliance/ under ``~/.cache/teleinfo-bench``.  ``--interpreter
   current`` runs ``python -m appliance`` with this interpreter and checkout instead;
 * **the classic script** (always run): ``peers/line_by_line_service.py``, pyserial ``readline()``, each frame
   published as JSON with QoS 1 through paho (``loop_start``) and as a line-protocol datagram, as the Raspberry Pi
@@ -149,14 +150,29 @@ directory = {json.dumps(str(state))}
     return text
 
 
+def unit_environment() -> dict[str, str]:
+    """The memory settings of systemd/teleinfo.service (``Environment=MALLOC_...``): the service runs with them
+    on the appliance (its other variables name the appliance's paths, which the bench replaces)."""
+    env: dict[str, str] = {}
+    for line in (REPO / "systemd" / "teleinfo.service").read_text(encoding="utf-8").splitlines():
+        if line.startswith("Environment="):
+            for word in line.removeprefix("Environment=").split():
+                key, _, value = word.partition("=")
+                if key.startswith("MALLOC_"):
+                    env[key] = value.strip('"')
+    return env
+
+
 def ours(teleinfo: Path | None) -> Contender:
-    """``teleinfo run``: the console script ``teleinfo`` of a deployed-like venv, or ``python -m appliance``."""
+    """``teleinfo run``: the console script ``teleinfo`` of a deployed-like venv, or ``python -m appliance``,
+    with the unit's environment."""
 
     def command(device: str, broker: int, port: int, work: Path) -> tuple[list[str], dict[str, str], Path]:
         cfg = work / "teleinfo.toml"
         cfg.write_text(ours_config(device, broker, port, work / "state"), encoding="utf-8")
         head = [str(teleinfo)] if teleinfo is not None else [sys.executable, "-m", "appliance"]
-        return [*head, "run", "--config", str(cfg), "--no-view"], {}, REPO if teleinfo is None else work
+        env = unit_environment()
+        return [*head, "run", "--config", str(cfg), "--no-view"], env, REPO if teleinfo is None else work
 
     how = "deployed venv" if teleinfo is not None else "this interpreter"
     return Contender(f"ours (teleinfo run, {how})", "ours", command, multicast=True, systemd=True)
@@ -658,6 +674,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 say(f"round {n + 1}: {c.name}")
                 r = run_one(c, frames, measured, pieces, broker, sub, work, say)
                 results[c.key].append(r)
+                say(f"  RSS samples (MiB): {' '.join(f'{k / 1024:.1f}' for k in r.rss_kb)}")
                 say(
                     f"  CPU {r.cpu_pct:.3f} %, RSS {r.rss_mib:.1f} MiB (peak {r.hwm_mib:.1f}), MQTT p99 "
                     f"{_pct(r.mqtt_ms, 99):.2f} ms, multicast p99 {_pct(r.multicast_ms, 99):.2f} ms, "
