@@ -445,7 +445,10 @@ def run_one(
     with PtyMeter(run_dir) as meter:
         argv, extra, cwd = c.command(str(meter.path), broker.port, port, run_dir)
         env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}
-        env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        if cwd == REPO:  # this checkout (python -m appliance); a deployed venv imports its own installed copy
+            env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        else:
+            env.pop("PYTHONPATH", None)
         env.update(extra)
         if c.systemd:
             notify = NotifySocket(run_dir / "notify.sock")
@@ -675,6 +678,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r = run_one(c, frames, measured, pieces, broker, sub, work, say)
                 results[c.key].append(r)
                 say(f"  RSS samples (MiB): {' '.join(f'{k / 1024:.1f}' for k in r.rss_kb)}")
+                worst = sorted(r.mqtt_ms.items(), key=lambda kv: -kv[1])[:3]
+                say(f"  slowest to MQTT (frame: ms): {', '.join(f'{k}: {v:.2f}' for k, v in worst)}")
                 say(
                     f"  CPU {r.cpu_pct:.3f} %, RSS {r.rss_mib:.1f} MiB (peak {r.hwm_mib:.1f}), MQTT p99 "
                     f"{_pct(r.mqtt_ms, 99):.2f} ms, multicast p99 {_pct(r.multicast_ms, 99):.2f} ms, "
