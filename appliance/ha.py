@@ -30,16 +30,19 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from appliance import __version__
 from appliance.lineproto import field_key
 from appliance.tariff.periods import PERIOD_NAMES, PTEC_PERIODS, colour_of
 from appliance.tic.fields import decode_stge
 from appliance.tic.labels import Kind, LabelSpec, spec_for
+
+if TYPE_CHECKING:
+    from appliance.tic import Frame
 
 __all__ = [
     "NOT_ANNOUNCED",
@@ -522,6 +525,15 @@ def legal_time(horodate: str) -> str:
 
         _LEGAL_TIME.append(ZoneInfo("Europe/Paris"))
     return t.replace(tzinfo=_LEGAL_TIME[0]).isoformat()
+
+
+def state_body(frame: Frame, dropped: Sequence[str] = ()) -> bytes:
+    """The state message's bytes: :func:`state_payload` of the frame, compact UTF-8 JSON.  When it would change
+    nothing (no value dropped, no season-less DPM/FPM horodate to complete) that is the frame's own JSON, shared
+    with every other output that sends it (:meth:`~appliance.tic.Frame.json_bytes`)."""
+    if not dropped and not any(k in _PEAK_DATES for k in frame.timestamps):
+        return frame.json_bytes()
+    return json.dumps(state_payload(frame.to_json(), dropped), ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def state_payload(frame_json: dict[str, Any], dropped: Iterable[str] = ()) -> dict[str, Any]:

@@ -34,7 +34,9 @@ every thread), RSS (median of one ``VmRSS`` sample a second) and its peak (``VmH
 ETX -> datagram latency (p50, p99: each message matched to its frame by content, after that frame's ETX), and
 start-up: exec -> port opened, port opened -> first message (the meter is already talking when the port opens:
 the writer starts mid-frame, as a real meter is caught).  Rounds alternate the order of the contenders; the table
-gives the median of the rounds and the spread (min-max), then the ratios ours / peer.
+gives the median of the rounds and the spread (min-max), then the ratios ours / peer.  On a machine shared with
+other work, ``--realtime`` runs the bench and every contender SCHED_FIFO, so that others' processes do not add
+their scheduling delays to the latencies (the CPU and memory figures do not depend on it).
 
 Network safety: mosquitto, the subscribers and every socket are on 127.0.0.1 (free ports); datagrams leave
 through 127.0.0.1 with TTL 0.
@@ -97,6 +99,8 @@ TARGET_CPU_PCT = 0.3
 TARGET_RSS_MIB = 18.0
 TARGET_MQTT_P99_MS = 2.0
 TARGET_MULTICAST_P99_MS = 1.0
+#: ``--realtime``: SCHED_FIFO priority of the processes under test and of the bench (its writer and receivers).
+REALTIME_PRIORITY = 20
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -431,6 +435,7 @@ def run_one(
     sub: Subscriber,
     work: Path,
     say: Callable[[str], None],
+    realtime: bool = False,
 ) -> Result:
     from latency import cpu_seconds as _cpu
     from latency import main_thread_cpu_seconds
@@ -455,6 +460,8 @@ def run_one(
             notify.start()
             env.update(NOTIFY_SOCKET=str(notify.path), WATCHDOG_USEC="30000000")
         log_path = run_dir / "stderr.log"
+        if realtime:
+            argv = ["chrt", "--fifo", str(REALTIME_PRIORITY), *argv]
         with open(log_path, "wb") as log:
             t_exec = time.monotonic()
             proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
@@ -634,9 +641,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="deployed",
         help="deployed: Debian's python3 and a wheel install, as on the image (default); current: python -m appliance",
     )
+    ap.add_argument(
+        "--realtime",
+        action="store_true",
+        help="run the bench and every contender SCHED_FIFO (root): on a machine shared with other work, their "
+        "scheduling delays otherwise dominate the latency percentiles; an appliance runs nothing else",
+    )
     ap.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     args = ap.parse_args(argv)
     seconds = args.seconds or (15.0 if args.quick else 60.0)
+    if args.realtime:
+        try:
+            # threads started later (writer, receivers) inherit it
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(REALTIME_PRIORITY))
+        except (PermissionError, OSError) as e:
+            print(f"--realtime: {e} (root needed)", file=sys.stderr)
+            return 2
     rounds = args.rounds or (1 if args.quick else 3)
     if shutil.which("mosquitto", path=os.environ.get("PATH", "") + ":/usr/sbin") is None:
         print("mosquitto is not installed (apt-get install mosquitto)", file=sys.stderr)
@@ -675,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             order = contenders[n % len(contenders) :] + contenders[: n % len(contenders)]
             for c in order:
                 say(f"round {n + 1}: {c.name}")
-                r = run_one(c, frames, measured, pieces, broker, sub, work, say)
+                r = run_one(c, frames, measured, pieces, broker, sub, work, say, args.realtime)
                 results[c.key].append(r)
                 say(f"  RSS samples (MiB): {' '.join(f'{k / 1024:.1f}' for k in r.rss_kb)}")
                 worst = sorted(r.mqtt_ms.items(), key=lambda kv: -kv[1])[:3]

@@ -224,7 +224,7 @@ class ControlServer(SelectorServer[Session]):
             watchers = [c for c in self._members if c.watching]
             if not watchers:
                 continue
-            line = (json.dumps(frame.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+            line = frame.json_bytes() + b"\n"  # the frame's JSON, shared with the other outputs
             for client in watchers:
                 if len(client.outbuf) + len(line) > WATCH_BUFFER:
                     client.dropped += 1

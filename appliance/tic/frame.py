@@ -7,6 +7,7 @@ reception time and the meter it learnt from earlier frames by building a new one
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Final, Literal
@@ -56,6 +57,8 @@ class Frame:
     clock_degraded: bool = False
     received_at: float | None = None
     known_meter: str | None = None
+    # The frame's JSON (:meth:`json_bytes`), made by whichever thread asks first and shared by all the others.
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def meter(self) -> str | None:
@@ -120,6 +123,16 @@ class Frame:
         spec = (STANDARD if self.mode == "standard" else HISTORIQUE).get(label)
         return spec.unit if spec else None
 
+    def json_bytes(self) -> bytes:
+        """:meth:`to_json` as compact UTF-8 JSON, serialised once per frame: ``teleinfo decode``'s line, and what
+        the MQTT state message, the multicast JSON datagram and the control socket's watch line carry whenever
+        they send the object unchanged.  (Two threads asking at once may both serialise it, to the same bytes.)"""
+        body = self._json
+        if body is None:
+            body = json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":")).encode()
+            _set_json(self, body)
+        return body
+
     def to_json(self) -> dict[str, Any]:
         """The ``teleinfo decode`` object (docs/DATA_FORMAT.md section 1), with decoded structured fields."""
         out: dict[str, Any] = {
@@ -154,6 +167,7 @@ class Frame:
 # field) would cost it several percent of its throughput, so it fills the slots through their descriptors, once,
 # with everything the reader knows then (the reception time included: Decoder.feed(data, received_at)).
 _S = [Frame.__dict__[name].__set__ for name in Frame.__slots__]
+_set_json = Frame.__dict__["_json"].__set__
 
 
 def decoded_frame(
@@ -172,6 +186,7 @@ def decoded_frame(
     _s4: Any = _S[4],
     _s5: Any = _S[5],
     _s6: Any = _S[6],
+    _s7: Any = _S[7],
 ) -> Frame:
     """``Frame(mode, values, timestamps, invalid, clock_degraded, received_at, known_meter)``, built faster (for
     the decoder and :meth:`Frame.received` only; the trailing arguments are the slot setters, bound once)."""
@@ -183,4 +198,5 @@ def decoded_frame(
     _s4(frame, clock_degraded)
     _s5(frame, received_at)
     _s6(frame, known_meter)
+    _s7(frame, None)
     return frame

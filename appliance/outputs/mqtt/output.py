@@ -238,10 +238,8 @@ class MqttOutput:
             if new:
                 announced = announced | new
                 messages.append(self._discovery(meter, frame.mode, announced))
-        payload = ha.state_payload(frame.to_json(), dropped)
-        messages.append(
-            _Message(ha.state_topic(cfg.base_topic, meter), _json(payload), cfg.qos, retain=False),
-        )
+        body = ha.state_body(frame, dropped)  # the frame's shared JSON unless a value is held back
+        messages.append(_Message(ha.state_topic(cfg.base_topic, meter), body, cfg.qos, retain=False))
         self._meters[meter] = replace(st, announced=announced, last_at=at, last_values=dict(frame.values), guard=guard)
         return messages
 
