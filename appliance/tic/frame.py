@@ -7,7 +7,9 @@ reception time and the meter it learnt from earlier frames by building a new one
 
 from __future__ import annotations
 
+import functools
 import json
+import json.encoder
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Final, Literal
@@ -129,7 +131,7 @@ class Frame:
         they send the object unchanged.  (Two threads asking at once may both serialise it, to the same bytes.)"""
         body = self._json
         if body is None:
-            body = json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":")).encode()
+            body = compact_json(self.to_json())
             _set_json(self, body)
         return body
 
@@ -142,10 +144,9 @@ class Frame:
             "timestamps": self.timestamps,
             "invalid": self.invalid,
         }
-        table = STANDARD if self.mode == "standard" else HISTORIQUE
-        units = {k: s.unit for k in self.values if (s := table.get(k)) is not None and s.unit}
+        units = _units(self.mode, tuple(self.values))
         if units:
-            out["units"] = units
+            out["units"] = dict(units)
         v = self.values
         if isinstance(stge := v.get("STGE"), str):
             out["stge"] = decode_stge(stge)
@@ -155,12 +156,51 @@ class Frame:
         if profiles:
             out["profiles"] = profiles
         if isinstance(optarif := v.get("OPTARIF"), str):
-            out["tariff"] = decode_optarif(optarif)
+            out["tariff"] = dict(_optarif(optarif))
         if isinstance(ppot := v.get("PPOT"), str):
             out["ppot"] = decode_ppot(ppot)
         if self.timestamps:
             out["clock_degraded"] = self.clock_degraded
         return out
+
+
+def _not_serialisable(obj: object) -> object:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# json.dumps(obj, ensure_ascii=False, separators=(",", ":")) builds a JSONEncoder and a C encoder at every call,
+# about half of its time on a frame; this C encoder is built once (no circular-reference check: a frame's object
+# is a tree).  Same bytes.
+_MAKE_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODER: Any = (
+    _MAKE_ENCODER(None, _not_serialisable, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+    if _MAKE_ENCODER is not None
+    else None
+)
+
+
+def compact_json(obj: Any) -> bytes:
+    """``json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()``, about twice as fast.
+
+    >>> compact_json({"mode": "standard", "values": {"EAST": 12, "NGTF": "É"}, "invalid": []})
+    b'{"mode":"standard","values":{"EAST":12,"NGTF":"\\xc3\\x89"},"invalid":[]}'
+    """
+    if _C_ENCODER is None:  # pragma: no cover - CPython always has the C encoder
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    return "".join(_C_ENCODER(obj, 0)).encode()
+
+
+@functools.lru_cache(maxsize=64)
+def _units(mode: str, labels: tuple[str, ...]) -> dict[str, str]:
+    """The ``units`` of a frame with these labels (a meter sends the same labels frame after frame: computed
+    once per set; callers get a copy)."""
+    table = STANDARD if mode == "standard" else HISTORIQUE
+    return {k: s.unit for k in labels if (s := table.get(k)) is not None and s.unit}
+
+
+@functools.lru_cache(maxsize=64)
+def _optarif(text: str) -> dict[str, Any]:
+    return decode_optarif(text)
 
 
 # The decoder builds a frame for every few hundred bytes: a frozen dataclass's __init__ (object.__setattr__ per
