@@ -216,6 +216,23 @@ class OutputWorker:
         else:
             self._stats.update_output(self.name, queued=queued)
 
+    def submit_many(self, frames: Sequence[Frame]) -> None:
+        """:meth:`submit` of each frame in order, under one lock and one counters update (``teleinfo replay``
+        hands frames over by the batch)."""
+        if not frames:
+            return
+        with self._cond:
+            self._queue.extend(frames)
+            dropped = max(0, len(self._queue) - self._queue_size)
+            for _ in range(dropped):
+                self._queue.popleft()
+            queued = len(self._queue)
+            self._cond.notify()
+        if dropped:
+            self._stats.update_output(self.name, dropped=dropped, queued=queued)
+        else:
+            self._stats.update_output(self.name, queued=queued)
+
     @property
     def pending(self) -> int:
         """Frames queued and not yet delivered (those being sent stay queued until the server has them)."""
