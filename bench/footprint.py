@@ -641,6 +641,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="deployed",
         help="deployed: Debian's python3 and a wheel install, as on the image (default); current: python -m appliance",
     )
+    ap.add_argument("--teleinfo", metavar="SCRIPT", help="run this teleinfo console script as ours (another build)")
     ap.add_argument(
         "--realtime",
         action="store_true",
@@ -667,7 +668,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(msg, flush=True)
 
     say(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs")
-    teleinfo = deployed_teleinfo(say) if args.interpreter == "deployed" else None
+    if args.teleinfo:
+        teleinfo: Path | None = Path(args.teleinfo)
+    else:
+        teleinfo = deployed_teleinfo(say) if args.interpreter == "deployed" else None
     contenders = [ours(teleinfo), classic()]
     checkout, why = find_teleinfo2mqtt(args.teleinfo2mqtt)
     if checkout is None:
