@@ -119,7 +119,7 @@ def encode_line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, 
 #: ``key=value`` of each (mode, label, value) seen lately: most values repeat from one frame to the next (ids,
 #: tariff names, slowly moving indexes), so a frame's fields are mostly looked up, not formatted again.
 _FIELD_TEXT: dict[tuple[str, str, object], str] = {}
-_FIELD_TEXT_MAX: Final = 4096
+_FIELD_TEXT_MAX: Final = 1024  # about 150 kB: the labels that repeat stay, the moving values come and go
 
 
 def _field_text(mode: str, label: str, value: object) -> str:
