@@ -414,6 +414,8 @@ class Result:
     first_frame_published: bool = False
     frame_time_s: float = float("nan")
     notify_messages: int = 0
+    late_writes: int = 0
+    threads_ms: list[tuple[int, float, float]] = field(default_factory=list)  # (tid, CPU ms per frame, wakes/frame)
     log: str = ""
     returncode: int | None = None
 
@@ -424,6 +426,30 @@ class Result:
     @property
     def hwm_mib(self) -> float:
         return self.hwm_kb / 1024
+
+
+def _tasks(pid: int) -> dict[int, tuple[int, int]]:
+    """Per thread: (nanoseconds on a CPU, times it was scheduled in) from ``schedstat``."""
+    out: dict[int, tuple[int, int]] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat", encoding="ascii") as f:
+            ns, _wait, slices = f.read().split()[:3]
+            out[int(tid)] = (int(ns), int(slices))
+    return out
+
+
+#: The threads of ``teleinfo run`` with this benchmark's configuration, in the order it starts them (the ids grow
+#: with it): the reader, the health and control sockets, the multicast and MQTT workers, then (in either order)
+#: the update reporter and paho's network thread (the MQTT connect helper ends at once).
+OUR_THREADS = (
+    "main: read+decode+fan-out",
+    "health",
+    "control",
+    "multicast worker",
+    "MQTT worker",
+    "reporter/paho",
+    "paho/reporter",
+)
 
 
 def run_one(
@@ -480,14 +506,26 @@ def run_one(
                 raise RuntimeError(f"{c.name}: no MQTT message within {START_TIMEOUT:.0f} s")
             time.sleep(0.2)  # the first message's burst (discovery...) out of the window
             t0, cpu0, main0 = time.monotonic(), _cpu(proc.pid), main_thread_cpu_seconds(proc.pid)
+            tasks0 = _tasks(proc.pid)
             while not writer.window_over.wait(1.0):
                 res.rss_kb.append(status_kb(proc.pid, "VmRSS"))
             t1, cpu1, main1 = time.monotonic(), _cpu(proc.pid), main_thread_cpu_seconds(proc.pid)
             res.cpu_pct = 100 * (cpu1 - cpu0) / (t1 - t0)
             res.cpu_main_pct = 100 * (main1 - main0) / (t1 - t0)
+            frames_in_window = (t1 - t0) / frames[1].duration
+            tasks1 = _tasks(proc.pid)
+            res.threads_ms = [
+                (
+                    tid,
+                    (ns - tasks0.get(tid, (0, 0))[0]) / 1e6 / frames_in_window,
+                    (n - tasks0.get(tid, (0, 0))[1]) / frames_in_window,
+                )
+                for tid, (ns, n) in sorted(tasks1.items())
+            ]
             writer.join()
             if writer.error is not None:
                 raise RuntimeError(f"writing the pty failed: {writer.error!r}")
+            res.late_writes = writer.late
             time.sleep(0.5)  # the tail frames' messages
             res.hwm_kb = status_kb(proc.pid, "VmHWM")
             res.rss_kb.append(status_kb(proc.pid, "VmRSS"))
@@ -702,12 +740,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 r = run_one(c, frames, measured, pieces, broker, sub, work, say, args.realtime)
                 results[c.key].append(r)
                 say(f"  RSS samples (MiB): {' '.join(f'{k / 1024:.1f}' for k in r.rss_kb)}")
+                live = [(t, ms, n) for t, ms, n in r.threads_ms if ms > 0.0005]
+                names = OUR_THREADS if c.key == "ours" and len(live) == len(OUR_THREADS) else ()
+                say(
+                    "  CPU per frame by thread (ms; wake-ups): "
+                    + ", ".join(f"{names[i] if names else t}: {ms:.3f} ({n:.1f})" for i, (t, ms, n) in enumerate(live))
+                )
                 worst = sorted(r.mqtt_ms.items(), key=lambda kv: -kv[1])[:3]
                 say(f"  slowest to MQTT (frame: ms): {', '.join(f'{k}: {v:.2f}' for k, v in worst)}")
                 say(
                     f"  CPU {r.cpu_pct:.3f} %, RSS {r.rss_mib:.1f} MiB (peak {r.hwm_mib:.1f}), MQTT p99 "
                     f"{_pct(r.mqtt_ms, 99):.2f} ms, multicast p99 {_pct(r.multicast_ms, 99):.2f} ms, "
-                    f"{len(r.mqtt_ms)}/{r.measured} frames"
+                    f"{len(r.mqtt_ms)}/{r.measured} frames; the bench's writer was late by > 2 ms "
+                    f"{r.late_writes} times (a loaded machine)"
                 )
                 for line in r.log.splitlines():
                     if any(w in line for w in ("WARNING", "ERROR", "Traceback")):

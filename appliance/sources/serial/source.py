@@ -67,7 +67,9 @@ so each window holds about two frames: the partial one that is skipped and a who
 
 READ_TIMEOUT: Final = 0.5  # how long read() sleeps or waits on a silent port before the service's loop runs again
 READ_CHUNK: Final = 4096  # bytes per read at most: several frames, far more than a UART queues between reads
-QUIET_MARGIN: Final = 0.002  # s: the reader wakes this much before the earliest time the next ETX can arrive
+QUIET_MARGIN: Final = 0.025  # s: the reader wakes this much before the earliest time the next ETX can arrive
+# (a piece and a half of a USB adapter: a bus or a scheduler that delays one frame's ETX and not the next must not
+# make the reader sleep past the next one; it costs a wake-up or two per frame)
 ADAPTER_DELAY: Final = 0.016  # s: how long a USB adapter may hold received bytes (FTDI's default latency timer)
 GATHER_MAX: Final = 0.25  # once bytes flow, read() waits this long at most for the rest of the frame (its ETX)
 MAX_WAIT: Final = 0.25  # longest read() waits for a reopen attempt that is not due yet
