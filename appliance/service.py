@@ -12,6 +12,7 @@ thread alive); a silent meter is not a hang: it is reported by the health state,
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import threading
@@ -260,6 +261,9 @@ class Service:
         self._start_journal()
         updates = start_reporter(self.stats)  # /status: the running release, pending reboots (appliance.update)
         self._open_source()
+        # Everything start-up made (modules, configuration, servers) lives as long as the process: out of the
+        # collector's sight, a full collection no longer walks it, so none pauses the reader for long.
+        gc.freeze()
         assert self.source is not None
         ready = False
         last_ping = 0.0
