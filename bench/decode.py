@@ -58,6 +58,7 @@ from decode_checks import SANE_SHARE, Check, check, check_ours_exactly  # noqa: 
 from decode_streams import Stream, make_streams  # noqa: E402
 from peers import Adapter, Unavailable, all_adapters  # noqa: E402
 from peers.line_by_line import LineByLineAdapter  # noqa: E402
+from peers.ours import OursNoCacheAdapter  # noqa: E402
 
 # --------------------------------------------------------------------------------------------------------------
 # Running
@@ -284,6 +285,19 @@ def report(results: list[Result], streams: list[Stream], adapters: list[Adapter]
             verdicts.append(f"  {stream.name}: no installed PyPI decoder decodes {stream.mode} mode (see the probe)")
         else:
             verdicts.append(f"  {stream.name}: no PyPI decoder installed (pip install -r bench/requirements.txt)")
+        nocache = next((r for r in mine if isinstance(r.adapter, OursNoCacheAdapter) and not r.error), None)
+        enedis = next((r for r in mine if r.adapter.name == "enedis-tic" and not r.error), None)
+        if nocache is not None and enedis is not None:
+            x = nocache.fps() / enedis.fps()
+            if enedis.check.values_share(stream) >= SANE_SHARE:
+                met = x >= 2
+                all_met &= met
+                verdicts.append(
+                    f"  {stream.name}: ours without the line memo {x:.2f}x enedis-tic: "
+                    f"{'met' if met else 'MISSED'} (target >= 2x)"
+                )
+            else:
+                verdicts.append(f"  {stream.name}: ours without the line memo {x:.2f}x enedis-tic (enedis-tic not sane)")
         line = next((r for r in mine if isinstance(r.adapter, LineByLineAdapter) and not r.error), None)
         if line is not None:
             x = ours.fps() / line.fps()
