@@ -297,7 +297,7 @@ def report(results: list[Result], streams: list[Stream], adapters: list[Adapter]
                     f"{'met' if met else 'MISSED'} (target >= 2x)"
                 )
             else:
-                verdicts.append(f"  {stream.name}: ours without the line memo {x:.2f}x enedis-tic (enedis-tic not sane)")
+                verdicts.append(f"  {stream.name}: ours without the line memo {x:.2f}x enedis-tic (not sane here)")
         line = next((r for r in mine if isinstance(r.adapter, LineByLineAdapter) and not r.error), None)
         if line is not None:
             x = ours.fps() / line.fps()
