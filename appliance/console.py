@@ -9,9 +9,11 @@ from __future__ import annotations
 import collections
 import logging
 import shutil
+import socket
 import time
 from typing import TextIO
 
+from appliance.redaction import RedactingFilter
 from appliance.stats import Stats
 from appliance.tic import Frame
 
@@ -23,9 +25,20 @@ class _ViewHandler(logging.Handler):
         super().__init__()
         self.lines = lines
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        self.addFilter(RedactingFilter())
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record).splitlines()[0])
+
+
+def _page_line(web: object) -> list[str]:
+    """Where the live page is (the demo's address to open), while its server is up."""
+    if not isinstance(web, dict) or web.get("state") != "up":
+        return []
+    host, _, port = str(web.get("address", "")).rpartition(":")
+    if host in ("0.0.0.0", "::"):  # noqa: S104 - a bind address, not a peer
+        return [f"live page  http://{socket.gethostname()}:{port}/ (every interface)"]
+    return [f"live page  http://{f'[{host}]' if ':' in host else host}:{port}/  (open it in a browser)"]
 
 
 class LiveView:
@@ -69,6 +82,7 @@ class LiveView:
                 )
                 or "none"
             ),
+            *_page_line(s.sections.get("web")),
             "",
         ]
         body: list[str] = []

@@ -18,8 +18,8 @@ registered plugin is configured, documented and tested.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -48,11 +48,13 @@ class SourcePlugin:
 
 @dataclass(frozen=True, slots=True)
 class WorkerOptions:
-    """How the worker of one output is set up: its queue, its spool (None: best effort, never on disk)."""
+    """How the worker of one output is set up: its queue, its spool (None: best effort, never on disk), and the
+    size of a record lane where the service's default does not fit this output's units (record kind -> units)."""
 
     queue_size: int
     spool_max_bytes: int | None = None
     batch_size: int = 500
+    lane_sizes: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

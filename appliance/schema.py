@@ -22,7 +22,9 @@ from appliance.logs import LoggingConfig
 from appliance.outputs.config import OutputsConfig
 from appliance.sources.serial.config import SourceConfig
 from appliance.sync.config import SyncConfig
+from appliance.tariff.config import TariffConfig
 from appliance.update.config import UpdateConfig
+from appliance.web.config import WebConfig
 
 __all__ = ["TEMPO_COLOURS", "UART_PINS", "Config", "GpioConfig", "GpioOutputConfig", "StateConfig"]
 
@@ -32,7 +34,9 @@ class StateConfig:
     """Files the service keeps (systemd's StateDirectory)."""
 
     directory: str = opt(
-        "/var/lib/teleinfo", "Where the spools of unreachable outputs live (touched only during outages)."
+        "/var/lib/teleinfo",
+        "Where the spools of unreachable outputs live (touched only during outages), and the tariff ledger "
+        "(tariff.json, written at most every tariff.save_interval).",
     )
 
 
@@ -139,10 +143,12 @@ class Config:
     outputs: OutputsConfig = section(OutputsConfig)
     health: HealthConfig = section(HealthConfig)
     control: ControlConfig = section(ControlConfig)
+    web: WebConfig = section(WebConfig)
     state: StateConfig = section(StateConfig)
     logging: LoggingConfig = section(LoggingConfig)
     checks: ChecksConfig = section(ChecksConfig)
     gpio: GpioConfig = section(GpioConfig)
+    tariff: TariffConfig = section(TariffConfig)
     journal: JournalConfig = section(JournalConfig)
     sync: SyncConfig = section(SyncConfig)
     update: UpdateConfig = section(UpdateConfig)

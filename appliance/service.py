@@ -3,8 +3,12 @@
 The main thread is the reader: it reads bytes (each read returns within ~0.75 s), journals them, has
 :class:`~appliance.reader.FrameReader` decode and account for them, and hands every frame to the fan-out, whose
 per-output queues and threads keep slow outputs away from it. Signals only set flags that the loop looks at
-between reads, so SIGTERM stops within a read plus the outputs' drain deadline (under 5 s), and SIGHUP reloads the
-configuration between two reads, keeping the old one if the new is invalid.
+between reads, and SIGHUP reloads the configuration between two reads, keeping the old one if the new is invalid.
+
+SIGTERM stops within 5 s whatever hangs: after the source, every part that may wait (the outputs draining to
+their servers, the journal's last write, the self-checks) is asked to stop at once and waited for against one
+deadline (:data:`STOP_TIMEOUT`), not one after the other; what cannot finish is abandoned (outputs keep what they
+have not delivered in their spools: written ahead), and the last log line says what was kept on disk.
 
 The systemd watchdog is pinged only while this loop makes progress (a read returned, decoding done, every output
 thread alive); a silent meter is not a hang: it is reported by the health state, not by a restart.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -46,26 +51,43 @@ if TYPE_CHECKING:
     from appliance.journal import Journal
     from appliance.metrics import HealthSampler
     from appliance.records import Record
+    from appliance.tariff.feed import TariffFeed
+    from appliance.web.feed import LiveFeed
+    from appliance.web.server import WebServer
 
 __all__ = ["Service", "Source", "build_source", "build_workers"]
 
 _LOG = logging.getLogger(__name__)
-STOP_TIMEOUT = 4.0  # seconds the outputs get to deliver what they hold on SIGTERM (systemd waits 90 s; we promise 5)
+STOP_TIMEOUT = 3.5  # seconds from the source's close to the sockets' (systemd waits 15 s; we promise 5 in all)
+DRAIN_S = 2.5  # of which the outputs keep delivering what they hold, if their servers answer
+
+
+def runtime_directory() -> Path | None:
+    """systemd's ``RuntimeDirectory`` (``$RUNTIME_DIRECTORY``: ``/run/teleinfo``, a RAM file system), if any."""
+    value = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    return Path(value) if value else None
 
 
 def build_workers(cfg: Config, stats: Stats) -> list[OutputWorker]:
-    """A worker for every enabled output (:data:`appliance.outputs.OUTPUTS`); spools under the state directory."""
+    """A worker for every enabled output (:data:`appliance.outputs.OUTPUTS`); spools under the state directory,
+    the segment a healthy output writes ahead in systemd's runtime directory when there is one (RAM: the SD card
+    sees nothing while outputs keep up; :mod:`appliance.outputs.spool`)."""
     workers: list[OutputWorker] = []
     spools = Path(cfg.state.directory) / "spool"
+    runtime = runtime_directory()
     from appliance.metrics import BACKLOG_LINES
 
     lanes = {CHECK: cfg.checks.backlog, HEALTH: BACKLOG_LINES}
     for plugin, settings in enabled_outputs(cfg):
         o = plugin.options(settings)
-        spool = None if o.spool_max_bytes is None else Spool(spools / plugin.name, max_bytes=o.spool_max_bytes)
+        spool = None
+        if o.spool_max_bytes is not None:
+            hot = runtime / "spool" / plugin.name if runtime is not None else None
+            spool = Spool(spools / plugin.name, max_bytes=o.spool_max_bytes, hot=hot)
         output = plugin.build(settings)
+        sizes = {**lanes, **o.lane_sizes}
         workers.append(
-            OutputWorker(output, stats, queue_size=o.queue_size, spool=spool, batch_size=o.batch_size, lane_sizes=lanes)
+            OutputWorker(output, stats, queue_size=o.queue_size, spool=spool, batch_size=o.batch_size, lane_sizes=sizes)
         )
     return workers
 
@@ -74,7 +96,7 @@ def simulated(cfg: Config) -> Config:
     """``--simulate``: the built-in meter, and multicast kept on loopback unless an interface was configured.
 
     The demo must never put a packet on a real interface nor listen on one (the README's main command runs it on
-    any machine), so the health and control sockets are bound to loopback too.
+    any machine), so the health and control sockets and the live page are bound to loopback too.
     """
     m = cfg.outputs.multicast
     outputs = replace(cfg.outputs, multicast=replace(m, interface=m.interface or "127.0.0.1"))
@@ -84,6 +106,7 @@ def simulated(cfg: Config) -> Config:
         outputs=outputs,
         health=replace(cfg.health, bind="127.0.0.1"),
         control=replace(cfg.control, bind="127.0.0.1"),
+        web=replace(cfg.web, bind="127.0.0.1"),
         checks=replace(cfg.checks, enabled=False),  # the demo never scans nor calls a public-IP service
     )
 
@@ -115,10 +138,13 @@ class Service:
         self.fanout: Fanout | None = None
         self.health: HealthServer | None = None
         self.control: ControlServer | None = None
+        self.web: WebServer | None = None
+        self.live: LiveFeed | None = None  # what the live page shows (appliance.web.feed); kept across reloads
         self.checks: CheckScheduler | None = None
         self.gpio: GpioController | None = None
         self.sampler: HealthSampler | None = None  # the appliance's counters, as records (appliance.metrics)
         self.journal: Journal | None = None
+        self.tariff: TariffFeed | None = None  # energy and costs per period (appliance.tariff.feed)
 
     # --- control -----------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -163,7 +189,7 @@ class Service:
             fanout.publish(record)
 
     def _start_servers(self) -> None:
-        """The health and control sockets; a port already in use is a startup error (raised)."""
+        """The health and control sockets and the live page; a port already in use is a startup error (raised)."""
         if self.cfg.health.enabled:
             self.health = HealthServer(self.cfg.health, self.stats)
             self.health.start()
@@ -175,12 +201,25 @@ class Service:
             if self.gpio is not None:
                 self.gpio.register(self.control)
             self.control.start()
+        if self.cfg.web.enabled:
+            from zoneinfo import ZoneInfo
+
+            from appliance.web.feed import LiveFeed
+            from appliance.web.server import WebServer
+
+            if self.live is None:
+                self.live = LiveFeed(ZoneInfo(self.cfg.tariff.timezone), self.tariff)
+            self.web = WebServer(self.cfg.web, self.live, self.stats, self.cfg.health)
+            self.web.start()
+        else:
+            self.live = None  # disabled: its history too
+            self.stats.remove_extra("web")
 
     def _stop_servers(self, timeout: float) -> None:
-        for server in (self.control, self.health):
+        for server in (self.web, self.control, self.health):
             if server is not None:
                 server.stop(timeout)
-        self.health = self.control = None
+        self.health = self.control = self.web = None
 
     def _start_gpio(self) -> None:
         """The status LED and the relays; with gpio disabled nothing GPIO-related is even imported."""
@@ -221,6 +260,7 @@ class Service:
 
     def _start_journal(self) -> None:
         """The raw capture journal (appliance.journal): its own thread writes, the reader only appends."""
+        self.stats.remove_extra("journal")  # a reload may have disabled it: no stale state in health
         if self.cfg.journal.enabled:
             from appliance.journal import Journal, journal_directory
 
@@ -230,6 +270,7 @@ class Service:
                 journal.start()
             except OSError as e:  # the meter's data still flows to the outputs: an error, not a stop
                 _LOG.error("journal disabled: cannot create %s: %s", directory, e)
+                self.stats.set_extra("journal", {"directory": str(directory), "last_error": str(e)})  # health
                 return
             self.journal = journal
 
@@ -237,6 +278,35 @@ class Service:
         if self.journal is not None:
             self.journal.close()
             self.journal = None
+
+    def _start_tariff(self) -> None:
+        """The cost engine on ``<state.directory>/tariff.json``; on the simulator in memory only, and without the
+        wait for a synchronised clock: the simulated meter's ledger is not a household's, and it is its own clock."""
+        cfg = self.cfg
+        if not cfg.tariff.enabled:
+            self.stats.remove_extra("tariff")
+            return
+        # Imported only when enabled: the engine, its store and the time zones are memory a Pi keeps for months.
+        from zoneinfo import ZoneInfo
+
+        from appliance.clock import ClockGate
+        from appliance.tariff.feed import STATE_FILE, TariffFeed
+
+        simulator = cfg.source.kind == "simulator"
+        path = None if simulator else Path(cfg.state.directory) / STATE_FILE
+        gate = ClockGate(require_sync=cfg.tariff.wait_for_clock_sync and not simulator)
+        self.tariff = TariffFeed(cfg.tariff, path, self.publish, gate=gate, stats=self.stats)
+        if self.live is not None:
+            self.live.tz = ZoneInfo(cfg.tariff.timezone)
+            self.live.attach(self.tariff)
+
+    def _stop_tariff(self) -> None:
+        """The last save of the ledger (a clean stop, or a reload that changes it)."""
+        if self.tariff is not None:
+            self.tariff.close()
+            self.tariff = None
+        if self.live is not None:
+            self.live.attach(None)
 
     def _stop_outputs(self, timeout: float) -> None:
         if self.sampler is not None:
@@ -257,6 +327,7 @@ class Service:
             self._stop_gpio()
             return 1
         self._start_outputs()
+        self._start_tariff()
         self._start_checks()
         self._start_journal()
         updates = start_reporter(self.stats)  # /status: the running release, pending reboots (appliance.update)
@@ -265,7 +336,9 @@ class Service:
         # collector's sight, a full collection no longer walks it, so none pauses the reader for long.
         gc.freeze()
         assert self.source is not None
-        ready = False
+        # Started means started: the sockets answer and the outputs run, whether or not the meter is there (a
+        # missing adapter is a "down" health state with its reason, never a start timeout nor a restart loop).
+        self._notifier.ready()
         last_ping = 0.0
         last_status = 0.0
         try:
@@ -274,9 +347,6 @@ class Service:
                 if data:
                     self._handle(data)
                 now = time.monotonic()
-                if not ready and self.source.first_open.is_set():
-                    ready = True
-                    self._notifier.ready()
                 interval = self._notifier.watchdog_interval
                 if interval is not None and now - last_ping >= interval and self._healthy():
                     self._notifier.watchdog()
@@ -291,14 +361,47 @@ class Service:
         finally:
             self._notifier.stopping()
             updates.stop()
-            self.source.close()
-            self._stop_gpio()
-            self._stop_checks()
-            self._stop_journal()
-            self._stop_outputs(STOP_TIMEOUT)
-            self._stop_servers(0.5)
-            _LOG.info("stopped: %s", self.summary())
+            self._shutdown()
         return 0
+
+    def _shutdown(self) -> None:
+        """Stop every part against one deadline; the sockets last, so health answers while stopping."""
+        start = time.monotonic()
+        deadline = start + STOP_TIMEOUT
+        assert self.source is not None
+        self.source.close()
+        self._stop_gpio()
+        fanout, journal = self.fanout, self.journal
+        if journal is not None:
+            journal.request_close()  # its last write, in parallel with the outputs' drain
+        if fanout is not None:
+            fanout.request_stop(start + DRAIN_S)
+        self._stop_checks()
+        self._stop_tariff()  # the ledger saved (one small file) while the outputs drain
+        if self.sampler is not None:
+            self.sampler.stop(0.2)
+            self.sampler = None
+        if journal is not None:
+            journal.close(max(0.1, deadline - 0.6 - time.monotonic()))
+        if fanout is not None:
+            fanout.stop(max(0.1, deadline - time.monotonic()))
+        self.fanout = self.journal = None
+        self._stop_servers(0.5)
+        kept = self._kept(fanout, journal)
+        _LOG.info("stopped: %s; kept on disk: %s (stop took %.1f s)", self.summary(), kept, time.monotonic() - start)
+
+    @staticmethod
+    def _kept(fanout: Fanout | None, journal: Journal | None) -> str:
+        """What waits on disk for the next start (the spools), and the journal's state, in words."""
+        parts = [
+            f"{w.kept} frame{'s' if w.kept != 1 else ''} in the {w.name} spool"
+            for w in (fanout.workers if fanout is not None else [])
+            if w.output.durable
+        ]
+        if journal is not None:
+            lost = journal.unwritten
+            parts.append(f"journal: {lost} chunks not written (logged)" if lost else "journal: everything written")
+        return ", ".join(parts) or "nothing (no spool, no journal)"
 
     def _open_source(self) -> None:
         """The configured source, and a fresh reader (decoder, known meter, reject counts) for its bytes."""
@@ -313,6 +416,10 @@ class Service:
         for frame in self.reader.feed(data, now):
             if frame.meter is not None and self.fanout is not None:
                 self.fanout.submit(frame)
+            if self.tariff is not None:
+                self.tariff.on_frame(frame)
+            if self.web is not None and self.live is not None:
+                self.live.on_frame(frame)
             if self.control is not None:
                 self.control.on_frame(frame)
             for fn in self._frame_listeners:
@@ -351,7 +458,7 @@ class Service:
         if new.gpio != old.gpio:  # the control socket restarts too: its gpio commands name the new outputs
             self._stop_gpio()
             self._start_gpio()
-        if (new.health, new.control, new.gpio) != (old.health, old.control, old.gpio):
+        if (new.health, new.control, new.gpio, new.web) != (old.health, old.control, old.gpio, old.web):
             self._stop_servers(1.0)
             try:
                 self._start_servers()
@@ -364,6 +471,9 @@ class Service:
             assert self.source is not None
             self.source.close()
             self._open_source()
+        if (new.tariff, new.state, new.source.kind) != (old.tariff, old.state, old.source.kind):
+            self._stop_tariff()  # saved, then read back by the new one: the ledger goes on under the new prices
+            self._start_tariff()
         if (new.journal, new.source, new.state) != (old.journal, old.source, old.state):
             self._stop_journal()  # a new decoder or directory: a new journal session, so replay starts afresh too
             self._start_journal()

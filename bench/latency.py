@@ -30,7 +30,10 @@ between frames.  By default (``--feed usb``, issue 16's feed) the bytes arrive a
 lines`` releases each group after its LF and the ETX on its own (a line reader's best case).
 
 Network safety: every datagram leaves through 127.0.0.1 with TTL 0 (never routed off the host); the health and
-control sockets, when the configuration has them, listen on 127.0.0.1 on free ports.
+control sockets and the live page, when the configuration has them, listen on 127.0.0.1 on free ports.
+
+``--no-page`` runs the service without the live page and the tariff engine, ``--viewers N`` with N pages following
+its event stream: the difference is what they cost.
 """
 
 from __future__ import annotations
@@ -202,11 +205,13 @@ def _free_port(kind: int) -> int:
         return int(s.getsockname()[1])
 
 
-def service_config(device: str, port: int, sockets: bool) -> str:
+def service_config(device: str, port: int, sockets: bool, state: Path, page: bool = True) -> str:
     """The TOML of ``teleinfo run``: the pty in standard mode, multicast on loopback with TTL 0, influx format.
 
-    Health and control sockets are kept if this configuration schema has them (they do per-frame work that the
-    appliance really does), on 127.0.0.1 and free ports; ``sockets=False`` turns them off.
+    Health and control sockets and the live page are kept if this configuration schema has them (they do
+    per-frame work that the appliance really does), on 127.0.0.1 and free ports; ``sockets=False`` turns them off.
+    The tariff engine counts every frame (as on a Pi whose clock is synchronised) with its ledger under ``state``;
+    ``page=False`` turns it and the live page off, to measure what they cost.
     """
     text = f"""
 [source]
@@ -221,15 +226,20 @@ port = {port}
 ttl = 0
 interface = "{LOOPBACK}"
 format = "influx"
+
+[state]
+directory = {json.dumps(str(state))}
 """
     sections = {f.name for f in dataclasses.fields(Config)}
-    for name in ("health", "control"):
+    for name in ("health", "control", "web"):
         if name in sections:
-            if sockets:
+            if sockets and (page or name != "web"):
                 tcp = _free_port(socket.SOCK_STREAM)
                 text += f'\n[{name}]\nenabled = true\nbind = "{LOOPBACK}"\nport = {tcp}\n'
             else:
                 text += f"\n[{name}]\nenabled = false\n"
+    if "tariff" in sections:
+        text += "\n[tariff]\nwait_for_clock_sync = false\n" if page else "\n[tariff]\nenabled = false\n"
     cfg = parse_config(text, "benchmark configuration")  # fail here, with the errors, rather than in the child
     assert cfg.outputs.multicast.interface == LOOPBACK and cfg.outputs.multicast.ttl == 0
     return text
@@ -265,12 +275,12 @@ class Contender:
     profiled: bool = False
 
 
-def ours(sockets: bool, profile: bool) -> Contender:
+def ours(sockets: bool, profile: bool, page: bool = True) -> Contender:
     """``teleinfo run`` as the systemd unit starts it (``python -m appliance run``), optionally under cProfile."""
 
     def command(device: str, port: int, work: Path) -> list[str]:
         cfg = work / "teleinfo.toml"
-        cfg.write_text(service_config(device, port, sockets), encoding="utf-8")
+        cfg.write_text(service_config(device, port, sockets, work / "state", page), encoding="utf-8")
         run = ["run", "--config", str(cfg), "--no-view"]
         if profile:
             return [sys.executable, "-c", PROFILE_BOOT, str(work / "ours.prof"), *run]
@@ -466,6 +476,35 @@ class Writer(threading.Thread):
             self.window_over.set()
 
 
+class Viewer(threading.Thread):
+    """A live page left open: follows ``/api/events`` of the service and counts the events it reads."""
+
+    def __init__(self, config: Path) -> None:
+        super().__init__(daemon=True)
+        self.config = config
+        self.events = 0
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        from appliance.config import load_config
+
+        web = load_config(self.config).web
+        while not self.stopping.is_set():
+            try:
+                with socket.create_connection((LOOPBACK, web.port), timeout=1) as s:
+                    s.sendall(b"GET /api/events HTTP/1.1\r\nHost: bench\r\n\r\n")
+                    while not self.stopping.is_set():
+                        try:
+                            data = s.recv(65536)
+                        except TimeoutError:
+                            continue
+                        if not data:
+                            break
+                        self.events += data.count(b"event: ")
+            except OSError:
+                time.sleep(0.2)  # not listening yet
+
+
 def _child_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -479,8 +518,9 @@ def run_one(
     work: Path,
     say: Callable[[str], None],
     feed: str = "usb",
+    viewers: int = 0,
 ) -> Run:
-    """Start the process, stream every frame to it, measure, stop it."""
+    """Start the process, stream every frame to it (with ``viewers`` pages on its event stream), measure, stop it."""
     pieces = schedule(frames, feed)
     port = _free_port(socket.SOCK_DGRAM)
     run_dir = work / ("ours" if contender.ours else "peer")
@@ -494,9 +534,16 @@ def run_one(
         with open(log_path, "wb") as log:
             t_exec = time.monotonic()
             proc = subprocess.Popen(argv, cwd=REPO, env=_child_env(), stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        pages = [Viewer(run_dir / "teleinfo.toml") for _ in range(viewers)]
+        for v in pages:
+            v.start()
         try:
             _measure(proc, meter, pieces, result, receiver, t_exec, say, contender.profiled)
         finally:
+            for v in pages:
+                v.stopping.set()
+            if pages:
+                say(f"  viewers: {', '.join(f'{v.events} events' for v in pages)}")
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
@@ -773,7 +820,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="usb: 16-byte writes at 960 B/s, as a USB adapter delivers (default, issue 16); lines: a group per write",
     )
     ap.add_argument("--only", choices=("ours", "peer"), help="run one process only")
-    ap.add_argument("--no-sockets", action="store_true", help="disable the health and control sockets")
+    ap.add_argument("--no-sockets", action="store_true", help="disable the health and control sockets, the page")
+    ap.add_argument("--no-page", action="store_true", help="disable the live page and the tariff engine")
+    ap.add_argument("--viewers", type=int, default=0, help="pages following the live page's event stream")
     ap.add_argument("--profile", action="store_true", help="run ours under cProfile (main thread) and print it")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configuration, logs, profile)")
     ap.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
@@ -800,7 +849,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     contenders = []
     if args.only != "peer":
-        contenders.append(ours(not args.no_sockets, args.profile))
+        contenders.append(ours(not args.no_sockets, args.profile, not args.no_page))
     if args.only != "ours":
         contenders.append(peer(args.peer_close))
     runs: list[Run] = []
@@ -808,7 +857,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for c in contenders:
             say(f"\nrunning {c.name} for {seconds:g} s of frames")
-            run = run_one(c, frames, measured, work, say, args.feed)
+            run = run_one(c, frames, measured, work, say, args.feed, args.viewers if c.ours else 0)
             say("  command: " + " ".join(run.argv))
             for line in notable_log_lines(run.log):
                 say(f"  log: {line}")

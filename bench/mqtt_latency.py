@@ -93,6 +93,9 @@ enabled = false
 [control]
 enabled = false
 
+[web]
+enabled = false
+
 [state]
 directory = {json.dumps(str(state))}
 """

@@ -1,5 +1,6 @@
-"""A tiny server for the live page's browser tests: the page's static files and the JSON/SSE contract of
-docs/WEB.md, played from real engine output, on 127.0.0.1 only.  Phase 2 points the same tests at the service.
+"""A stand-in for the appliance in the live page's browser tests: the page's static files and the JSON/SSE contract
+of docs/WEB.md, played from real engine output, on 127.0.0.1 only.  The service itself is tested in the same file;
+this one shows the page what a service cannot within a test's minutes (24 hours of history, HTTP errors).
 
 The test decides what the page sees: :meth:`LivePageServer.publish` sends an event to every connected page,
 :attr:`LivePageServer.snapshot` is what ``GET /api/snapshot`` answers, :meth:`LivePageServer.refuse` makes the

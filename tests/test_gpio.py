@@ -382,7 +382,8 @@ from appliance.schema import Config
 from appliance.service import Service, simulated
 cfg = simulated(Config())
 cfg = replace(cfg, outputs=replace(cfg.outputs, multicast=replace(cfg.outputs.multicast, enabled=False)),
-              health=replace(cfg.health, enabled=False), control=replace(cfg.control, enabled=False))
+              health=replace(cfg.health, enabled=False), control=replace(cfg.control, enabled=False),
+              web=replace(cfg.web, enabled=False))
 service = Service(cfg)
 threading.Timer(1.5, service.stop).start()
 service.run()
@@ -407,6 +408,7 @@ def test_service_drives_gpio_end_to_end(tmp_path: Path) -> None:
     config = tmp_path / "teleinfo.toml"
     config.write_text(
         f"[outputs.multicast]\nenabled = false\n[health]\nenabled = false\n[control]\nport = {port}\n"
+        "[web]\nenabled = false\n"
         f'[state]\ndirectory = "{tmp_path}"\n'
         '[gpio]\nenabled = true\npin_factory = "mock"\nled_pin = 27\n'
         '[[gpio.outputs]]\nname = "heater"\npin = 17\nrule = "tempo"\ncolours = ["red"]\n'

@@ -6,9 +6,11 @@ directories (it then acts on no running system); tests/test_image.py checks the 
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -59,6 +61,7 @@ def firstboot(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("TELEINFO_BOOT", str(tmp_path / "boot"))
     monkeypatch.setenv("TELEINFO_ETC", str(tmp_path / "etc"))
     monkeypatch.setenv("TELEINFO_ROOT_SSH", str(tmp_path / "root-ssh"))
+    monkeypatch.setenv("TELEINFO_STATE", str(tmp_path / "state"))
     loader = importlib.machinery.SourceFileLoader("teleinfo_firstboot", str(FIRSTBOOT))
     spec = importlib.util.spec_from_loader("teleinfo_firstboot", loader)
     assert spec is not None
@@ -100,12 +103,12 @@ def test_custom_toml_invalid_values_are_reported_and_skipped(
         '[ssh]\nauthorized_keys = ["not a key"]\n'
         '[wlan]\nssid = "Maison"\npassword = "short"\ncountry = "FR"\n'
         '[locale]\ntimezone = "../../etc/passwd"\n'
-        "[user]\nname = 'pi'\n"
+        "[user]\nname = 'root'\n"
     )
     firstboot.custom_settings()
     out = capsys.readouterr().out
     assert firstboot.problems == 5
-    for expected in ("system.hostname", "not an OpenSSH public key", "wlan.password", "locale.timezone", "[user]"):
+    for expected in ("system.hostname", "not an OpenSSH public key", "wlan.password", "locale.timezone", "user.name"):
         assert expected in out
     assert not (tmp_path / "etc" / "hostname").exists()
     assert not (tmp_path / "etc" / "wpa_supplicant").exists()
@@ -136,9 +139,121 @@ def test_invalid_teleinfo_toml_keeps_the_previous_configuration(
     assert target.read_text() == "# previous\n"
     out = capsys.readouterr().out
     assert "is invalid, the previous configuration is kept" in out and "source.kind" in out
+    firstboot.teleinfo_config()  # still invalid at the next boot: said again, still not applied
+    assert "is invalid" in capsys.readouterr().out and target.read_text() == "# previous\n"
     (tmp_path / "boot" / "teleinfo.toml").write_text('[source]\nkind = "simulator"\n')
     firstboot.teleinfo_config()
     assert target.read_text() == '[source]\nkind = "simulator"\n'
+
+
+def test_device_edits_win_over_an_untouched_card(
+    firstboot: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The card's teleinfo.toml is applied only when it changed since it was last applied (what the image ships
+    counts as applied): a setting changed on the device survives reboots; a later edit on the card still wins."""
+    teleinfo = shutil.which("teleinfo") or str(REPO / ".venv" / "bin" / "teleinfo")
+    if not Path(teleinfo).exists():
+        pytest.skip("the teleinfo command is not installed")
+    monkeypatch.setattr(firstboot, "TELEINFO", Path(teleinfo))
+    card, device = tmp_path / "boot" / "teleinfo.toml", tmp_path / "etc" / "teleinfo" / "teleinfo.toml"
+    device.parent.mkdir()
+    shipped = "[health]\nport = 9999\n"
+    card.write_text(shipped)
+    device.write_text(shipped)
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "card-teleinfo.toml.sha256").write_text(hashlib.sha256(shipped.encode()).hexdigest())
+    device.write_text("[health]\nport = 9000\n")  # changed on the device (ssh, an editor)
+    firstboot.teleinfo_config()
+    firstboot.teleinfo_config()  # a second boot
+    assert device.read_text() == "[health]\nport = 9000\n"
+    card.write_bytes(b"\xef\xbb\xbf[health]\r\nport = 9100\r\n")  # then on the card, by a Windows editor
+    firstboot.teleinfo_config()
+    assert device.read_bytes() == b"[health]\r\nport = 9100\r\n" and "changed on the card" in capsys.readouterr().out
+    device.write_text("[health]\nport = 9200\n")
+    firstboot.teleinfo_config()
+    assert device.read_text() == "[health]\nport = 9200\n"  # applied once, not at every boot
+    assert firstboot.problems == 0
+
+
+def test_health_port_is_announced_by_mdns(firstboot: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "etc" / "teleinfo").mkdir()
+    config = tmp_path / "etc" / "teleinfo" / "teleinfo.toml"
+    service = tmp_path / "etc" / "avahi" / "services" / "teleinfo.service"
+    config.write_text("[health]\nport = 9123\n")
+    firstboot.announce()
+    text = service.read_text()
+    assert "<type>_teleinfo._tcp</type>" in text and "<port>9123</port>" in text and "%h" in text
+    config.write_text('[health]\nbind = "127.0.0.1"\n')  # not on the network: not announced either
+    firstboot.announce()
+    assert not service.exists()
+
+
+@pytest.fixture
+def etc_accounts(tmp_path: Path) -> Path:
+    """A passwd/group/shadow of its own in tmp_path/etc, for shadow's --prefix (real useradd and usermod)."""
+    if os.geteuid() != 0 or shutil.which("useradd") is None:
+        pytest.skip("useradd --prefix needs root")
+    etc = tmp_path / "etc"
+    (etc / "passwd").write_text(
+        "root:x:0:0:root:/root:/bin/bash\nteleinfo:x:999:999::/var/lib/teleinfo:/usr/sbin/nologin\n"
+    )
+    groups = ["root:x:0:", "adm:x:4:", "dialout:x:20:teleinfo", "sudo:x:27:", "gpio:x:997:teleinfo", "teleinfo:x:999:"]
+    (etc / "group").write_text("\n".join(groups) + "\n")
+    (etc / "shadow").write_text("root:*:19000:0:99999:7:::\nteleinfo:!:19000::::::\n")
+    (etc / "gshadow").write_text("".join(f"{g.split(':')[0]}:!::\n" for g in groups))
+    return etc
+
+
+def test_custom_toml_as_raspberry_pi_imager_writes_it(
+    firstboot: ModuleType, tmp_path: Path, etc_accounts: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A byte-order mark, Windows line ends, "fr", an upper-case host name, [user] with a crypt hash."""
+    key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIEnl5jWHhWwqAq5nX8Tz6H2m3ex2s3r9Cv7aG3hL0y1Q me@laptop"
+    sha256crypt = "$5$Ao7N4cFq$T0xkN6ZxGq2Jtq1y3X.5dvrJ9Jq8kzvE2o7Xq1uPq1A"
+    text = (
+        '# Raspberry Pi First Boot Setup\n[system]\nhostname = "Linky-Cave"\n'
+        f'[user]\nname = "pi"\npassword = "{sha256crypt}"\npassword_encrypted = true\n'
+        f'[ssh]\nenabled = true\npassword_authentication = false\nauthorized_keys = [ "{key}" ]\n'
+        '[wlan]\nssid = "Maison"\npassword = "correct horse"\npassword_encrypted = false\nhidden = false\n'
+        'country = "fr"\n[locale]\nkeymap = "fr"\ntimezone = "Europe/Paris"\n'
+    )
+    (tmp_path / "boot" / "custom.toml").write_bytes(b"\xef\xbb\xbf" + text.replace("\n", "\r\n").encode())
+    firstboot.custom_settings()
+    out = capsys.readouterr().out
+    assert firstboot.problems == 1, out  # only: no config_version (Imager's file has none)
+    assert (etc_accounts / "hostname").read_text() == "linky-cave\n" and "taken as 'linky-cave'" in out
+    assert "country=FR" in (etc_accounts / "wpa_supplicant/wpa_supplicant-wlan0.conf").read_text()
+    passwd = (etc_accounts / "passwd").read_text()
+    assert re.search(r"^pi:x:\d+:\d+::/home/pi:/bin/bash$", passwd, re.M), passwd
+    member_of = {
+        line.split(":")[0]
+        for line in (etc_accounts / "group").read_text().splitlines()
+        if "pi" in line.split(":")[3].split(",")
+    }
+    assert {"sudo", "adm", "dialout", "gpio", "teleinfo"} <= member_of
+    assert f"pi:{sha256crypt}:" in (etc_accounts / "shadow").read_text()
+    assert (tmp_path / "home/pi/.ssh/authorized_keys").read_text() == key + "\n"
+    assert (tmp_path / "root-ssh/authorized_keys").read_text() == key + "\n"
+    assert (etc_accounts / "sudoers.d/010_teleinfo-pi").read_text() == "pi ALL=(ALL:ALL) ALL\n"
+
+
+def test_user_with_a_clear_password_or_only_keys(
+    firstboot: ModuleType, tmp_path: Path, etc_accounts: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "boot" / "custom.toml").write_text(
+        'config_version = 1\n[user]\nname = "marie"\npassword = "s3cret-linky"\n'
+    )
+    firstboot.custom_settings()
+    shadow = (etc_accounts / "shadow").read_text()
+    assert re.search(r"^marie:\$6\$[^:]+:", shadow, re.M) and "s3cret-linky" not in shadow + capsys.readouterr().out
+    (tmp_path / "boot" / "custom.toml").write_text('config_version = 1\n[user]\nname = "paul"\n')
+    firstboot.custom_settings()
+    assert (etc_accounts / "sudoers.d/010_teleinfo-paul").read_text() == "paul ALL=(ALL:ALL) NOPASSWD: ALL\n"
+    (tmp_path / "boot" / "custom.toml").write_text(
+        '[user]\nname = "x"\npassword = "$6$nothash"\npassword_encrypted = 1\n'
+    )
+    firstboot.custom_settings()
+    assert "user.password_encrypted must be true or false" in capsys.readouterr().out
 
 
 def test_image_pins_satisfy_every_runtime_dependency() -> None:
@@ -163,3 +278,43 @@ def test_image_pins_satisfy_every_runtime_dependency() -> None:
         name = req.name.lower().replace("_", "-")
         assert name in pins, f"{req.name} is in install_requires but not pinned in image/requirements.txt"
         assert req.specifier.contains(pins[name], prereleases=True), f"{name}=={pins[name]} is outside {req.specifier}"
+
+
+def test_unattended_upgrades_take_debian_security_updates_only(tmp_path: Path) -> None:
+    """The image's apt settings, read by apt itself after Debian's 50unattended-upgrades (whose list also takes
+    stable point releases): security only, daily, never a reboot."""
+    if shutil.which("apt-config") is None:
+        pytest.skip("apt-config not installed")
+    parts = tmp_path / "apt.conf.d"
+    parts.mkdir()
+    (parts / "50unattended-upgrades").write_text(  # the origins of Debian 12's stock file
+        "Unattended-Upgrade::Origins-Pattern {\n"
+        '        "origin=Debian,codename=${distro_codename},label=Debian";\n'
+        '        "origin=Debian,codename=${distro_codename},label=Debian-Security";\n'
+        '        "origin=Debian,codename=${distro_codename}-security,label=Debian-Security";\n};\n'
+    )
+    for conf in (REPO / "image/rootfs/etc/apt/apt.conf.d").iterdir():
+        shutil.copy(conf, parts / conf.name)
+    main = tmp_path / "apt.conf"
+    main.write_text(f'Dir::Etc::parts "{parts}";\nDir::Etc::main "/dev/null";\n')
+    dump = subprocess.run(
+        ["apt-config", "dump", "Unattended-Upgrade", "APT::Periodic"],
+        env={**os.environ, "APT_CONFIG": str(main)}, capture_output=True, text=True, timeout=30, check=True,
+    ).stdout  # fmt: skip
+    origins = re.findall(r'^Unattended-Upgrade::Origins-Pattern:: "(.*)";$', dump, re.M)
+    assert origins == ["origin=Debian,codename=${distro_codename}-security,label=Debian-Security"]
+    assert 'APT::Periodic::Unattended-Upgrade "1";' in dump and 'APT::Periodic::Update-Package-Lists "1";' in dump
+    assert 'Unattended-Upgrade::Automatic-Reboot "false";' in dump
+
+
+def test_needrestart_if_installed_leaves_the_service_alone() -> None:
+    if shutil.which("perl") is None:
+        pytest.skip("perl not installed")
+    conf = REPO / "image/rootfs/etc/needrestart/conf.d/teleinfo.conf"
+    script = (
+        'our %nrconf; do $ARGV[0]; die "cannot read: $@" if $@; '
+        'for my $re (keys %{$nrconf{override_rc}}) { for my $unit ("teleinfo.service", "ssh.service") '
+        '{ print "$unit=$nrconf{override_rc}{$re}\\n" if $unit =~ /$re/ } }'
+    )
+    out = subprocess.run(["perl", "-e", script, str(conf)], capture_output=True, text=True, timeout=30, check=True)
+    assert out.stdout == "teleinfo.service=0\n"  # needrestart's "do not restart", for the service only

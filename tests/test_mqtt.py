@@ -447,6 +447,8 @@ client_id = "svc-under-test"
 enabled = false
 [control]
 enabled = false
+[web]
+enabled = false
 [state]
 directory = "{tmp_path / "state"}"
 """

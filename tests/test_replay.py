@@ -50,8 +50,6 @@ class DaySource:
         self.data = data
         self.stop = stop
         self.now = data[0][0]
-        self.first_open = threading.Event()
-        self.first_open.set()
 
     def read(self) -> bytes:
         if not self.data:
@@ -100,9 +98,11 @@ def live_config(tmp_path: Path, url: str) -> Config:
             influxdb=InfluxConfig(enabled=True, url=url, queue_size=100_000, batch_size=500),
         ),
         health=replace(cfg.health, enabled=False),
+        web=replace(cfg.web, enabled=False),
         control=replace(cfg.control, enabled=False),
         state=replace(cfg.state, directory=str(tmp_path / "state")),
         journal=JournalConfig(enabled=True, flush_interval=0.2, flush_kb=16),
+        tariff=replace(cfg.tariff, enabled=False),  # replay backfills the frames' points, not the tariff's
     )
 
 

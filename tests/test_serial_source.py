@@ -538,3 +538,34 @@ def test_a_paced_meter_is_read_frame_by_frame_each_read_ending_at_its_etx(
     pieces = -(-len(frames[-1]) // 16)
     # The first two frames teach the length (a wait per piece); the next ones take a few waits each.
     assert pieces >= 50 and max(waits[3:-1]) <= pieces // 5, (pieces, waits)
+
+
+@pytest.mark.parametrize(
+    ("tree", "opened", "detail"),
+    [
+        # The header UART of Debian's Pi 3 device tree: the mini UART, ttyS1, 8N1 (no such tty on this machine).
+        ("debian-pi3b", "/dev/ttyS1", "cannot open /dev/ttyS1: No such file or directory"),
+        # Not a Raspberry Pi: nothing is guessed, the reason is the state's detail (and the health line's).
+        ("qemu-virt", "auto", "cannot open auto: no header UART: not a Raspberry Pi (linux,dummy-virt)"),
+    ],
+)
+def test_auto_device_is_the_header_uart_of_the_device_tree(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tree: str, opened: str, detail: str
+) -> None:
+    from appliance.sources.serial import source as serial_source
+    from appliance.sources.serial import uart
+
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    data = Path(__file__).resolve().parent / "data" / "uart" / tree
+    monkeypatch.setattr(serial_source, "resolve_header_uart", lambda: uart.resolve_header_uart(data))
+    stats = RecordingStats()
+    source = SerialSource(SourceConfig(device="auto", reconnect_max_backoff=1.0), stats, threading.Event())
+    try:
+        assert source.read() == b""
+        assert source.state == "lost" and str(stats.src["detail"]).startswith(detail)
+        if opened != "auto":
+            (line,) = messages(caplog, "source.device auto")
+            assert "/dev/ttyS1: the mini UART /soc/serial@7e215040" in line and "8N1" in line
+            assert source._framing == "8N1"
+    finally:
+        source.close()

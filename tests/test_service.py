@@ -3,9 +3,9 @@
 The unit tests check each piece (decoder, serial source, outputs) in isolation; these check what a user and
 systemd see of the whole: every frame the meter sends reaches every listener once, in order and decoded
 right; the service survives an unplugged adapter, garbage, the wrong speed and a meter changing mode; it speaks
-sd_notify (READY only once the port is open, WATCHDOG, STATUS, STOPPING) and reloads on SIGHUP; it refuses bad
-configurations with the key path of every error; and under systemd it logs one line per state change, each with
-its syslog priority.
+sd_notify (READY once started, adapter or not; WATCHDOG from the read loop; STATUS, STOPPING) and reloads on
+SIGHUP; it refuses bad configurations with the key path of every error; and under systemd it logs one line per
+state change, each with its syslog priority.
 
 * The meter is a :class:`~tests.ptyutil.PtyMeter` fed by the simulator at the real baud rate (standard 9600 Bd,
   about a frame a second; historique 1200 Bd), with the silence between frames, so the reader sees bytes
@@ -261,6 +261,7 @@ class NotifySocket:
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without what would change how the service runs (systemd's variables, a config path)."""
     drop = {"INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "TELEINFO_CONFIG"}
+    drop |= {"RUNTIME_DIRECTORY", "STATE_DIRECTORY"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PYTHONPATH"] = str(REPO)
     env.update(extra)
@@ -445,7 +446,9 @@ class Rig:
             "ttl = 1\n"
             "\n[health]\nenabled = false\n"
             "\n[control]\nenabled = false\n"
+            "\n[web]\nenabled = false\n"
             f'\n[logging]\nlevel = "{level}"\n'
+            f'\n[state]\ndirectory = "{self.tmp / "state"}"\n'  # the tariff's ledger, never the system's
         )
 
     def write_config(self, **kw: Any) -> Path:
@@ -765,13 +768,12 @@ def test_systemd_ready_watchdog_status_and_stop(rig: Rig, sig: signal.Signals) -
     rig.write_config(mode="standard", fmt="json")
     notify = rig.notify
     svc = rig.service(WATCHDOG_USEC="1000000")  # WATCHDOG_PID unset: the pings are ours to send
-    svc.wait_log("cannot open")  # no adapter yet
-    wait_until(lambda: notify.count("WATCHDOG=1") >= 2, 5)  # alive, pinging every 0.5 s...
-    assert notify.count("READY=1") == 0, notify.messages  # ...but not ready: the port is not open
+    svc.wait_log("cannot open")  # no adapter yet...
+    wait_until(lambda: notify.count("WATCHDOG=1") >= 2, 5)  # ...alive, pinging every 0.5 s...
+    assert notify.count("READY=1") == 1, notify.messages  # ...and started: systemd must not time the start out
 
     rig.plug()
     svc.wait_log("opened at")
-    wait_until(lambda: notify.count("READY=1") == 1, 5)
     sim = meter("standard")
     feed(rig.meter, itertools.islice(sim.frames(), 3))
     wait_until(lambda: (s := notify.status()) is not None and s.group(3) == "3", 5)
@@ -868,3 +870,85 @@ def test_journal_priorities_and_one_line_per_state_change(rig: Rig) -> None:
     assert svc.lines("<6>appliance.sources.serial.source: serial "), svc.log()
     assert svc.lines("<6>appliance.service: received SIGTERM, stopping"), svc.log()
     assert not any(re.match(r"<\d>\d\d:\d\d:\d\d", line) for line in svc.err)  # the journal adds its own time
+
+
+def _agent_line(port: int) -> str:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=2) as s:
+            s.settimeout(2)
+            return s.recv(200).decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def test_missing_adapter_is_ready_and_down_with_its_reason_never_a_start_timeout(rig: Rig) -> None:
+    """No adapter at boot: READY at once, the health socket says why nothing comes, the watchdog keeps being fed;
+    when the adapter appears, frames flow and health comes up, without a restart."""
+    port = free_port()
+    text = rig.config_text(mode="standard", fmt="json").replace(
+        "[health]\nenabled = false\n", f'[health]\nbind = "{LOOPBACK}"\nport = {port}\n'
+    )
+    rig.config_path.write_text(text)
+    notify = rig.notify
+    svc = rig.service(WATCHDOG_USEC="1000000")
+    wait_until(lambda: notify.count("READY=1") == 1, 10)
+    wait_until(lambda: _agent_line(port).startswith("down 0% #no meter: cannot open"), 10)
+    comment = f"no meter: cannot open {rig.device}: No such file or directory"
+    assert _agent_line(port) == f"down 0% #{comment[:100]}"  # the health line's comment is cut at 100 characters
+    pings = notify.count("WATCHDOG=1")
+    wait_until(lambda: notify.count("WATCHDOG=1") >= pings + 3, 5)  # the read loop runs: systemd leaves it be
+    assert svc.alive
+
+    rig.plug()
+    feed = rig.feeder(meter("standard").frames())
+    wait_until(lambda: _agent_line(port).startswith("up ready 100% #ok"), 20)
+    feed.halt()
+    assert notify.count("READY=1") == 1 and svc.alive
+    assert svc.stop() == 0, svc.log()
+
+
+def test_watchdog_is_fed_by_the_read_loop_only(tmp_path: Path) -> None:
+    """In process, with a real sd_notify socket and a missing device: READY comes without the device, and the
+    WATCHDOG pings stop as soon as the read loop stops coming back (a wedged driver), then resume with it."""
+    from appliance.config import load_config
+    from appliance.service import Service
+    from appliance.systemd import Notifier
+
+    config = tmp_path / "teleinfo.toml"
+    config.write_text(
+        f'[source]\ndevice = "{tmp_path / "absent"}"\n[outputs.multicast]\nenabled = false\n'
+        "[health]\nenabled = false\n[control]\nenabled = false\n[journal]\nenabled = false\n"
+        f'[state]\ndirectory = "{tmp_path / "state"}"\n'
+    )
+    notify = NotifySocket()
+    service = Service(
+        load_config(config), notifier=Notifier({"NOTIFY_SOCKET": str(notify.path), "WATCHDOG_USEC": "400000"})
+    )
+    runner = threading.Thread(target=service.run, daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: notify.count("READY=1") == 1 and notify.count("WATCHDOG=1") >= 3, 10)
+        assert service.stats.snapshot().source.state == "lost"
+        assert service.source is not None
+        wedged, release = threading.Event(), threading.Event()
+        real_read = service.source.read
+
+        def stuck() -> bytes:
+            wedged.set()
+            release.wait(30)
+            return real_read()
+
+        service.source.read = stuck  # type: ignore[method-assign]
+        wedged.wait(5)
+        time.sleep(0.3)
+        before = notify.count("WATCHDOG=1")
+        time.sleep(1.2)  # six ping intervals
+        assert notify.count("WATCHDOG=1") == before, "pinged while the read loop was stuck"
+        service.source.read = real_read  # type: ignore[method-assign]
+        release.set()
+        wait_until(lambda: notify.count("WATCHDOG=1") >= before + 2, 5)
+    finally:
+        service.stop()
+        runner.join(10)
+        notify.close()
+    assert not runner.is_alive()

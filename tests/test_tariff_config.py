@@ -70,7 +70,7 @@ def test_every_error_at_once_with_its_key_path() -> None:
     )
     assert errs == [
         "tariff.colour: unknown key (expected one of: enabled, contract, subscribed_kva, currency, timezone, "
-        "default_prices, standard_indexes, save_interval, prices)",
+        "default_prices, standard_indexes, save_interval, wait_for_clock_sync, prices)",
         "tariff.contract: must be 'auto' or 'BASE' or 'HCHP' or 'TEMPO' or 'EJP' (got 'FLAT')",
         "tariff.currency: must be an ISO 4217 code such as EUR (got 'euros')",
         "tariff.timezone: unknown time zone 'Mars/Olympus' (an IANA name such as Europe/Paris)",
@@ -140,3 +140,23 @@ def test_configured_price_wins_over_default_and_a_later_set_over_an_earlier_one(
     assert book.price(date(2026, 3, 5), "hc", "HCHP", 6).value == 0.1579  # type: ignore[union-attr]  # default
     assert book.subscription(date(2026, 2, 5), "BASE", 6).origin == "default"  # type: ignore[union-attr]
     assert book.subscription_share(date(2026, 3, 5), "BASE", 6) == pytest.approx(20.0 / 31)
+
+
+def test_the_section_is_part_of_the_configuration_file() -> None:
+    """[tariff] in teleinfo.toml: the same validation through the whole file (TOML dates, NaN refused, key paths)."""
+    from appliance.config import parse_config, render_example
+
+    cfg = parse_config('[tariff]\ncontract = "BASE"\n[[tariff.prices]]\nsince = 2026-02-01\nbase = 0.19398\n')
+    assert cfg.tariff.contract == "BASE" and cfg.tariff.prices[0].since == "2026-02-01"
+    assert cfg.tariff == parse_tariff({"contract": "BASE", "prices": [{"since": "2026-02-01", "base": 0.19398}]})
+    with pytest.raises(ConfigError) as e:
+        parse_config("[[tariff.prices]]\nsince = 2026-02-01T10:00:00\nbase = nan\n[tariff.x]\n")
+    assert e.value.errors == [
+        "tariff.x: unknown key (expected one of: enabled, contract, subscribed_kva, currency, timezone, "
+        "default_prices, standard_indexes, save_interval, wait_for_clock_sync, prices)",
+        "tariff.prices[0].since: must be a date YYYY-MM-DD (got datetime 2026-02-01 10:00:00)",
+        "tariff.prices[0].base: must be a finite number (got nan)",
+        "tariff.prices[0].since: is required: the date these prices start",
+    ]
+    example = render_example()
+    assert "[tariff]" in example.splitlines() and "# [[tariff.prices]]" in example.splitlines()

@@ -96,7 +96,7 @@ def system(pristine: tuple[Path, Path]) -> Iterator[Path]:
     (root / "etc" / "teleinfo" / "teleinfo.toml").write_text(
         f'[source]\nkind = "simulator"\n[source.simulator]\nmode = "standard"\n'
         f'[health]\nbind = "127.0.0.1"\nport = {port}\ndown_after = 30\n'
-        f"[control]\nenabled = false\n[outputs.multicast]\nenabled = false\n"
+        f"[control]\nenabled = false\n[outputs.multicast]\nenabled = false\n[web]\nenabled = false\n"
         f'[state]\ndirectory = "{root}/var/lib/teleinfo"\n'
         f"[update]\ndeadline = 20\nquiet_timeout = 5\n"
     )

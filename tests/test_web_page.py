@@ -1,15 +1,29 @@
-"""The live page in a real browser (Debian's Chromium through chromedriver), against a tiny server that plays
-the JSON/SSE contract of docs/WEB.md from real engine output (tests/livepage.py).
+"""The live page in a real browser (Debian's Chromium through chromedriver).
 
-What a person sees is checked: no console error, the power of each new frame within a second, the costs the
-engine computed, the Tempo colours, the layout at 360 and 1280 px without horizontal scrolling, a clear message
-when the meter sends nothing and when the appliance cannot be reached.  Screenshots are kept under
-``build/test-artifacts/web/`` (printed at the end of each test).
+Against the real service (``teleinfo run``, its web server on 127.0.0.1 and a free port):
+
+* a historique HC/HP meter on a pty, whose every frame the test writes: no console error, the power of each frame
+  on the page within a second (measured in the page), the costs equal to those computed independently from the
+  same frames (by a separate engine and from the indexes x the prices), the layout at 360 and 1280 px, what the
+  page says while no frame has come, when the service is stopped, and after it restarts (the ledger it restored);
+* the demo's command (``teleinfo run --simulate``) in English: its address in the log, the dated default prices
+  marked as such.
+
+Against a stand-in server (tests/livepage.py) that plays the JSON/SSE contract of docs/WEB.md from real engine
+output, for what a service cannot show within a test's minutes: 24 hours of history in the chart, a Tempo meter's
+colours and three phases, an appliance answering HTTP errors (the page's own reconnection, where EventSource gives
+up), and the note that costs wait for a synchronised clock.
+
+Screenshots are kept under ``build/test-artifacts/web/`` (printed at the end of each test).
 """
 
 from __future__ import annotations
 
+import json
+import sys
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
@@ -25,7 +39,10 @@ from appliance.web.history import PowerHistory
 from appliance.web.live import frame_payload, power_of, snapshot_payload, status_payload
 
 from .livepage import LivePageServer
-from .util import wait_until
+from .meterframes import historique_frame
+from .ptyutil import PtyMeter
+from .test_service import Proc, clean_env
+from .util import free_port, wait_until
 from .webdriver import WebDriver, browser_available
 
 pytestmark = [
@@ -61,7 +78,11 @@ class Appliance:
         self.status = status_payload(
             0.0,
             {"state": "up", "line": "up ready 100% #ok"},
-            {"outputs": {"mqtt": {"state": "up"}, "influxdb": {"state": "failing"}}, "checks": {"status": "ok"}},
+            {
+                "outputs": {"mqtt": {"state": "up"}, "influxdb": {"state": "failing"}},
+                "checks": {"status": "ok"},
+                "tariff": {"state": "counting"},
+            },
         )
 
     def feed(self, sf: Any) -> tuple[dict[str, Any], tuple[int, int, int, int] | None]:
@@ -183,7 +204,9 @@ def test_page_follows_the_meter_and_shows_the_engine_costs(browser_dir: Path, ar
         assert today["cost"] is not None and today["periods"]
         last = next(iter(reversed(today["periods"])))
         selector = f'#today tr[data-period="{last}"] td.cost'
-        wait_until(lambda: driver.execute(f"return document.querySelector('{selector}')?.dataset.value") is not None)
+        # The page had an older tariff snapshot (the one it got on connecting): wait for this one's figures.
+        want = str(today["periods"][last]["cost"])
+        wait_until(lambda: driver.execute(f"return document.querySelector('{selector}')?.dataset.value") == want)
         for period, e in today["periods"].items():
             cell = f'#today tr[data-period="{period}"]'
             assert float(driver.execute(f"return document.querySelector('{cell} td.cost').dataset.value")) == e["cost"]
@@ -234,6 +257,12 @@ def test_page_says_when_there_is_no_frame_and_when_the_appliance_is_lost(browser
         assert no_overflow(driver)
         driver.screenshot(artifacts / "no-frame-en-360px.png")
         assert severe(driver.browser_log()) == []
+        # A Pi whose clock is not synchronised yet: the costs say they wait (tariff.wait_for_clock_sync).
+        health = {"state": "up", "line": "up ready 100% #starting"}
+        server.publish("status", status_payload(1.0, health, {"tariff": {"state": "waiting_for_clock"}}))
+        wait_until(lambda: driver.visible("#tariff-note"))
+        note = "Costs wait for the exact time (NTP): the energy is counted as soon as it is known."
+        assert driver.text("#tariff-note") == note
 
         frames = sim.frames(step=2)
         for _ in range(5):
@@ -244,6 +273,7 @@ def test_page_says_when_there_is_no_frame_and_when_the_appliance_is_lost(browser
         want = f"{payload['power_va']:,}"
         wait_until(lambda: driver.text("#power") == want, timeout=1.0)
         wait_until(lambda: not driver.visible("#banner"))
+        wait_until(lambda: not driver.visible("#tariff-note"))  # counting: the note is gone
         assert driver.text("#period") == "Base"
         assert driver.text('#status li[data-output="influxdb"] .dot') == "failing"
         price = app.engine.current_price(datetime.now(PARIS))
@@ -272,3 +302,278 @@ def test_page_says_when_there_is_no_frame_and_when_the_appliance_is_lost(browser
     finally:
         driver.quit()
         server.close()
+
+
+# --- against the real service ------------------------------------------------------------------------------------
+
+FR_NO_FRAME = "Aucune trame reçue du compteur pour l’instant : vérifiez le câble de téléinformation."
+FR_LOST = "Connexion à l’appareil perdue : nouvelle tentative en cours…"
+HC, HP = 0.1579, 0.2065
+SERVICE_TARIFF = (
+    "[tariff]\n"
+    "wait_for_clock_sync = false\n"  # CI machines' kernels are often not synchronised; the rule has its own tests
+    "[[tariff.prices]]\n"
+    f"since = 2024-01-01\nsubscription_per_month = 15.0\nhc = {HC}\nhp = {HP}\n"
+)
+TARIFF_TABLE = {
+    "wait_for_clock_sync": False,
+    "prices": [{"since": "2024-01-01", "subscription_per_month": 15.0, "hc": HC, "hp": HP}],
+}
+
+
+class LiveService:
+    """``teleinfo run`` on a pty meter whose frames the test writes, its live page on 127.0.0.1 and a free port."""
+
+    def __init__(self, tmp: Path) -> None:
+        (tmp / "dev").mkdir()
+        self.pty = PtyMeter(tmp / "dev")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.config = tmp / "teleinfo.toml"
+        self.config.write_text(
+            f'[source]\ndevice = "{self.pty.path}"\nmode = "historique"\n'
+            "[outputs.multicast]\nenabled = false\n"
+            "[health]\nenabled = false\n[control]\nenabled = false\n"
+            f'[web]\nbind = "127.0.0.1"\nport = {self.port}\n'
+            f'[state]\ndirectory = "{tmp / "state"}"\n' + SERVICE_TARIFF
+        )
+        self.proc: Proc | None = None
+        self.sent: list[tuple[float, bytes]] = []  # (the instant it was written, the frame)
+        self.indexes = {"HCHC": 50_000, "HCHP": 80_000}
+        self.ptec = "HP.."
+        self._lock = threading.Lock()
+        self._repeat = threading.Event()
+        self._repeater: threading.Thread | None = None
+
+    def start(self) -> Proc:
+        argv = [sys.executable, "-m", "appliance", "run", "--config", str(self.config), "--no-view"]
+        self.proc = Proc(argv, clean_env())
+        self.proc.wait_log(f"live page on {self.url}")
+        self.proc.wait_log("opened at")
+        return self.proc
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        return self.proc.stop()
+
+    def send(self, papp: int, hc: int = 0, hp: int = 0, ptec: str | None = None) -> float:
+        """One frame: the indexes moved by ``hc`` and ``hp`` Wh, the power ``papp``; the instant it was written."""
+        with self._lock:
+            self.indexes["HCHC"] += hc
+            self.indexes["HCHP"] += hp
+            self.ptec = ptec or self.ptec
+            data = historique_frame(dict(self.indexes), papp, self.ptec)
+            t = time.time()
+            self.pty.write(data)
+            self.sent.append((t, data))
+        return t
+
+    def keep_sending(self, papp: int) -> None:
+        """A meter never stops talking: the same frame every half second until :meth:`hush`."""
+        self._repeat.set()
+
+        def run() -> None:
+            while self._repeat.is_set():
+                self.send(papp)
+                time.sleep(0.5)
+
+        self._repeater = threading.Thread(target=run, daemon=True)
+        self._repeater.start()
+
+    def hush(self) -> None:
+        self._repeat.clear()
+        if self._repeater is not None:
+            self._repeater.join(5)
+
+    def expected(self) -> dict[str, Any]:
+        """The tariff record an engine of our own makes from the frames written, at their write instants."""
+        engine = TariffEngine(parse_tariff(TARIFF_TABLE))
+        decoder = Decoder("historique")
+        for t, data in self.sent:
+            for f in decoder.feed(data):
+                engine.update_frame(f.mode, f.values, f.meter, datetime.fromtimestamp(t, PARIS))
+        return engine.snapshot(datetime.now(PARIS))
+
+    def close(self) -> None:
+        self.hush()
+        if self.proc is not None:
+            self.proc.kill()
+        self.pty.close()
+
+
+@pytest.fixture
+def service(tmp_path: Path) -> Iterator[LiveService]:
+    s = LiveService(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+WATCH_POWER = """
+window.__powers = [];
+const node = document.getElementById('power');
+new MutationObserver(() => window.__powers.push([Date.now(), node.textContent]))
+  .observe(node, {childList: true, characterData: true, subtree: true});
+"""
+
+
+def cost_on_page(driver: WebDriver, table: str, period: str) -> float | None:
+    script = f"return document.querySelector('#{table} tr[data-period=\"{period}\"] td.cost')?.dataset.value ?? null"
+    value = driver.execute(script)
+    return None if value in (None, "") else float(value)
+
+
+def costs_shown(driver: WebDriver, expected: dict[str, Any]) -> bool:
+    today = expected["today"]["periods"]
+    return all(cost_on_page(driver, "today", p) == pytest.approx(e["cost"], abs=1e-9) for p, e in today.items())
+
+
+def refused_connections_only(log: list[dict[str, Any]]) -> list[str]:
+    """Console errors other than the refused connections of a page whose appliance is stopped."""
+    return [m for m in severe(log) if "ERR_CONNECTION_REFUSED" not in m]
+
+
+def test_the_service_page_follows_the_meter_and_shows_its_costs(
+    service: LiveService, browser_dir: Path, artifacts: Path
+) -> None:
+    """French at 1280 then 360 px, a historique HC/HP meter: every frame within a second, the costs of the frames
+    sent, the stop and the restart of the service."""
+    day = datetime.now(PARIS).date()
+    svc = service.start()
+    driver = WebDriver(browser_dir, lang="fr-FR")
+    try:
+        driver.get(service.url)
+        wait_until(lambda: driver.text("#conn") == "En direct", timeout=10)
+        wait_until(lambda: driver.visible("#banner"))
+        assert driver.text("#banner") == FR_NO_FRAME and driver.text("#power") == "—"
+        driver.screenshot(artifacts / "no-frame-fr-1280px.png")
+        assert severe(driver.browser_log()) == []
+
+        # Every frame's power on the page within a second, as the page itself saw it.
+        driver.execute(WATCH_POWER)
+        sent = []
+        for i in range(12):
+            papp = 1500 + 97 * i
+            sent.append((service.send(papp, hp=4), int_fr(papp)))
+            time.sleep(0.15)
+        for i in range(8):  # 22:00: the meter switches to heures creuses
+            papp = 700 + 31 * i
+            sent.append((service.send(papp, hc=3, ptec="HC.."), int_fr(papp)))
+            time.sleep(0.15)
+        wait_until(lambda: normalise(driver.text("#power")) == sent[-1][1], timeout=2)
+        seen = [(ms / 1000, normalise(text)) for ms, text in driver.execute("return window.__powers")]
+        latencies = []
+        for t, want in sent:
+            shown = next((at for at, text in seen if text == want and at >= t - 0.01), None)
+            assert shown is not None, f"{want} VA never shown"
+            latencies.append(shown - t)
+        mean = sum(latencies) / len(latencies)
+        print(f"\n  frame written -> power on the page: max {max(latencies) * 1000:.0f} ms, mean {mean * 1000:.0f} ms")
+        assert max(latencies) < 1.0
+        assert driver.text("#period") == "Heures creuses"
+        assert normalise(driver.text("#price")) == fr_decimal(Decimal(repr(HC)), 4) + "€/kWh"
+        assert not driver.visible("#banner")
+        points = "return Number(document.getElementById('chart').dataset.points)"
+        wait_until(lambda: int(driver.execute(points)) >= 1, timeout=6)  # the minute in progress, from the frames
+
+        # The costs: the service's, shown, equal those computed here from the same frames.
+        service.keep_sending(760)
+        expected = service.expected()
+        periods = expected["today"]["periods"]
+        (first,), (last,) = (Decoder("historique").feed(service.sent[i][1]) for i in (0, -1))
+        moved = {p: int(last.values[label]) - int(first.values[label]) for p, label in (("hc", "HCHC"), ("hp", "HCHP"))}
+        assert moved == {"hc": 8 * 3, "hp": 11 * 4}  # the first frame is where counting starts
+        assert {p: e["wh"] for p, e in periods.items()} == moved  # our engine agrees with the indexes
+        for period, price in (("hc", HC), ("hp", HP)):
+            assert periods[period]["cost"] == pytest.approx(round(moved[period] / 1000 * price, 6), abs=1e-12)  # µ€
+        wait_until(lambda: costs_shown(driver, expected), timeout=15)
+        today = expected["today"]
+        for period, e in periods.items():
+            cell = f'#today tr[data-period="{period}"]'
+            assert normalise(driver.text(f"{cell} td.cost")) == euros_fr(e["cost"])
+            assert normalise(driver.text(f"{cell} td.kwh")) == kwh_fr(e["wh"])
+        assert normalise(driver.text('#today tr[data-row="energy"] td.cost')) == euros_fr(today["cost"])
+        assert normalise(driver.text('#today tr[data-row="subscription"] td.cost')) == euros_fr(today["subscription"])
+        assert normalise(driver.text('#today tr[data-row="total"] td.cost')) == euros_fr(today["total"])
+        assert normalise(driver.text('#month tr[data-row="energy"] td.cost')) == euros_fr(expected["month"]["cost"])
+        assert driver.text("#price-note") is None or not driver.visible("#price-note")  # configured prices
+        assert severe(driver.browser_log()) == []
+
+        for width in (1280, 360):
+            resize(driver, width, 900 if width > 400 else 780)
+            assert no_overflow(driver), f"horizontal overflow at {width} px"
+            driver.screenshot(artifacts / f"service-fr-{width}px.png")
+            full = driver.execute("return document.documentElement.scrollHeight")
+            resize(driver, width, int(full) + 100)
+            driver.screenshot(artifacts / f"service-fr-{width}px-full.png")
+        resize(driver, 360, 780)
+
+        # The service stops: the page says so, and keeps trying.
+        service.hush()
+        assert service.stop() == 0
+        wait_until(lambda: driver.text("#conn") == "Connexion perdue", timeout=5)
+        assert driver.text("#banner") == FR_LOST
+        driver.screenshot(artifacts / "lost-fr-360px.png")
+        time.sleep(3)
+        assert driver.text("#conn") == "Connexion perdue"
+
+        # It starts again: the page reconnects, shows the ledger the service restored, and no frame yet.
+        service.start()
+        wait_until(lambda: driver.text("#conn") == "En direct", timeout=10)
+        wait_until(lambda: driver.text("#banner") == FR_NO_FRAME, timeout=5)
+        assert driver.text("#power") == "—" and costs_shown(driver, expected)
+        driver.screenshot(artifacts / "restarted-fr-360px.png")
+        service.send(2345)
+        wait_until(lambda: normalise(driver.text("#power")) == "2345", timeout=2)
+        wait_until(lambda: not driver.visible("#banner"), timeout=2)
+        assert no_overflow(driver)
+        assert refused_connections_only(driver.browser_log()) == []
+    finally:
+        driver.quit()
+    if datetime.now(PARIS).date() != day:
+        pytest.skip("midnight passed during the test: today's costs were compared across two days")
+    assert not svc.lines("Traceback"), svc.log()
+
+
+def test_the_demo_page_in_english_with_the_dated_default_prices(
+    tmp_path: Path, browser_dir: Path, artifacts: Path
+) -> None:
+    """``teleinfo run --simulate`` (what scripts/demo runs): its address in the log, the page in English, the
+    built-in regulated prices marked as defaults with their date, the costs of the service's own snapshot."""
+    port = free_port()
+    config = tmp_path / "teleinfo.toml"
+    config.write_text(
+        "[outputs.multicast]\nenabled = false\n[health]\nenabled = false\n[control]\nenabled = false\n"
+        f"[web]\nport = {port}\n"
+    )
+    demo = Proc([sys.executable, "-m", "appliance", "run", "--simulate", "--config", str(config)], clean_env())
+    driver: WebDriver | None = None
+    try:
+        url = f"http://127.0.0.1:{port}/"  # loopback only, like every socket of the demo
+        demo.wait_log(f"live page on {url}")
+        driver = WebDriver(browser_dir, lang="en-GB,en")
+        resize(driver, 360, 780)
+        driver.get(url)
+        wait_until(lambda: driver.text("#conn") == "Live", timeout=10)
+        wait_until(lambda: (driver.text("#power") or "—") != "—", timeout=10)
+        wait_until(lambda: driver.text("#period") == "Base", timeout=10)
+        note = driver.text("#price-note") or ""
+        assert note == "Default prices: French regulated tariff (tarif bleu) of 1 February 2026.", note
+        assert normalise(driver.text("#price")) == "€0.1940/kWh"
+
+        def same_costs() -> bool:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/snapshot", timeout=5) as r:
+                today = json.load(r)["tariff"]["today"]
+            base = today["periods"].get("base")
+            return base is not None and cost_on_page(driver, "today", "base") == base["cost"]
+
+        wait_until(same_costs, timeout=20, interval=0.5)
+        assert no_overflow(driver)
+        driver.screenshot(artifacts / "demo-en-360px.png")
+        assert severe(driver.browser_log()) == []
+    finally:
+        if driver is not None:
+            driver.quit()
+        demo.kill()
+    assert not demo.lines("Traceback"), demo.log()

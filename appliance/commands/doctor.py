@@ -7,17 +7,23 @@ is 0 when nothing failed (warnings included), 1 otherwise, 2 for a usage error.
 check              what it looks at
 =================  ===========================================================================================
 configuration      the file loads (same validation as ``teleinfo run``)
+uart               which UART the meter is read on, in which framing, and why: ``source.device = "auto"`` is the
+                   UART on GPIO14/15, found from the device tree (:mod:`appliance.sources.serial.uart`)
 serial device      the configured device exists and is a character device
 device access      the service user (``teleinfo`` by default) may open it: owner, group and mode bits
 port users         other processes holding the port open: a getty (serial console) answers the meter, a
                    running ``teleinfo run`` competes with the sampling
 console            ``/proc/cmdline`` has no ``console=`` on the TIC's UART
-boot config        on a Pi, ``config.txt`` gives GPIO14/15 the PL011 (``firmware/apply.py`` applied)
+boot config        on a Pi, the boot configuration gives GPIO14/15 its UART where it survives updates
+                   (``firmware/apply.py`` applied): ``config.txt`` on Raspberry Pi OS; on Debian, whose
+                   ``raspi-firmware`` regenerates ``config.txt`` and ``cmdline.txt``, the files in
+                   ``/etc/default``; the mini UART's clock fixed; no serial console coming back
 meter              samples the port for a few seconds at 9600 Bd (standard) then 1200 Bd (historique) and
                    reports which verifies, against ``source.mode``
 outputs            each *enabled* output only: a route to the multicast group (a connect(), no packet sent),
                    a TCP connection to the MQTT broker, an HTTP answer from InfluxDB's ``/ping``
-clock              the kernel says the clock is synchronised (adjtimex, as timedatectl does); frames carry it
+clock              the kernel says the clock is synchronised (adjtimex, as timedatectl does): frames are stamped
+                   with it, energy costs wait for it (appliance.clock)
 spool disk         free space for the spools of the durable outputs under ``state.directory``
 reboot             a reboot is pending (a kernel or firmware update installed, ``/run/reboot-required``), and
                    an update left unfinished (``appliance.update.reboot``)
@@ -30,8 +36,6 @@ the kernel for a route.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import grp
 import os
 import pwd
@@ -41,14 +45,27 @@ import stat
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from appliance.commands import config_parent
+from appliance.sources.serial.uart import AUTO, HeaderUart, framing_for, framing_reason, resolve_header_uart
 
-CHECKS = ("config", "device", "access", "holders", "console", "boot", "meter", "outputs", "clock", "disk", "reboot")
-_TIME_ERROR = 5  # adjtimex(2): the clock is not synchronised
+CHECKS = (
+    "config",
+    "uart",
+    "device",
+    "access",
+    "holders",
+    "console",
+    "boot",
+    "meter",
+    "outputs",
+    "clock",
+    "disk",
+    "reboot",
+)
 PROBE_BYTES = 4096  # of an HTTP probe's body: only its status matters
 
 
@@ -134,15 +151,32 @@ def _print(r: Result) -> None:
 def _checks(cfg: Any, args: argparse.Namespace) -> Iterator[Result]:
     skip = set(args.skip)
     serial = cfg.source.kind == "serial"
-    device = Path(cfg.source.device)
-    present = serial and device.exists()
+    uart = resolve_header_uart() if serial and cfg.source.device == AUTO else None
+    if uart is not None:
+        device = Path(uart.device or AUTO)
+        framing = uart.framing if cfg.source.framing == "auto" else cfg.source.framing
+    else:
+        device = Path(cfg.source.device)
+        framing = framing_for(cfg.source.device, cfg.source.framing)[0]
+    source = replace(cfg.source, device=str(device), framing=framing)  # what the service opens, resolved
+    found = uart is None or uart.device is not None
+    present = serial and found and device.exists()
+    no_uart = "no header UART (see uart above)"
     steps: list[tuple[str, Callable[[], Iterator[Result]]]] = [
-        ("device", lambda: check_device(device) if serial else _skipped("serial device", "source.kind = simulator")),
+        ("uart", lambda: check_uart(cfg.source, uart) if serial else _skipped("uart", "source.kind = simulator")),
+        (
+            "device",
+            lambda: (
+                (check_device(device) if found else _skipped("serial device", no_uart))
+                if serial
+                else _skipped("serial device", "source.kind = simulator")
+            ),
+        ),
         ("access", lambda: check_access(device, args.user) if present else _skipped("device access", "no device")),
         ("holders", lambda: check_holders(device) if present else _skipped("port users", "no device")),
-        ("console", lambda: check_console(device, Path("/proc/cmdline")) if serial else iter(())),
-        ("boot", lambda: check_boot(device, Path(args.boot)) if serial else iter(())),
-        ("meter", lambda: check_meter(cfg.source, args.sample) if present else _skipped("meter", "no device")),
+        ("console", lambda: check_console(device, Path("/proc/cmdline")) if serial and found else iter(())),
+        ("boot", lambda: check_boot(device, Path(args.boot), uart=uart) if serial and found else iter(())),
+        ("meter", lambda: check_meter(source, args.sample) if present else _skipped("meter", "no device")),
         ("outputs", lambda: check_outputs(cfg)),
         ("clock", lambda: check_clock()),
         ("disk", lambda: check_disk(cfg)),
@@ -153,6 +187,27 @@ def _checks(cfg: Any, args: argparse.Namespace) -> Iterator[Result]:
             yield Result(name, "skip", "--skip")
             continue
         yield from step()
+
+
+def check_uart(source: Any, uart: HeaderUart | None) -> Iterator[Result]:
+    """Which UART, which framing, and why (``teleinfo doctor``'s answer to "where is my meter read?")."""
+    if uart is None:
+        framing, why = framing_for(source.device, source.framing)
+        yield Result("uart", "ok", f"{source.device} as configured (source.device); {framing}: {why}")
+        if framing == "7E1" and source.framing == "7E1" and framing_for(source.device, "auto")[0] == "8N1":
+            yield Result(
+                "uart",
+                "warn",
+                f"{source.device} has no parity: 7E1 cannot be set on it",
+                'source.framing = "auto" (8N1 with bit 7 masked)',
+            )
+        return
+    if uart.device is None:
+        yield Result("uart", "FAIL", str(uart.problem), "firmware/apply.py, or a USB adapter and source.device")
+        return
+    detail = f"header UART {uart.device}: the {uart.kind} {uart.node} of the {uart.model}, because {uart.why}"
+    framing = uart.framing if source.framing == "auto" else source.framing
+    yield Result("uart", "ok", f"{detail}; {framing_reason(uart.kind, framing)}")
 
 
 def _skipped(check: str, why: str) -> Iterator[Result]:
@@ -303,7 +358,45 @@ def check_console(device: Path, cmdline_path: Path) -> Iterator[Result]:
         yield Result("console", "ok", f"no kernel console on {real}")
 
 
-def check_boot(device: Path, boot: Path) -> Iterator[Result]:
+DEBIAN_MARK = "It is automatically generated upon install or update"  # Debian raspi-firmware's config.txt
+BLOCK = "# --- teleinfo begin"  # firmware/apply.py's block
+
+
+def _active(text: str, model: str | None) -> set[str]:
+    """The config.txt settings that apply to ``model`` ([all] and its own [piN] sections; others unknown: all)."""
+    filters = {"all"}
+    if model:
+        for prefix, names in (
+            ("Raspberry Pi 3", {"pi3"}),
+            ("Raspberry Pi Zero 2", {"pi0", "pi02"}),
+            ("Raspberry Pi 4", {"pi4"}),
+            ("Raspberry Pi 400", {"pi4", "pi400"}),
+            ("Raspberry Pi Compute Module 4", {"pi4", "cm4"}),
+            ("Raspberry Pi 5", {"pi5"}),
+        ):
+            if model.startswith(prefix):
+                filters |= names
+    section, found = "all", set()
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith("[") and line.endswith("]"):
+            section = line[1:-1].strip().lower()
+        elif line and (section in filters or model is None):
+            found.add(line)
+    return found
+
+
+def _sh_value(text: str, name: str) -> str | None:
+    value = None
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if line.startswith(f"{name}="):
+            value = line[len(name) + 1 :].strip("\"'")
+    return value
+
+
+def check_boot(device: Path, boot: Path, etc: Path = Path("/etc"), uart: HeaderUart | None = None) -> Iterator[Result]:
+    """The UART settings, where this system's layout keeps them (see firmware/apply.py), and the mini UART's clock."""
     if not _is_gpio_uart(device):
         yield Result("boot config", "skip", f"{device} is not the GPIO header's UART")
         return
@@ -312,15 +405,79 @@ def check_boot(device: Path, boot: Path) -> Iterator[Result]:
         yield Result("boot config", "skip", f"no {config}: not a Raspberry Pi boot partition")
         return
     text = config.read_text(errors="replace")
-    active = {line.split("#", 1)[0].strip() for line in text.splitlines()}
-    if "# --- teleinfo begin" in text or ({"dtoverlay=disable-bt", "dtparam=uart0=on"} & active):
-        yield Result("boot config", "ok", f"{config} gives GPIO14/15 the PL011")
+    fix = f"python3 firmware/apply.py --boot {boot}, then reboot"
+    model = uart.model if uart is not None else None
+    if DEBIAN_MARK in text:
+        yield from _check_debian_boot(text, config, etc, model)
+    else:
+        active = _active(text, None)
+        if BLOCK in text or ({"dtoverlay=disable-bt", "dtparam=uart0=on"} & active):
+            yield Result("boot config", "ok", f"{config} (Raspberry Pi OS layout) gives GPIO14/15 the PL011")
+        elif uart is not None and uart.kind == "mini UART" and "enable_uart=1" in _active(text, model):
+            yield Result("boot config", "ok", f"{config}: the mini UART on GPIO14/15, enable_uart=1")
+        else:
+            yield Result("boot config", "FAIL", f"{config} leaves GPIO14/15 on the mini UART (no parity) or off", fix)
+    if uart is not None and uart.kind == "mini UART":
+        yield from _check_core_clock(text, config, model)
+
+
+def _check_debian_boot(text: str, config: Path, etc: Path, model: str | None) -> Iterator[Result]:
+    custom = etc / "default" / "raspi-firmware-custom"
+    default = etc / "default" / "raspi-firmware"
+    fix = "python3 firmware/apply.py (writes /etc/default/raspi-firmware*, runs raspi-firmware's hook)"
+    kept = custom.is_file() and BLOCK in custom.read_text(errors="replace")
+    layout = f"{config} is regenerated by Debian's raspi-firmware at every kernel update"
+    if not kept:
+        where = "it has the teleinfo block now, but it will vanish" if BLOCK in text else "no teleinfo block"
+        yield Result("boot config", "FAIL", f"{layout}; {custom} has no teleinfo block ({where})", fix)
+    elif BLOCK not in text:
+        yield Result(
+            "boot config", "warn", f"{layout}; {custom} has the UART block, not yet applied", "update-initramfs -u"
+        )
+    else:
+        yield Result("boot config", "ok", f"{layout} from {custom}, which has the UART block: it survives updates")
+    settings = default.read_text(errors="replace") if default.is_file() else ""
+    consoles = _sh_value(settings, "CONSOLES") or "auto"
+    serial = [c for c in consoles.split() if c == "auto" or c.startswith(("ttyS", "ttyAMA", "serial"))]
+    if serial:
+        yield Result(
+            "boot console",
+            "FAIL",
+            f"{default}: CONSOLES={consoles!r}: the next kernel update puts a serial console on the header UART",
+            fix,
+        )
+    else:
+        yield Result("boot console", "ok", f"{default}: CONSOLES={consoles!r}, no serial console")
+    cmdline = config.with_name("cmdline.txt")
+    args = cmdline.read_text(errors="replace").split() if cmdline.is_file() else []
+    if model and model.startswith("Raspberry Pi 4") and any(a.startswith("cma=") for a in args):
+        yield Result(
+            "boot cma", "FAIL", f"{cmdline} has a cma= that Debian says may leave a Pi 4 unbootable", "CMA=0: " + fix
+        )
+
+
+def _check_core_clock(text: str, config: Path, model: str | None) -> Iterator[Result]:
+    """The mini UART's baud clock is the VPU core clock: it must be fixed."""
+    active = _active(text, model)
+    if model and model.startswith(("Raspberry Pi 4", "Raspberry Pi 400", "Raspberry Pi Compute Module 4")):
+        freqs = {line.split("=", 1)[1] for line in active if line.startswith(("core_freq=", "core_freq_min="))}
+        if len(freqs) == 1 and any(line.startswith("core_freq_min=") for line in active):
+            yield Result("uart clock", "ok", f"core clock fixed at {freqs.pop()} MHz ({config})")
+        else:
+            yield Result(
+                "uart clock",
+                "FAIL",
+                "Pi 4: the core clock (the mini UART's) follows the load: the baud rate drifts",
+                "core_freq=360 and core_freq_min=360 under [pi4] (firmware/apply.py)",
+            )
+    elif "enable_uart=1" in active:
+        yield Result("uart clock", "ok", f"enable_uart=1 fixes the core clock (the mini UART's) ({config})")
     else:
         yield Result(
-            "boot config",
+            "uart clock",
             "FAIL",
-            f"{config} leaves GPIO14/15 on the mini UART (no parity) or off",
-            f"python3 firmware/apply.py --boot {boot}, then reboot",
+            "without enable_uart=1 the mini UART is off or its clock follows the core clock",
+            "enable_uart=1 (firmware/apply.py)",
         )
 
 
@@ -467,33 +624,23 @@ def check_tcp(name: str, host: str, port: int, fix: str, timeout: float = 3.0) -
 def check_http(name: str, url: str, timeout: float) -> Result:
     """Any HTTP answer means the server is reachable (authentication is checked by the output itself)."""
     from appliance import httpclient
+    from appliance.redaction import redact
 
     try:
         answer = httpclient.get(url, timeout=timeout, max_bytes=PROBE_BYTES)
     except httpclient.HttpError as e:
         why = e.reason[:1].upper() + e.reason[1:]  # as the TCP checks word it (strerror): "Connection refused"
-        return Result(name, "FAIL", f"{url}: {why}", "outputs.influxdb.url; is the server running?")
-    return Result(name, "ok", f"{url} answered HTTP {answer.status}")
+        return Result(name, "FAIL", f"{redact(url)}: {why}", "outputs.influxdb.url; is the server running?")
+    return Result(name, "ok", f"{redact(url)} answered HTTP {answer.status}")
 
 
 # --- clock and disk ----------------------------------------------------------------------------------------
-def kernel_clock_state() -> int | None:
-    """adjtimex(2)'s clock state (5 = not synchronised), None where it cannot be asked."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
-    try:
-        libc = ctypes.CDLL(name, use_errno=True)
-        buf = ctypes.create_string_buffer(512)  # struct timex with modes = 0: read only
-        return int(libc.adjtimex(buf))
-    except (OSError, AttributeError):
-        return None
-
-
 def check_clock(state: int | None = None, now: float | None = None) -> Iterator[Result]:
+    from appliance.clock import FLOOR, TIME_ERROR, kernel_clock_state
+
     state = kernel_clock_state() if state is None else state
     now = time.time() if now is None else now
-    if now < 1_704_067_200:  # 2024-01-01: a Pi without RTC that never reached a time server
+    if now < FLOOR:  # a Pi without RTC that never reached a time server
         yield Result(
             "clock",
             "FAIL",
@@ -502,11 +649,11 @@ def check_clock(state: int | None = None, now: float | None = None) -> Iterator[
         )
     elif state is None:
         yield Result("clock", "skip", "the kernel's clock state cannot be read here")
-    elif state == _TIME_ERROR:
+    elif state == TIME_ERROR:
         yield Result(
             "clock",
             "FAIL",
-            "not synchronised: frame timestamps may drift",
+            "not synchronised: frame timestamps may drift, and energy costs wait for it (tariff.wait_for_clock_sync)",
             "timedatectl set-ntp true (systemd-timesyncd), and check that the time server is reachable",
         )
     else:

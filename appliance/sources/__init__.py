@@ -30,11 +30,6 @@ __all__ = ["SOURCES", "Source", "SourcePlugin", "build_source"]
 class Source(Protocol):
     """Where the TIC bytes come from: the serial port or the simulator."""
 
-    @property
-    def first_open(self) -> threading.Event:
-        """Set once the source is first open: the service then tells systemd it is ready (the source sets it)."""
-        ...
-
     def read(self) -> bytes:
         """The next bytes, possibly ``b""``, within about 0.25 s; never raises for I/O problems."""
         ...

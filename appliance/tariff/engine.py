@@ -40,10 +40,10 @@ from datetime import date, datetime, time, timedelta
 from typing import Any, Final
 from zoneinfo import ZoneInfo
 
+from appliance.tariff.config import TariffConfig
 from appliance.tariff.meter import FALLBACK_VA, MeterReading, read_meter
 from appliance.tariff.periods import CONTRACT_PERIODS, UNATTRIBUTED, is_off_peak
 from appliance.tariff.pricebook import Price, PriceBook
-from appliance.tariff.settings import TariffConfig
 
 __all__ = ["STATE_VERSION", "Counters", "TariffEngine"]
 
@@ -82,7 +82,7 @@ def _r6(x: float) -> float:
 class TariffEngine:
     """Feed it frames (or readings) in order; ask it for records.
 
-    >>> from appliance.tariff.settings import parse_tariff
+    >>> from appliance.tariff.config import parse_tariff
     >>> from zoneinfo import ZoneInfo
     >>> eng = TariffEngine(parse_tariff({"prices": [{"since": "2026-01-01", "base": 0.2}]}))
     >>> t = datetime(2026, 3, 2, 12, 0, tzinfo=ZoneInfo("Europe/Paris"))
@@ -283,6 +283,11 @@ class TariffEngine:
         """The TIC mode of the last reading."""
         return self._mode
 
+    @property
+    def contract(self) -> str | None:
+        """The contract: configured, else the last one a reading named."""
+        return self._contract
+
     def _midnight(self, day: date) -> datetime:
         """The local midnight that starts ``day`` (DST-aware: days of 23 and 25 hours)."""
         return datetime.combine(day, time(), tzinfo=self.tz)
@@ -294,9 +299,13 @@ class TariffEngine:
 
     def current_price(self, at: datetime) -> Price | None:
         """The price per kWh of the period the meter said last, on the local day of ``at``."""
-        if self.live is None or self.live.period is None:
+        return self.price_at(self.live.period if self.live is not None else None, at)
+
+    def price_at(self, period: str | None, at: datetime) -> Price | None:
+        """The price per kWh of ``period`` on the local day of ``at``; None when nothing prices it."""
+        if period is None:
             return None
-        return self._price(at.astimezone(self.tz).date(), self.live.period)
+        return self._price(at.astimezone(self.tz).date(), period)
 
     def tempo(self) -> dict[str, Any] | None:
         """The Tempo colours the meter gave last: ``{"day", "today", "tomorrow"}`` (colours or None)."""

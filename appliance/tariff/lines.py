@@ -19,12 +19,30 @@ from typing import Any, Final
 
 from appliance.lineproto import FieldValue, encode_line
 from appliance.records import TariffRecord
-from appliance.tariff.periods import CONTRACT_PERIODS
+from appliance.tariff.periods import CONTRACT_PERIODS, PERIODS
+from appliance.tariff.publisher import RECORDS_PER_HOUR
 
-__all__ = ["PERIOD_MEASUREMENT", "TARIFF_MEASUREMENT", "record_periods", "tariff_lines"]
+__all__ = [
+    "LANE_LINES",
+    "MAX_LINES_PER_RECORD",
+    "OUTAGE_HOURS",
+    "PERIOD_MEASUREMENT",
+    "TARIFF_MEASUREMENT",
+    "record_periods",
+    "tariff_lines",
+]
 
 TARIFF_MEASUREMENT: Final = "teleinfo_tariff"
 PERIOD_MEASUREMENT: Final = "teleinfo_tariff_period"
+#: Lines one record makes at most: its ``teleinfo_tariff`` point, and one per period (the eleven, and unattributed).
+MAX_LINES_PER_RECORD: Final = 2 + len(PERIODS)
+#: How long the InfluxDB server may be unreachable without a tariff point lost, whatever the contract: the
+#: InfluxDB output keeps this many hours of records in memory (its record lane for the tariff kind), so an outage
+#: across midnight keeps the day's closing point.  A longer outage drops the oldest, counted (docs/DATA_FORMAT.md 7).
+OUTAGE_HOURS: Final = 26
+#: That lane, in lines: 26 h x 64 records x 13 lines = 21,632 lines, 4.5 MB at most (measured in
+#: tests/test_tariff_service.py); a Tempo meter's 7-line records fill it in 48 h, a BASE meter's 2-line ones in a week.
+LANE_LINES: Final = OUTAGE_HOURS * RECORDS_PER_HOUR * MAX_LINES_PER_RECORD
 
 
 def record_periods(snapshot: Mapping[str, Any]) -> list[str]:

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Literal
 
+from appliance.tariff.config import TariffConfig
 from appliance.tariff.defaults import default_prices
-from appliance.tariff.settings import TariffConfig
 
 __all__ = ["Price", "PriceBook"]
 
@@ -37,7 +37,7 @@ class Price:
 class PriceBook:
     """Prices of a configuration.
 
-    >>> from appliance.tariff.settings import parse_tariff
+    >>> from appliance.tariff.config import parse_tariff
     >>> book = PriceBook(parse_tariff({"prices": [{"since": "2026-01-01", "hc": 0.15, "hp": 0.2},
     ...                                           {"since": "2026-08-01", "hp": 0.21}]}))
     >>> book.price(date(2026, 9, 1), "hc", "HCHP", 6).value, book.price(date(2026, 9, 1), "hp", "HCHP", 6).value

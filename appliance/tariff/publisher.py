@@ -18,16 +18,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from appliance.records import Record, TariffRecord
-from appliance.tariff.engine import TariffEngine
-from appliance.tariff.store import TariffKeeper
 from appliance.tic import Frame
 
-__all__ = ["INTERVAL", "TariffPublisher"]
+if TYPE_CHECKING:  # the engine is loaded by whoever builds one: the lane sizes (tariff.lines) need none of it
+    from appliance.tariff.engine import TariffEngine
+    from appliance.tariff.store import TariffKeeper
+
+__all__ = ["INTERVAL", "RECORDS_PER_HOUR", "TariffPublisher"]
 
 INTERVAL: Final = 60.0  # seconds: the record is at most this old when nothing else changes
+#: Records in an hour, at most for any real meter: one a minute, and a few more for the changes of period, of
+#: Tempo colour (announced once a day) and of day (two records), each of which restarts the minute.
+RECORDS_PER_HOUR: Final = int(3600 / INTERVAL) + 4
 
 
 class TariffPublisher:
@@ -38,6 +43,8 @@ class TariffPublisher:
     def __init__(
         self, counter: TariffKeeper | TariffEngine, publish: Callable[[Record], None], interval: float = INTERVAL
     ) -> None:
+        from appliance.tariff.engine import TariffEngine
+
         self.counter = counter
         self.engine = counter if isinstance(counter, TariffEngine) else counter.engine
         self.publish = publish

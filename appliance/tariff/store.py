@@ -6,7 +6,8 @@ the saved ones is exactly the energy the ledger lacks: nothing counted twice, no
 costs is only *where in time* that energy lands: the increase since the last save is spread over the interval
 from the saved reading to the first reading after the restart (engine rules), so its split between days is an
 estimate when that interval crosses midnight.  Written every ``tariff.save_interval`` seconds (15 minutes by
-default: 96 small writes a day, nothing an SD card notices) and at every clean stop.
+default: 96 small writes a day, nothing an SD card notices) and at every clean stop, each time only if the state
+changed since the last write.
 
 Atomic: the new content goes to ``<file>.tmp``, is flushed and fsync'ed, renamed over the file, and the directory
 is fsync'ed, so the file is always either the old state or the new one, never a mix.  A file that cannot be read
@@ -25,9 +26,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from appliance.tariff.config import TariffConfig
 from appliance.tariff.engine import TariffEngine
 from appliance.tariff.meter import MeterReading
-from appliance.tariff.settings import TariffConfig
 
 __all__ = ["MAX_STATE_BYTES", "TariffKeeper", "TariffStore", "atomic_write"]
 
@@ -128,6 +129,7 @@ class TariffKeeper:
             self.store.set_aside(str(e))
             self.engine = TariffEngine(cfg)
         self._saved_at = clock()
+        self._saved_state = self.engine.to_state()  # what the file holds (or would: a fresh ledger needs no file)
 
     def update_frame(self, mode: str, values: Mapping[str, object], meter: str | None, at: datetime) -> MeterReading:
         """Count a frame, and save when the interval has passed."""
@@ -142,8 +144,15 @@ class TariffKeeper:
         return self.save()
 
     def save(self) -> bool:
+        """Write the state if it changed since the last write (a silent meter costs the SD card nothing)."""
         self._saved_at = self.clock()
-        return self.store.save(self.engine.to_state())
+        state = self.engine.to_state()
+        if state == self._saved_state:
+            return True
+        if not self.store.save(state):
+            return False
+        self._saved_state = state
+        return True
 
     def close(self) -> None:
         """The clean stop: the last save."""

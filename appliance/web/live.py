@@ -1,7 +1,7 @@
 """The live page's data contract (docs/WEB.md): the JSON snapshot and the Server-Sent Events payloads.
 
-Pure builders, shared by whatever serves the page (the test's tiny server now, the appliance's web server in
-phase 2), so the two can never disagree on a field.  Nothing personal leaves through them: no meter address, no
+Pure builders, shared by whatever serves the page (the appliance's web server, appliance/web/server.py, and the
+tests' stand-in), so the two can never disagree on a field.  Nothing personal leaves through them: no meter address, no
 PRM (the same rule as the health socket's).
 """
 
@@ -54,17 +54,21 @@ def _phases(mode: str, values: Mapping[str, object]) -> list[dict[str, Any]]:
 def frame_payload(
     mode: str, values: Mapping[str, object], at: datetime, tariff: TariffEngine | None = None
 ) -> dict[str, Any]:
-    """The ``frame`` event: what the page shows of one frame, with the tariff period and price it implies."""
-    price = tariff.current_price(at) if tariff is not None else None
-    live = tariff.live if tariff is not None else None
+    """The ``frame`` event: what the page shows of one frame, with the tariff period and price it implies.
+
+    The period is the frame's own (PTEC, NTARF through the calendar), read without counting anything, so the page
+    shows it even while the engine waits for the clock."""
+    reading = tariff.read(mode, values) if tariff is not None else None
+    period = reading.period if reading is not None else None
+    price = tariff.price_at(period, at) if tariff is not None else None
     return {
         "at": at.isoformat(timespec="seconds"),
         "mode": mode,
         "power_va": power_of(mode, values),
         "injected_va": _int(values, "SINSTI"),
         "phases": _phases(mode, values),
-        "period": live.period if live else None,
-        "period_label": live.period_label if live else None,
+        "period": period,
+        "period_label": reading.period_label if reading is not None else None,
         "price": None if price is None else price.to_json(),
     }
 
@@ -72,7 +76,9 @@ def frame_payload(
 def status_payload(uptime_s: float, health: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, Any]:
     """The ``status`` event: version, uptime, health, and the outputs and self-checks at a glance.
 
-    ``health`` is ``{"state": "up"|"drain"|"down", "line": ...}``; ``stats`` a :meth:`StatsSnapshot.to_json`.
+    ``health`` is ``{"state": "up"|"drain"|"down", "line": ...}``; ``stats`` a :meth:`StatsSnapshot.to_json`
+    (redacted: :func:`appliance.health.public_snapshot`).  ``tariff`` is the tariff engine's state word
+    (``waiting_for_clock``...) when it runs, else None.
     """
     outputs = {
         str(name): {"state": o.get("state"), "last_error": o.get("last_error")}
@@ -87,12 +93,14 @@ def status_payload(uptime_s: float, health: Mapping[str, Any], stats: Mapping[st
             "status": checks_in.get("status"),
             "last": {str(k): {"status": v.get("status"), "at": v.get("at")} for k, v in dict(last).items()},
         }
+    tariff_in = stats.get("tariff")
     return {
         "version": __version__,
         "uptime_s": round(uptime_s, 1),
         "health": {"state": health.get("state"), "line": health.get("line")},
         "outputs": outputs,
         "checks": checks,
+        "tariff": {"state": tariff_in.get("state")} if isinstance(tariff_in, Mapping) else None,
     }
 
 
@@ -101,15 +109,20 @@ def snapshot_payload(
     *,
     frame: Mapping[str, Any] | None,
     frame_age_s: float | None,
-    tariff: TariffEngine | None,
+    tariff: TariffEngine | Mapping[str, Any] | None,
     history: PowerHistory,
     status: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """``GET /api/snapshot``: everything the page shows, at once (first load, and after a reconnection)."""
+    """``GET /api/snapshot``: everything the page shows, at once (first load, and after a reconnection).
+
+    ``tariff`` is the engine (its snapshot now) or a snapshot it made (the server's thread never touches the
+    engine, which belongs to the reader's)."""
+    if isinstance(tariff, TariffEngine):
+        tariff = tariff.snapshot(now)
     return {
         "now": now.isoformat(timespec="seconds"),
         "frame": None if frame is None else {**frame, "age_s": None if frame_age_s is None else round(frame_age_s, 1)},
-        "tariff": None if tariff is None else tariff.snapshot(now),
+        "tariff": None if tariff is None else dict(tariff),
         "history": history.to_json(now.timestamp()),
         "status": dict(status),
     }

@@ -9,6 +9,12 @@ PACKAGES=(
     python3 python3-venv
     openssh-server openssh-client nmap
     fdisk e2fsprogs dosfstools procps less
+    # teleinfo.local and the health port announced on the LAN (mDNS/DNS-SD)
+    avahi-daemon
+    # Debian's security updates, installed by themselves
+    unattended-upgrades
+    # custom.toml's [user] administrator account
+    sudo
 )
 COMPONENTS=main
 if [ "$ARCH" = arm64 ]; then

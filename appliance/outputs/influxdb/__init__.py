@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 from appliance.outputs.influxdb.config import InfluxConfig
 from appliance.plugins import OutputPlugin, WorkerOptions
+from appliance.records import TARIFF
+from appliance.tariff.lines import LANE_LINES
 
 if TYPE_CHECKING:
     from appliance.commands.doctor import Result
@@ -35,6 +37,7 @@ PLUGIN = OutputPlugin(
     InfluxConfig,
     lambda cfg: cfg.outputs.influxdb,
     _build,
-    lambda s: WorkerOptions(s.queue_size, int(s.spool_max_mb * 1e6), s.batch_size),
+    # Tariff records: 13 lines each at most, kept for a 26-hour outage (appliance.tariff.lines.LANE_LINES).
+    lambda s: WorkerOptions(s.queue_size, int(s.spool_max_mb * 1e6), s.batch_size, {TARIFF: LANE_LINES}),
     _diagnose,
 )

@@ -21,15 +21,18 @@ class SourceConfig:
         "serial", "serial: a TIC adapter on a serial port or USB; simulator: the built-in meter simulator."
     )
     device: str = opt(
-        "/dev/ttyAMA0",
-        "Serial device: /dev/ttyAMA0 is the GPIO header's PL011 once firmware/ is applied (all Pi models; on a "
-        "Pi 5 /dev/serial0 is the debug header); USB dongles: /dev/ttyUSB0 or a /dev/serial/by-id/... link.",
+        "auto",
+        'Serial device. "auto": the UART on the GPIO header\'s pins 8/10 (GPIO14/15) of this Raspberry Pi, found '
+        "from its device tree (teleinfo doctor says which and why); USB dongles: /dev/ttyUSB0 or a "
+        "/dev/serial/by-id/... link.",
     )
     mode: Literal["auto", "historique", "standard"] = opt(
         "auto", "TIC mode: auto tries standard (9600 Bd) and historique (1200 Bd) and keeps the one that verifies."
     )
-    framing: Literal["7E1", "8N1"] = opt(
-        "7E1", "7E1 (the TIC's format), or 8N1 with bit 7 masked for UARTs without parity (Pi mini UART)."
+    framing: Literal["auto", "7E1", "8N1"] = opt(
+        "auto",
+        "auto: 7E1 (the TIC's format), except 8N1 with bit 7 masked on a UART without parity (the Pi's mini UART); "
+        "or force 7E1 or 8N1.",
     )
     no_data_timeout: float = opt(
         30.0, "Seconds without a valid frame before the port is closed and reopened.", lo=3, hi=3600

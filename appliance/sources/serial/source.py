@@ -20,8 +20,11 @@ An appliance has no operator, so everything that can go wrong with a serial link
   always returns quickly (the caller pings the systemd watchdog and handles SIGHUP between reads).  Each state
   change is logged once, not once per attempt; every change also goes to :meth:`Stats.source`.
 
-The port is opened raw by pyserial (no canonical mode, so ETX and CR survive, docs/PROTOCOL.md §10.7), in 7E1 (the TIC's
-own format) or 8N1 for UARTs without parity (the decoder masks bit 7, docs/PROTOCOL.md §10.6).
+The port is opened raw by pyserial (no canonical mode, so ETX and CR survive, docs/PROTOCOL.md §10.7), in 7E1
+(the TIC's own format) or 8N1 for UARTs without parity (the decoder masks bit 7, docs/PROTOCOL.md §10.6).
+``device = "auto"`` is the Raspberry Pi's header UART, resolved from the device tree at each open
+(:mod:`appliance.sources.serial.uart`), and ``framing = "auto"`` picks 8N1 on the mini UART (Linux drops a parity
+request there), 7E1 elsewhere.
 
 All methods are meant to be called from one thread (the service's reader); a lock makes :meth:`close` safe from
 another thread too, which then waits for the current read (at most READ_TIMEOUT + GATHER_MAX).
@@ -52,6 +55,7 @@ except ImportError:  # pragma: no cover - not POSIX
 
 from appliance.runtime import Backoff
 from appliance.sources.serial.config import SourceConfig
+from appliance.sources.serial.uart import AUTO, framing_for, resolve_header_uart
 from appliance.stats import Stats
 from appliance.tic import BAUDRATES
 
@@ -306,14 +310,19 @@ class SerialSource:
         self._window_start = 0.0  # start of the current auto-detection window
         self._bad_in_window = 0
         self._last_device_check = 0.0
-        self._framing = cfg.framing  # the character format in force: 8N1 if the device refused 7E1
+        # The port to open: the configured path, or for "auto" the header UART found at each open (appliance.sources.
+        # uart); and the character format in force there (8N1 on a UART without parity, or one that refused 7E1).
+        self._device = cfg.device
+        self._target_framing = "7E1" if cfg.framing == "auto" else cfg.framing
+        self._framing = self._target_framing
+        self._resolution: str | None = None  # what "auto" or framing "auto" found, logged when it changes
         self._fallback_logged = False
         stats.source(state="starting", detail=cfg.device, mode=None if self._auto else cfg.mode)
 
     # --- public ------------------------------------------------------------------------------------------
     @property
     def first_open(self) -> threading.Event:
-        """Set once the port has been opened successfully (the service then tells systemd it is ready)."""
+        """Set once the port has been opened successfully (the service is READY before: it does not wait for it)."""
         return self._first_open
 
     @property
@@ -385,7 +394,7 @@ class SerialSource:
             # (If the watchdog closed the port in the very read that brought this frame, the reopen comes
             # first and the next verified frame ends the no-data state.)
             if self._state == "no_data" and self._serial is not None:
-                _LOG.info("valid frames again from %s (%s, %d Bd)", self._cfg.device, self._locked, self._baud)
+                _LOG.info("valid frames again from %s (%s, %d Bd)", self._device, self._locked, self._baud)
                 self._set_state("open", self._open_detail())
 
     def frame_bad(self) -> None:
@@ -405,7 +414,7 @@ class SerialSource:
             self._closed = True
             self._close_port()
             self._set_state("closed", "closed")
-            _LOG.info("serial %s closed", self._cfg.device)
+            _LOG.info("serial %s closed", self._device)
 
     # --- opening -----------------------------------------------------------------------------------------
     def _baud_to_open(self) -> int:
@@ -413,9 +422,9 @@ class SerialSource:
 
     def _describe_port(self) -> str:
         resolved = self._resolved
-        if resolved and resolved != self._cfg.device:
-            return f"{self._cfg.device} ({resolved})"
-        return self._cfg.device
+        if resolved and resolved != self._device:
+            return f"{self._device} ({resolved})"
+        return self._device
 
     def _speed(self) -> str:
         detecting = ", auto-detecting" if self._auto and self._locked is None else ""
@@ -433,31 +442,53 @@ class SerialSource:
                 return None
         return self._open()
 
+    def _resolve(self) -> str | None:
+        """Settle which device and framing to open (``auto``: from the device tree); None, or why there is none."""
+        cfg = self._cfg
+        if cfg.device == AUTO:
+            uart = resolve_header_uart()
+            if uart.device is None:
+                return f"no header UART: {uart.problem}"
+            self._device = uart.device
+            framing, why = uart.framing, uart.describe()
+            if cfg.framing != "auto":
+                framing, why = cfg.framing, f"{why}; source.framing = {cfg.framing}"
+        else:
+            framing, why = framing_for(cfg.device, cfg.framing)
+            why = f"{cfg.device}: {framing} ({why})"
+        self._target_framing = framing
+        if why != self._resolution:
+            self._resolution = why
+            _LOG.info("source.device %s, framing %s: %s", cfg.device, cfg.framing, why)
+        return None
+
     def _open(self) -> serial.Serial | None:
-        device = self._cfg.device
         baud = self._baud_to_open()
-        try:
-            ser = self._new_serial(device, baud)
-        except (*_IO_ERRORS, ValueError) as e:
+        reason = self._resolve()
+        if reason is None:
+            try:
+                ser = self._new_serial(self._device, baud)
+            except (*_IO_ERRORS, ValueError) as e:
+                reason = _describe(e)
+        if reason is not None:
             self._failures += 1
-            reason = _describe(e)
             self._next_attempt = self._clock() + self._next_delay()
             if reason != self._open_error:  # once per outage (again only if the reason changes)
                 self._open_error = reason
                 _LOG.warning(
                     "cannot open %s: %s (retrying every %g to %g s)",
-                    device,
+                    self._device,
                     reason,
                     INITIAL_BACKOFF,
                     self._cfg.reconnect_max_backoff,
                 )
-            self._set_state("lost", f"cannot open: {reason}")
+            self._set_state("lost", f"cannot open {self._device}: {reason}")
             return None
         now = self._clock()
         self._serial = ser
         self._pacer = _Pacer(ser, self._stop)
         self._baud = baud
-        self._resolved = os.path.realpath(device)
+        self._resolved = os.path.realpath(self._device)
         self._opened_at = self._last_ok = self._window_start = self._last_device_check = now
         self._bad_in_window = 0
         self._open_error = None
@@ -485,7 +516,7 @@ class SerialSource:
         on every reopen at the same speed.  8N1 reads the same characters with the parity bit in bit 7, which
         the decoder masks, so falling back loses nothing but the parity check.
         """
-        self._framing = self._cfg.framing
+        self._framing = self._target_framing
         try:
             return self._make_serial(device, baud, self._framing)
         except _IO_ERRORS as e:
@@ -521,7 +552,7 @@ class SerialSource:
     # --- watching ----------------------------------------------------------------------------------------
     def _device_gone(self) -> str | None:
         """Why the open port no longer is the configured device (vanished or re-pointed path), or None."""
-        device = self._cfg.device
+        device = self._device
         try:
             resolved = os.path.realpath(device, strict=True)
         except OSError:
@@ -549,9 +580,9 @@ class SerialSource:
     def _no_data(self, timeout: float) -> None:
         """No frame verified for ``timeout`` s: reopen at once (a wedged adapter), re-detecting in auto mode."""
         if self._state != "no_data":
-            _LOG.warning("no valid frame for %g s on %s; reopening", timeout, self._cfg.device)
+            _LOG.warning("no valid frame for %g s on %s; reopening", timeout, self._device)
         else:
-            _LOG.debug("still no valid frame on %s; reopening", self._cfg.device)
+            _LOG.debug("still no valid frame on %s; reopening", self._device)
         if self._auto and self._locked is not None:
             # The meter may have been switched to the other mode; the remembered one is tried first.
             self._locked = None
@@ -567,7 +598,7 @@ class SerialSource:
         self._close_port()
         self._next_attempt = now + self._next_delay()
         if self._state != "lost":
-            _LOG.warning("serial device lost: %s: %s (retrying)", self._cfg.device, reason)
+            _LOG.warning("serial device lost: %s: %s (retrying)", self._device, reason)
         self._set_state("lost", reason)
 
     # --- speed -------------------------------------------------------------------------------------------
@@ -577,11 +608,9 @@ class SerialSource:
         baud = BAUDRATES[mode]
         if previous is None:
             was = f" (was {before})" if before not in (None, mode) else ""
-            _LOG.info("TIC mode %s detected on %s%s; locked at %d Bd", mode, self._cfg.device, was, baud)
+            _LOG.info("TIC mode %s detected on %s%s; locked at %d Bd", mode, self._device, was, baud)
         else:
-            _LOG.warning(
-                "TIC mode changed from %s to %s on %s; locked at %d Bd", previous, mode, self._cfg.device, baud
-            )
+            _LOG.warning("TIC mode changed from %s to %s on %s; locked at %d Bd", previous, mode, self._device, baud)
         self._stats.source(mode=mode)
         if baud != self._baud:
             self._set_baud(baud, flush=False)  # the frame that proved it came at the old speed; keep what follows
@@ -624,4 +653,4 @@ class SerialSource:
         try:
             ser.close()
         except _IO_ERRORS as e:  # a dead device may refuse even this; it is gone anyway
-            _LOG.debug("closing %s: %s", self._cfg.device, e)
+            _LOG.debug("closing %s: %s", self._device, e)

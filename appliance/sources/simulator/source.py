@@ -35,8 +35,6 @@ class SimulatedSource:
         injector = ErrorInjector(cfg.errors, seed=cfg.seed) if cfg.errors else None
         # Its own stop event: closing this source on a reload must not stop the service.
         self._stream = SimulatedStream(sim, injector=injector, stop=threading.Event())
-        self.first_open = threading.Event()
-        self.first_open.set()
         detail = f"simulator {cfg.mode} {cfg.phases}-phase {cfg.contract} at {sim.baudrate} Bd"
         stats.source(state="open", detail=detail, mode=cfg.mode)
 

@@ -16,6 +16,7 @@ const TEXT = {
     ago: "il y a {s} s", default_prices: "Prix par défaut : tarif réglementé (tarif bleu) du {d}.",
     default_old: "Prix par défaut du {d}, antérieurs au tarif en vigueur : configurez vos prix.",
     no_price: "Pas de prix pour cette période : configurez [tariff].", health: "État",
+    clock_wait: "Coûts en attente de l’heure exacte (NTP) : l’énergie sera comptée dès qu’elle sera connue.",
     outputs: "Sorties", checks: "Autocontrôles", none: "aucune", unknown: "inconnu",
     blue: "bleu", white: "blanc", red: "rouge", not_announced: "pas encore annoncé",
     kwh: "kWh", no_data: "Pas encore de données.",
@@ -42,6 +43,7 @@ const TEXT = {
     ago: "{s} s ago", default_prices: "Default prices: French regulated tariff (tarif bleu) of {d}.",
     default_old: "Default prices of {d}, older than the tariff in force: configure your prices.",
     no_price: "No price for this period: configure [tariff].", health: "Health",
+    clock_wait: "Costs wait for the exact time (NTP): the energy is counted as soon as it is known.",
     outputs: "Outputs", checks: "Self-checks", none: "none", unknown: "unknown",
     blue: "blue", white: "white", red: "red", not_announced: "not announced yet",
     kwh: "kWh", no_data: "No data yet.",
@@ -74,7 +76,8 @@ const RECONNECT_MS = 2000;
 
 const state = {
   snapshot: null, frame: null, frameClock: 0, history: { bucket_s: 60, points: [] },
-  status: null, statusClock: 0, connected: false, everLost: false, source: null,
+  status: null, statusClock: 0, connected: false, everLost: false, source: null, liveCount: 0, chartDrawn: 0,
+  chartTimer: 0,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -149,6 +152,32 @@ function renderFrame(frame) {
       el("td", {}, fmt(p.current_a, 0)), el("td", {}, fmt(p.voltage_v, 0)))));
   renderPeriod(frame.period, frame.period_label, frame.price);
   renderAge();
+  chartFrame(frame);
+}
+
+// The minute in progress, from the frames (the server sends each minute once it is over): the chart starts
+// with the first frame, not a minute later.
+function chartFrame(frame) {
+  const v = frame.power_va;
+  const t = Date.parse(frame.at) / 1000;
+  if (v === null || v === undefined || Number.isNaN(t)) return;
+  const size = state.history.bucket_s || 60;
+  const bucket = Math.floor(t / size) * size;
+  const points = state.history.points;
+  const last = points[points.length - 1];
+  if (last && last[0] === bucket) {
+    const n = state.liveCount || 1;
+    last[1] = Math.min(last[1], v); last[3] = Math.max(last[3], v);
+    last[2] = Math.round((last[2] * n + v) / (n + 1));
+    state.liveCount = n + 1;
+  } else if (!last || last[0] < bucket) {
+    points.push([bucket, v, v, v]);
+    state.liveCount = 1;
+  }
+  if (!state.chartTimer) {  // redrawn at most every 5 s: 1440 points are not worth redrawing on every frame
+    const wait = Math.max(0, 5000 - (Date.now() - state.chartDrawn));
+    state.chartTimer = setTimeout(() => { state.chartTimer = 0; renderChart(); }, wait);
+  }
 }
 
 function renderAge() {
@@ -236,8 +265,13 @@ function renderChart() {
     nodes.push(shape("polygon", { class: "band", points: upper.concat(lower).join(" ") }));
     nodes.push(shape("polyline", { class: "mean", points: shown.map((p) => `${x(p[0])},${y(p[2])}`).join(" ") }));
   }
+  if (shown.length) {
+    const now = shown[shown.length - 1];
+    nodes.push(shape("circle", { class: "now", cx: x(now[0]), cy: y(now[2]), r: "4" }));
+  }
   svg.replaceChildren(...nodes);
   svg.dataset.points = String(shown.length);
+  state.chartDrawn = Date.now();
   $("chart-max").textContent = `max ${fmt(max, 0)} VA`;
 }
 
@@ -259,6 +293,9 @@ function renderStatus(status) {
   items.push(el("li", {}, el("span", {}, T.checks),
     el("span", { class: "dot", "data-state": (checks && checks.status) || "" }, checks ? stateText(checks.status) : T.none)));
   $("status").replaceChildren(...items);
+  const waiting = !!(status.tariff && status.tariff.state === "waiting_for_clock");
+  $("tariff-note").hidden = !waiting;
+  $("tariff-note").textContent = waiting ? T.clock_wait : "";
   $("version").textContent = status.version || "—";
   renderUptime();
 }
@@ -279,6 +316,7 @@ async function loadSnapshot() {
   const snap = await response.json();
   state.snapshot = snap;
   state.history = snap.history || { bucket_s: 60, points: [] };
+  state.liveCount = 0;
   if (snap.frame) renderFrame(snap.frame); else { state.frame = null; $("power").textContent = "—"; }
   renderTariff(snap.tariff);
   if (snap.status) renderStatus(snap.status);
@@ -314,8 +352,8 @@ function connect() {
   on(source, "status", renderStatus);
   on(source, "history", (data) => {
     const points = state.history.points;
-    const last = points[points.length - 1];
-    if (last && last[0] === data.point[0]) points[points.length - 1] = data.point; else points.push(data.point);
+    const i = points.findIndex((p) => p[0] === data.point[0]);  // the minute as the server counted it
+    if (i >= 0) points[i] = data.point; else { points.push(data.point); points.sort((a, b) => a[0] - b[0]); }
     while (points.length && points[0][0] < Date.now() / 1000 - 86400) points.shift();
     renderChart();
   });

@@ -1,4 +1,4 @@
-"""The ``[tariff]`` section: prices per period, dated price sets, the currency, how often the state is saved.
+"""``[tariff]``: prices per period, dated price sets, the currency, how often the state is saved, the clock rule.
 
 Declared with the configuration engine of :mod:`appliance.config` (``opt()``, ``build_section``), so it reads, reports
 and documents itself exactly like the other sections: every problem at once with its key path, unknown keys
@@ -29,7 +29,7 @@ from datetime import date
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from appliance.config import ConfigError, build_section, opt
+from appliance.config import ConfigError, IsoDate, build_section, opt
 from appliance.tariff.periods import CONTRACT_PERIODS, PERIODS
 
 __all__ = ["MAX_PRICE", "PriceSetConfig", "TariffConfig", "parse_tariff"]
@@ -99,7 +99,9 @@ def _p(doc: str) -> Any:
 class PriceSetConfig:
     """Prices in force from ``since`` until the next set.  Every price is per kWh, taxes included as billed."""
 
-    since: str = opt("", "Local date from which these prices apply (YYYY-MM-DD).", check=_date, example='"2026-02-01"')
+    since: IsoDate = opt(
+        IsoDate(""), "Local date from which these prices apply (YYYY-MM-DD).", check=_date, example="2026-02-01"
+    )
     subscription_per_month: float | None = opt(
         None, "Subscription (abonnement) per month.", check=_subscription, example="15.68"
     )
@@ -163,6 +165,13 @@ class TariffConfig:
     save_interval: float = opt(
         900.0, "Seconds between two writes of the state (and one at a clean stop).", lo=60, hi=86_400
     )
+    wait_for_clock_sync: bool = opt(
+        True,
+        "Count frames only once the kernel says the clock is synchronised (NTP, as timedatectl shows it): a Raspberry "
+        "Pi has no real-time clock and starts with the time it stopped at, so a frame stamped before the sync would "
+        "land on the wrong day; the meter's indexes keep that energy until then. false: trust the clock as it is "
+        "(a machine with a real-time clock, or without any time server).",
+    )
     prices: list[PriceSetConfig] = opt(
         [], "Prices from a date on ([[tariff.prices]], one table per date; later tables name what changed)."
     )
@@ -192,13 +201,6 @@ def parse_tariff(data: Any, prefix: str = "tariff") -> TariffConfig:
     >>> parse_tariff({"prices": [{"since": "2026-02-01", "base": 0.19398}]}).prices[0].base
     0.19398
     """
-    if isinstance(data, dict) and isinstance(data.get("prices"), list):
-        # TOML has dates: ``since = 2026-02-01`` arrives as a date; the schema keeps the text form.
-        data = dict(data)
-        data["prices"] = [
-            {**p, "since": p["since"].isoformat()} if isinstance(p, dict) and isinstance(p.get("since"), date) else p
-            for p in data["prices"]
-        ]
     errors: list[str] = []
     cfg = build_section(TariffConfig, data, prefix, errors)
     if errors:
