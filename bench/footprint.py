@@ -14,8 +14,8 @@ at the same pace, publishing to the same local mosquitto, measured by the same c
   silence between frames (``bench/latency.py``'s ``usb`` schedule);
 * **ours**: ``teleinfo run`` as systemd starts it (a ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` from the bench, so
   the READY/STATUS/WATCHDOG traffic of the real unit is counted), MQTT (QoS 1, discovery on: the defaults) and
-  multicast (line protocol, TTL 0 on 127.0.0.1) enabled, the health and control sockets on (their defaults) on
-  127.0.0.1, with the unit's malloc settings (systemd/teleinfo.service).  ``--interpreter deployed`` (the
+  multicast (line protocol, TTL 0 on 127.0.0.1) enabled, the health and control sockets and the live page on
+  (their defaults) on 127.0.0.1, the tariff engine counting every frame (``--no-page``: page and engine off), with the unit's malloc settings (systemd/teleinfo.service).  ``--interpreter deployed`` (the
   default) runs it as the image installs it: Debian's ``python3``, a venv with the appliance's wheel (not an
   editable install, whose import hook alone costs 2.4 MiB) and the two libraries this configuration imports
   (paho-mqtt, pyserial, at image/requirements.txt's versions), started by the ``teleinfo`` console script; the
@@ -119,8 +119,11 @@ class Contender:
     systemd: bool = False  # gets NOTIFY_SOCKET/WATCHDOG_USEC
 
 
-def ours_config(device: str, broker: int, port: int, state: Path) -> str:
-    """``teleinfo run``: the pty in standard mode, MQTT (defaults) and multicast on loopback, sockets on loopback."""
+def ours_config(device: str, broker: int, port: int, state: Path, page: bool = True) -> str:
+    """``teleinfo run``: the pty in standard mode, MQTT (defaults) and multicast on loopback, sockets on loopback.
+
+    The live page and the tariff engine are on, as by default on the appliance (the page on 127.0.0.1, the engine
+    counting every frame as on a Pi whose clock is synchronised); ``page=False`` turns both off."""
     text = f"""
 [source]
 device = {json.dumps(device)}
@@ -150,6 +153,11 @@ port = {_free_port(socket.SOCK_STREAM)}
 [state]
 directory = {json.dumps(str(state))}
 """
+    if page:
+        text += f'\n[web]\nbind = "{LOOPBACK}"\nport = {_free_port(socket.SOCK_STREAM)}\n'
+        text += "\n[tariff]\nwait_for_clock_sync = false\n"
+    else:
+        text += "\n[web]\nenabled = false\n\n[tariff]\nenabled = false\n"
     parse_config(text, "benchmark configuration")  # fail here, with the errors, rather than in the child
     return text
 
@@ -167,18 +175,19 @@ def unit_environment() -> dict[str, str]:
     return env
 
 
-def ours(teleinfo: Path | None) -> Contender:
+def ours(teleinfo: Path | None, page: bool = True) -> Contender:
     """``teleinfo run``: the console script ``teleinfo`` of a deployed-like venv, or ``python -m appliance``,
     with the unit's environment."""
 
     def command(device: str, broker: int, port: int, work: Path) -> tuple[list[str], dict[str, str], Path]:
         cfg = work / "teleinfo.toml"
-        cfg.write_text(ours_config(device, broker, port, work / "state"), encoding="utf-8")
+        cfg.write_text(ours_config(device, broker, port, work / "state", page), encoding="utf-8")
         head = [str(teleinfo)] if teleinfo is not None else [sys.executable, "-m", "appliance"]
         env = unit_environment()
         return [*head, "run", "--config", str(cfg), "--no-view"], env, REPO if teleinfo is None else work
 
     how = "deployed venv" if teleinfo is not None else "this interpreter"
+    how += "" if page else ", no page/tariff"
     return Contender(f"ours (teleinfo run, {how})", "ours", command, multicast=True, systemd=True)
 
 
@@ -686,6 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the bench and every contender SCHED_FIFO (root): on a machine shared with other work, their "
         "scheduling delays otherwise dominate the latency percentiles; an appliance runs nothing else",
     )
+    ap.add_argument("--no-page", action="store_true", help="ours without the live page and the tariff engine")
     ap.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
     args = ap.parse_args(argv)
     seconds = args.seconds or (15.0 if args.quick else 60.0)
@@ -710,7 +720,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         teleinfo: Path | None = Path(args.teleinfo)
     else:
         teleinfo = deployed_teleinfo(say) if args.interpreter == "deployed" else None
-    contenders = [ours(teleinfo), classic()]
+    contenders = [ours(teleinfo, not args.no_page), classic()]
     checkout, why = find_teleinfo2mqtt(args.teleinfo2mqtt)
     if checkout is None:
         say(f"teleinfo2mqtt skipped: {why}")
