@@ -101,3 +101,15 @@ def test_command_module_names() -> None:
     assert command_module(["print-example-config"]) == "check_config"
     assert command_module(["--version"]) is None
     assert command_module(["no-such-command"]) is None
+
+
+def test_the_page_and_the_tariff_engine_leave_out_what_they_do_not_need() -> None:
+    """Static files read as plain files, the clock rule's ctypes loaded only when the kernel is asked, month
+    lengths without the calendar module: the page and the engine carry none of them into the service."""
+    unused = ("ctypes", "importlib.resources", "zipfile", "tempfile", "calendar", "subprocess")
+    got = child(
+        "import json, sys\n"
+        "import appliance.web.server, appliance.web.feed, appliance.tariff.feed, appliance.clock\n"
+        f"print(json.dumps([n for n in {unused!r} if n in sys.modules]))\n"
+    )
+    assert got == []
