@@ -13,9 +13,11 @@ at the same pace, publishing to the same local mosquitto, measured by the same c
   evening), 9600 Bd, delivered as a USB adapter delivers them: 16-byte writes at 960 bytes/s, the meter's
   silence between frames (``bench/latency.py``'s ``usb`` schedule);
 * **ours**: ``teleinfo run`` as systemd starts it (a ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC`` from the bench, so
-  the READY/STATUS/WATCHDOG traffic of the real unit is counted), MQTT (QoS 1, discovery on: the defaults) and
-  multicast (line protocol, TTL 0 on 127.0.0.1) enabled, the health and control sockets and the live page on
-  (their defaults) on 127.0.0.1, the tariff engine counting every frame (``--no-page``: page and engine off), with the unit's malloc settings (systemd/teleinfo.service).  ``--interpreter deployed`` (the
+  the READY/STATUS/WATCHDOG traffic of the real unit is counted, and a ``RUNTIME_DIRECTORY`` on a tmpfs, where
+  the MQTT spool writes ahead as under the unit's ``RuntimeDirectory=``), MQTT (QoS 1, discovery on: the
+  defaults) and multicast (line protocol, TTL 0 on 127.0.0.1) enabled, the health and control sockets and the
+  live page on (their defaults) on 127.0.0.1, the tariff engine counting every frame (``--no-page``: page and
+  engine off), with the unit's malloc settings (systemd/teleinfo.service).  ``--interpreter deployed`` (the
   default) runs it as the image installs it: Debian's ``python3``, a venv with the appliance's wheel (not an
   editable install, whose import hook alone costs 2.4 MiB) and the two libraries this configuration imports
   (paho-mqtt, pyserial, at image/requirements.txt's versions), started by the ``teleinfo`` console script; the
@@ -175,6 +177,9 @@ def unit_environment() -> dict[str, str]:
     return env
 
 
+RUNTIME_DIRS: list[Path] = []  # the runtime directories given to ours, removed at the end
+
+
 def ours(teleinfo: Path | None, page: bool = True) -> Contender:
     """``teleinfo run``: the console script ``teleinfo`` of a deployed-like venv, or ``python -m appliance``,
     with the unit's environment."""
@@ -184,6 +189,12 @@ def ours(teleinfo: Path | None, page: bool = True) -> Contender:
         cfg.write_text(ours_config(device, broker, port, work / "state", page), encoding="utf-8")
         head = [str(teleinfo)] if teleinfo is not None else [sys.executable, "-m", "appliance"]
         env = unit_environment()
+        # systemd's RuntimeDirectory= (/run/teleinfo, a tmpfs): where a healthy output's spool writes ahead.
+        # Without it the reader's write-ahead and the worker's truncation hit the disk's journal, which on a machine
+        # shared with other work stalls the reader for hundreds of milliseconds now and then.
+        runtime = Path(tempfile.mkdtemp(prefix="footprint-run-", dir="/dev/shm"))
+        env["RUNTIME_DIRECTORY"] = str(runtime)
+        RUNTIME_DIRS.append(runtime)
         return [*head, "run", "--config", str(cfg), "--no-view"], env, REPO if teleinfo is None else work
 
     how = "deployed venv" if teleinfo is not None else "this interpreter"
@@ -771,6 +782,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         sub.close()
         broker.stop()
         shutil.rmtree(work, ignore_errors=True)
+        for runtime in RUNTIME_DIRS:
+            shutil.rmtree(runtime, ignore_errors=True)
     text, met = report(results)
     say("\n" + text)
     return 1 if args.strict and not met else 0
