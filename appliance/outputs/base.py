@@ -510,11 +510,16 @@ class OutputWorker:
 
     def _sync(self) -> None:
         """The syncer thread: fsync the records that stay unconsumed for ``fsync_interval`` (an outage, a hung
-        server), never waiting on the network nor holding the spool lock while the card writes."""
+        server), never waiting on the network nor holding the spool lock while the card writes.  It sleeps until
+        the oldest unsynced record falls due (a whole ``fsync_interval`` while none waits: a healthy output's records
+        are consumed within milliseconds), so it wakes about once a second, not four times."""
         assert self._spool is not None
-        step = min(1.0, max(0.05, self._spool.fsync_interval / 4))
         failed = False
-        while not self._done.wait(step):
+        while True:
+            with self._spool_lock:
+                wait = self._spool.sync_wait()
+            if self._done.wait(wait):
+                return
             with self._spool_lock:
                 paths = self._spool.sync_due()
             try:

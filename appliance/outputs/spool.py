@@ -252,6 +252,15 @@ class Spool:
         self._unsynced_since = None
         return paths
 
+    def sync_wait(self) -> float:
+        """Seconds until :meth:`sync_due` has something to do: when the oldest unconsumed record not fsynced is
+        ``fsync_interval`` old; ``fsync_interval`` while none waits (one appended meanwhile is then due no later
+        than that)."""
+        since = self._unsynced_since
+        if since is None or self._pending <= 0:
+            return self.fsync_interval
+        return max(0.0, since + self.fsync_interval - time.monotonic())
+
     def _cool(self) -> None:
         """Records stay: move every segment out of ``hot`` into ``directory`` (copied, then the RAM copy removed:
         a crash in between leaves both, and recovery keeps the RAM one), and write there from now on."""
