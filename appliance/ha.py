@@ -28,6 +28,7 @@ any Linky can count, so that a corrupted reading can never become a baseline tha
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -133,6 +134,7 @@ def discovery_topic(prefix: str, meter: str) -> str:
 
 
 # --- entities ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1024)  # asked for every label of every frame; labels are few (bounded all the same)
 def is_index(mode: str, label: str) -> bool:
     """Whether ``label`` is an energy index (``total_increasing``): it must never be published going down."""
     spec = spec_for(mode, label)
@@ -322,6 +324,12 @@ def _tempo_shown(mode: str, values: Mapping[str, object]) -> bool:
     return values.get("PTEC") in _TEMPO_PTEC or "DEMAIN" in values
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_entity(mode: str, label: str) -> bool:
+    """A label Home Assistant gets a sensor for (RELAIS is split into relays, apart)."""
+    return label not in _NOT_ENTITIES and label != "RELAIS" and spec_for(mode, label) is not None
+
+
 def usable_labels(mode: str, values: Mapping[str, object]) -> set[str]:
     """The entities ``values`` calls for: its known labels, except indexes still at 0 (unused tariffs); the Tempo
     colours once the meter gives one; ``relais_<n>`` for each relay RELAIS shows closed (a relay the meter never
@@ -333,10 +341,7 @@ def usable_labels(mode: str, values: Mapping[str, object]) -> set[str]:
     out = {
         label
         for label, value in values.items()
-        if label not in _NOT_ENTITIES
-        and label != "RELAIS"
-        and spec_for(mode, label) is not None
-        and not (is_index(mode, label) and value == 0)
+        if _is_entity(mode, label) and not (value == 0 and is_index(mode, label))
     }
     relais = values.get("RELAIS")
     if mode == "standard" and isinstance(relais, int):
