@@ -416,6 +416,9 @@ class Service:
         for frame in self.reader.feed(data, now):
             if frame.meter is not None and self.fanout is not None:
                 self.fanout.submit(frame)
+                # Hand the interpreter to the output workers just woken: the frame goes out now, and the reader's
+                # own per-frame work (tariff, page, control) follows, rather than the workers waiting for it.
+                time.sleep(0)
             if self.tariff is not None:
                 self.tariff.on_frame(frame)
             if self.web is not None and self.live is not None:
