@@ -459,17 +459,29 @@ def _tasks(pid: int) -> dict[int, tuple[int, int]]:
 
 
 #: The threads of ``teleinfo run`` with this benchmark's configuration, in the order it starts them (the ids grow
-#: with it): the reader, the health and control sockets, the multicast and MQTT workers, then (in either order)
-#: the update reporter and paho's network thread (the MQTT connect helper ends at once).
+#: with it): the reader, the health and control sockets, the live page's server (not with ``--no-page``), the
+#: multicast and MQTT workers, the MQTT spool's syncer, then (in either order) the update reporter and paho's
+#: network thread (the MQTT connect helper ends at once).
 OUR_THREADS = (
     "main: read+decode+fan-out",
     "health",
     "control",
+    "web",
     "multicast worker",
     "MQTT worker",
+    "MQTT spool syncer",
     "reporter/paho",
     "paho/reporter",
 )
+
+
+def thread_names(count: int) -> tuple[str, ...]:
+    """:data:`OUR_THREADS` for ``count`` threads that worked (without the page's when there is one fewer)."""
+    if count == len(OUR_THREADS):
+        return OUR_THREADS
+    if count == len(OUR_THREADS) - 1:
+        return tuple(n for n in OUR_THREADS if n != "web")
+    return ()
 
 
 def run_one(
@@ -762,7 +774,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 results[c.key].append(r)
                 say(f"  RSS samples (MiB): {' '.join(f'{k / 1024:.1f}' for k in r.rss_kb)}")
                 live = [(t, ms, n) for t, ms, n in r.threads_ms if ms > 0.0005]
-                names = OUR_THREADS if c.key == "ours" and len(live) == len(OUR_THREADS) else ()
+                names = thread_names(len(live)) if c.key == "ours" else ()
                 say(
                     "  CPU per frame by thread (ms; wake-ups): "
                     + ", ".join(f"{names[i] if names else t}: {ms:.3f} ({n:.1f})" for i, (t, ms, n) in enumerate(live))
