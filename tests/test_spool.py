@@ -227,6 +227,9 @@ def test_the_syncer_sleeps_a_whole_interval_unless_a_record_waits(tmp_path: Path
     sp.commit(sp.batch([frame(0)], [end]), keep=True)
     assert sp.sync_wait() == 5.0  # consumed: nothing is due
     sp.close()
+    idle = Spool(tmp_path / "t", fsync_interval=0.0)
+    assert idle.sync_wait() > 0  # an idle syncer never spins
+    idle.close()
 
 
 def test_records_that_stay_are_fsynced_once_the_interval_has_passed(tmp_path: Path) -> None:
