@@ -2,7 +2,9 @@
 
 Each command module defines ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
 taking the parsed namespace and returning the exit status.  Heavy imports happen inside ``func``, so
-``teleinfo --help`` stays fast on a Pi Zero.
+``teleinfo --help`` stays fast on a Pi Zero.  When the command line names a command, only that command's module
+is imported (:func:`command_module`): the service (``teleinfo run``) must not carry ``doctor``'s ctypes or the
+update tools in its memory for months, nor ``teleinfo decode`` pay for them at every start.
 """
 
 from __future__ import annotations
@@ -32,22 +34,37 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (also used by the tests and to render the README's usage)."""
+#: Commands whose name is not their module's (``print-example-config`` is registered by ``check_config``).
+_ALIASES = {"print-example-config": "check_config"}
+
+
+def command_module(argv: Sequence[str]) -> str | None:
+    """The module of the command ``argv`` names (its first word that is not an option), or None."""
+    word = next((a for a in argv if not a.startswith("-")), None)
+    if word is None:
+        return None
+    name = _ALIASES.get(word, word.replace("-", "_"))
+    return name if name in COMMANDS else None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The full argument parser (also used by the tests and to render the README's usage); with ``only``, the
+    parser of that command module alone (what :func:`main` uses once the command is known)."""
     parser = argparse.ArgumentParser(
         prog="teleinfo",
         description="Linky TIC telemetry appliance: decode the meter's teleinformation and publish it.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    for name in COMMANDS if only is None else (only,):
         importlib.import_module(f"appliance.commands.{name}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    words = sys.argv[1:] if argv is None else argv
+    args = build_parser(command_module(words)).parse_args(words)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

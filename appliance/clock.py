@@ -22,13 +22,14 @@ false``.  ``teleinfo doctor``'s clock check reads the same kernel state (as root
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import functools
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    import ctypes
 
 __all__ = ["FLOOR", "TIMESYNC_FLAG", "TIME_ERROR", "ClockGate", "clock_synchronised", "kernel_clock_state"]
 
@@ -40,12 +41,13 @@ TIMESYNC_FLAG: Final = Path("/run/systemd/timesync/synchronized")
 
 @functools.cache
 def _adjtimex() -> Callable[[ctypes.Array[ctypes.c_char]], int] | None:
-    """libc's adjtimex, looked up once (find_library runs ldconfig: far too slow for every frame)."""
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return None
+    """libc's adjtimex, looked up once, in the symbols the interpreter already has (libc among them):
+    ``ctypes.util.find_library`` would run ldconfig in a subprocess, and ctypes is loaded only when the kernel is
+    asked (about 300 kB a service that never asks does not carry)."""
+    import ctypes
+
     try:
-        fn: Callable[[ctypes.Array[ctypes.c_char]], int] = ctypes.CDLL(name, use_errno=True).adjtimex
+        fn: Callable[[ctypes.Array[ctypes.c_char]], int] = ctypes.CDLL(None, use_errno=True).adjtimex
     except (OSError, AttributeError):
         return None
     return fn
@@ -57,6 +59,8 @@ def kernel_clock_state() -> int | None:
     fn = _adjtimex()
     if fn is None:
         return None
+    import ctypes
+
     buf = ctypes.create_string_buffer(512)  # struct timex with modes = 0: read only
     try:
         state = int(fn(buf))

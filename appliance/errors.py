@@ -13,9 +13,9 @@ answer.
 from __future__ import annotations
 
 import socket
-import ssl
 from typing import Final
 
+from appliance.lazy import loaded
 from appliance.textsafe import printable
 
 __all__ = ["ApplianceError", "error_reason"]
@@ -77,7 +77,8 @@ def _reason(exc: BaseException, timeout: float | None) -> str:
             return "connection reset"
         if isinstance(e, TimeoutError | socket.timeout) or type(e).__name__ in ("ReadTimeoutError", "ReadTimeout"):
             return "timed out" if timeout is None else f"no answer within {timeout:g} s"
-        if isinstance(e, ssl.SSLError):
+        ssl = loaded("ssl")  # megabytes of memory: a process that never ran it (no TLS) has no TLS error either
+        if ssl is not None and isinstance(e, ssl.SSLError):
             return f"TLS error ({e})"
         if isinstance(e, OSError) and e.strerror:
             return e.strerror[0].lower() + e.strerror[1:]

@@ -28,19 +28,22 @@ any Linky can count, so that a corrupted reading can never become a baseline tha
 
 from __future__ import annotations
 
+import functools
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any, Final
-from zoneinfo import ZoneInfo
+from datetime import datetime, tzinfo
+from typing import TYPE_CHECKING, Any, Final
 
 from appliance import __version__
 from appliance.lineproto import field_key
 from appliance.tariff.periods import PERIOD_NAMES, PTEC_PERIODS, colour_of
 from appliance.tic.fields import decode_stge
 from appliance.tic.labels import Kind, LabelSpec, spec_for
+
+if TYPE_CHECKING:
+    from appliance.tic import Frame
 
 __all__ = [
     "NOT_ANNOUNCED",
@@ -105,7 +108,7 @@ TEMPO_TOMORROW: Final = "tempo_tomorrow"
 _RELAYS: Final = 8
 _SAFE_ID = re.compile(r"[^A-Za-z0-9_.-]")
 #: Legal time in France: what a horodate without a season (DPM/FPM) is expressed in.
-_LEGAL_TIME: Final = ZoneInfo("Europe/Paris")
+_LEGAL_TIME: list[tzinfo] = []  # Europe/Paris, loaded with zoneinfo on first use (most meters never need it)
 
 
 # --- topics ------------------------------------------------------------------------------------------------
@@ -131,6 +134,7 @@ def discovery_topic(prefix: str, meter: str) -> str:
 
 
 # --- entities ----------------------------------------------------------------------------------------------
+@functools.lru_cache(maxsize=1024)  # asked for every label of every frame; labels are few (bounded all the same)
 def is_index(mode: str, label: str) -> bool:
     """Whether ``label`` is an energy index (``total_increasing``): it must never be published going down."""
     spec = spec_for(mode, label)
@@ -320,6 +324,12 @@ def _tempo_shown(mode: str, values: Mapping[str, object]) -> bool:
     return values.get("PTEC") in _TEMPO_PTEC or "DEMAIN" in values
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_entity(mode: str, label: str) -> bool:
+    """A label Home Assistant gets a sensor for (RELAIS is split into relays, apart)."""
+    return label not in _NOT_ENTITIES and label != "RELAIS" and spec_for(mode, label) is not None
+
+
 def usable_labels(mode: str, values: Mapping[str, object]) -> set[str]:
     """The entities ``values`` calls for: its known labels, except indexes still at 0 (unused tariffs); the Tempo
     colours once the meter gives one; ``relais_<n>`` for each relay RELAIS shows closed (a relay the meter never
@@ -331,10 +341,7 @@ def usable_labels(mode: str, values: Mapping[str, object]) -> set[str]:
     out = {
         label
         for label, value in values.items()
-        if label not in _NOT_ENTITIES
-        and label != "RELAIS"
-        and spec_for(mode, label) is not None
-        and not (is_index(mode, label) and value == 0)
+        if _is_entity(mode, label) and not (value == 0 and is_index(mode, label))
     }
     relais = values.get("RELAIS")
     if mode == "standard" and isinstance(relais, int):
@@ -516,7 +523,22 @@ def legal_time(horodate: str) -> str:
         t = datetime.fromisoformat(horodate)
     except ValueError:
         return horodate
-    return horodate if t.tzinfo is not None else t.replace(tzinfo=_LEGAL_TIME).isoformat()
+    if t.tzinfo is not None:
+        return horodate
+    if not _LEGAL_TIME:
+        from zoneinfo import ZoneInfo
+
+        _LEGAL_TIME.append(ZoneInfo("Europe/Paris"))
+    return t.replace(tzinfo=_LEGAL_TIME[0]).isoformat()
+
+
+def state_body(frame: Frame, dropped: Sequence[str] = ()) -> bytes:
+    """The state message's bytes: :func:`state_payload` of the frame, compact UTF-8 JSON.  When it would change
+    nothing (no value dropped, no season-less DPM/FPM horodate to complete) that is the frame's own JSON, shared
+    with every other output that sends it (:meth:`~appliance.tic.Frame.json_bytes`)."""
+    if not dropped and not any(k in _PEAK_DATES for k in frame.timestamps):
+        return frame.json_bytes()
+    return json.dumps(state_payload(frame.to_json(), dropped), ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def state_payload(frame_json: dict[str, Any], dropped: Iterable[str] = ()) -> dict[str, Any]:

@@ -39,7 +39,6 @@ import json
 import logging
 import os
 import re
-import secrets
 import struct
 import threading
 import time
@@ -208,7 +207,7 @@ class Journal:
         self._stats = stats
         self.directory = directory
         self.mode = mode
-        self.session = secrets.token_hex(4)
+        self.session = os.urandom(4).hex()  # not secrets.token_hex: secrets maps OpenSSL (4 MiB) for this
         self.dropped = 0  # chunks dropped because the disk could not take them in time
         self.written = 0  # chunks on disk
         self.segments = 0  # segments opened by this journal

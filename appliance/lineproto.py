@@ -116,17 +116,36 @@ def encode_line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, 
     return f"{escape_key(measurement)}{tag_text} {field_text} {ts}"
 
 
+#: ``key=value`` of each (mode, label, value) seen lately: most values repeat from one frame to the next (ids,
+#: tariff names, slowly moving indexes), so a frame's fields are mostly looked up, not formatted again.
+_FIELD_TEXT: dict[tuple[str, str, object], str] = {}
+_FIELD_TEXT_MAX: Final = 1024  # about 150 kB: the labels that repeat stay, the moving values come and go
+
+
+def _field_text(mode: str, label: str, value: object) -> str:
+    """``key=value`` of one label of a frame ("" for the labels that are not fields)."""
+    if label in _EXCLUDED:
+        return ""
+    spec = (STANDARD if mode == "standard" else HISTORIQUE).get(label)
+    if spec is not None and spec.kind is Kind.INT and isinstance(value, int):
+        return f"{field_key(label)}={value}i"
+    return f"{field_key(label)}={_string_field(str(value))}"
+
+
 def _fields(frame: Frame) -> list[str]:
-    table = STANDARD if frame.mode == "standard" else HISTORIQUE
+    memo = _FIELD_TEXT
+    mode = frame.mode
     out = []
     for label, value in frame.values.items():
-        if label in _EXCLUDED:
-            continue
-        spec = table.get(label)
-        if spec is not None and spec.kind is Kind.INT and isinstance(value, int):
-            out.append(f"{field_key(label)}={value}i")
-        else:
-            out.append(f"{field_key(label)}={_string_field(str(value))}")
+        key = (mode, label, value)
+        text = memo.get(key)
+        if text is None:
+            text = _field_text(mode, label, value)
+            if len(memo) >= _FIELD_TEXT_MAX:
+                memo.clear()
+            memo[key] = text
+        if text:
+            out.append(text)
     return out
 
 
@@ -146,6 +165,9 @@ def frame_to_lines(
         return []
     head = f"{escape_key(measurement)},meter={escape_key(meter)},mode={frame.mode} "
     tail = f" {frame_time(frame) * PRECISIONS[precision]}"
+    whole = head + ",".join(fields) + tail
+    if len(whole) <= max_line and whole.isascii():  # the usual case: one line (TIC data is ASCII)
+        return [whole]
     room = max_line - len(head.encode()) - len(tail.encode())
     lines: list[str] = []
     current: list[str] = []

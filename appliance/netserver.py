@@ -65,7 +65,7 @@ __all__ = ["Connection", "Limits", "SelectorServer", "SourcePool", "Throttle"]
 
 _LOG = logging.getLogger(__name__)
 
-TICK_S: Final = 0.2  # longest wait in select(): how soon stop() is noticed
+TICK_S: Final = 2.0  # longest wait in select() (stop() and wake() interrupt it; deadlines shorten it)
 ACCEPT_PAUSE_S: Final = 0.5  # after accept() fails (out of file descriptors), so the loop does not spin
 ACCEPT_BATCH: Final = 64  # connections accepted per readiness event, so a flood cannot starve the clients
 RECV_CHUNK: Final = 4096
@@ -333,7 +333,12 @@ class SelectorServer(Generic[C]):
         """``conn`` is gone (any reason); it was already removed from :attr:`connections`."""
 
     def on_tick(self, now: float) -> None:
-        """After every pass of the loop (at least every 0.2 s, and soon after :meth:`wake`)."""
+        """After every pass of the loop (by :meth:`tick_due`, and soon after :meth:`wake`)."""
+
+    def tick_due(self, now: float) -> float:
+        """The latest monotonic time of the next :meth:`on_tick`: ``now`` + :data:`TICK_S`, or sooner for a
+        protocol whose rules fall due on a timer (an idle server wakes rarely: a Pi's CPU)."""
+        return now + TICK_S
 
     def refusal(self) -> bytes:
         """What a client refused for lack of a pending slot reads before it is closed."""
@@ -522,7 +527,7 @@ class SelectorServer(Generic[C]):
             self._release()
 
     def _next_deadline(self, now: float) -> float:
-        soonest = now + TICK_S
+        soonest = min(now + TICK_S, self.tick_due(now))
         idle = self.limits.idle_timeout
         for c in self._conns:
             if c.deadline is not None and c.deadline < soonest:
@@ -537,7 +542,7 @@ class SelectorServer(Generic[C]):
 
     def _once(self) -> None:
         now = time.monotonic()
-        wait = min(max(self._next_deadline(now) - now, 0.0), TICK_S)
+        wait = max(self._next_deadline(now) - now, 0.0)
         for key, mask in self._sel.select(wait):
             if key.data is None:
                 self._accept()

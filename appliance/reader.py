@@ -29,7 +29,9 @@ if TYPE_CHECKING:
     from appliance.sources import Source
     from appliance.stats import Stats
 
-__all__ = ["FrameReader"]
+__all__ = ["LINE_MEMO", "FrameReader"]
+
+LINE_MEMO = 512  # lines the live decoder remembers per mode (a standard three-phase frame has about 60)
 
 
 class FrameReader:
@@ -49,7 +51,9 @@ class FrameReader:
 
     def __init__(self, source: Source, mode: str, stats: Stats) -> None:
         self.source = source
-        self.decoder = Decoder(mode)
+        # A meter's frames repeat most of their lines: a few hundred remembered lines keep them all, where the
+        # decoder's default (2048, for bulk decoding) would hold memory that a frame a second never needs.
+        self.decoder = Decoder(mode, cache_size=LINE_MEMO)
         self._stats = stats
         self._known_meter: str | None = None
         self._last_rejects: Counter[RejectReason] = Counter()  # the decoder's counts already added to stats

@@ -1,6 +1,6 @@
 """The service: wires a source, the reader and the outputs together, and talks to systemd.  Wiring only.
 
-The main thread is the reader: it reads bytes (each read returns within ~0.25 s), journals them, has
+The main thread is the reader: it reads bytes (each read returns within ~0.75 s), journals them, has
 :class:`~appliance.reader.FrameReader` decode and account for them, and hands every frame to the fan-out, whose
 per-output queues and threads keep slow outputs away from it. Signals only set flags that the loop looks at
 between reads, and SIGHUP reloads the configuration between two reads, keeping the old one if the new is invalid.
@@ -16,6 +16,7 @@ thread alive); a silent meter is not a hang: it is reported by the health state,
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -26,15 +27,11 @@ from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
-from zoneinfo import ZoneInfo
 
-from appliance.clock import ClockGate
 from appliance.config import ConfigError
-from appliance.console import LiveView
 from appliance.control import ControlServer
 from appliance.health import HealthServer, summary
 from appliance.logs import setup_logging
-from appliance.metrics import BACKLOG_LINES
 from appliance.outputs import enabled_outputs
 from appliance.outputs.base import Fanout, OutputWorker
 from appliance.outputs.spool import Spool
@@ -44,18 +41,19 @@ from appliance.schema import Config
 from appliance.sources import Source, build_source
 from appliance.stats import Stats
 from appliance.systemd import Notifier
-from appliance.tariff.feed import STATE_FILE, TariffFeed
 from appliance.tic import Frame
 from appliance.update.reboot import start_reporter
-from appliance.web.feed import LiveFeed
-from appliance.web.server import WebServer
 
 if TYPE_CHECKING:
     from appliance.checks.scheduler import CheckScheduler
+    from appliance.console import LiveView
     from appliance.gpio import GpioController
     from appliance.journal import Journal
     from appliance.metrics import HealthSampler
     from appliance.records import Record
+    from appliance.tariff.feed import TariffFeed
+    from appliance.web.feed import LiveFeed
+    from appliance.web.server import WebServer
 
 __all__ = ["Service", "Source", "build_source", "build_workers"]
 
@@ -77,6 +75,8 @@ def build_workers(cfg: Config, stats: Stats) -> list[OutputWorker]:
     workers: list[OutputWorker] = []
     spools = Path(cfg.state.directory) / "spool"
     runtime = runtime_directory()
+    from appliance.metrics import BACKLOG_LINES
+
     lanes = {CHECK: cfg.checks.backlog, HEALTH: BACKLOG_LINES}
     for plugin, settings in enabled_outputs(cfg):
         o = plugin.options(settings)
@@ -202,6 +202,11 @@ class Service:
                 self.gpio.register(self.control)
             self.control.start()
         if self.cfg.web.enabled:
+            from zoneinfo import ZoneInfo
+
+            from appliance.web.feed import LiveFeed
+            from appliance.web.server import WebServer
+
             if self.live is None:
                 self.live = LiveFeed(ZoneInfo(self.cfg.tariff.timezone), self.tariff)
             self.web = WebServer(self.cfg.web, self.live, self.stats, self.cfg.health)
@@ -281,6 +286,12 @@ class Service:
         if not cfg.tariff.enabled:
             self.stats.remove_extra("tariff")
             return
+        # Imported only when enabled: the engine, its store and the time zones are memory a Pi keeps for months.
+        from zoneinfo import ZoneInfo
+
+        from appliance.clock import ClockGate
+        from appliance.tariff.feed import STATE_FILE, TariffFeed
+
         simulator = cfg.source.kind == "simulator"
         path = None if simulator else Path(cfg.state.directory) / STATE_FILE
         gate = ClockGate(require_sync=cfg.tariff.wait_for_clock_sync and not simulator)
@@ -321,6 +332,9 @@ class Service:
         self._start_journal()
         updates = start_reporter(self.stats)  # /status: the running release, pending reboots (appliance.update)
         self._open_source()
+        # Everything start-up made (modules, configuration, servers) lives as long as the process: out of the
+        # collector's sight, a full collection no longer walks it, so none pauses the reader for long.
+        gc.freeze()
         assert self.source is not None
         # Started means started: the sockets answer and the outputs run, whether or not the meter is there (a
         # missing adapter is a "down" health state with its reason, never a start timeout nor a restart loop).
@@ -402,6 +416,9 @@ class Service:
         for frame in self.reader.feed(data, now):
             if frame.meter is not None and self.fanout is not None:
                 self.fanout.submit(frame)
+                # Hand the interpreter to the output workers just woken: the frame goes out now, and the reader's
+                # own per-frame work (tariff, page, control) follows, rather than the workers waiting for it.
+                time.sleep(0)
             if self.tariff is not None:
                 self.tariff.on_frame(frame)
             if self.web is not None and self.live is not None:

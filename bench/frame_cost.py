@@ -12,13 +12,23 @@ Two paths are counted, each as (instructions with N frames - instructions with n
 
 - ``decode``: ``Decoder("auto").feed`` over 4 KiB chunks (what bench/decode.py times against the peers);
 - ``reader``: one ``Decoder(mode).feed(data, received_at)`` and, per frame, meter attribution and the
-  verified-frame rule, as :class:`appliance.reader.FrameReader` does (without its counters' lock).
+  verified-frame rule, as :class:`appliance.reader.FrameReader` does (without its counters' lock);
+- ``json``: :meth:`~appliance.tic.Frame.json_bytes` of every decoded frame (the MQTT state message's body, the
+  multicast JSON datagram), serialised once per frame;
+- ``mqtt``: what the MQTT output does for a frame before paho: ``MqttOutput._plan`` (the energy-index guard,
+  Home Assistant's usable labels, the state body);
+- ``lines``: the multicast output's line-protocol datagrams of a frame (``MulticastOutput.payloads``).
+
+Only the frames' own work is counted: the decoding of ``json``, ``mqtt`` and ``lines`` is in both runs (N and
+0 frames processed), so it cancels out.  What the live service spends beyond these (waking up, reading the port,
+the queues, paho and the sockets) is measured by ``bench/footprint.py``'s CPU per thread.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import re
 import subprocess
@@ -45,6 +55,26 @@ def _work(path: str, mode: str, what: str, n: int) -> None:
     from appliance.tic import Decoder
 
     data = Path(path).read_bytes()
+    if what in ("json", "mqtt", "lines"):
+        from appliance.outputs.mqtt.config import MqttConfig
+        from appliance.outputs.mqtt.output import MqttOutput
+        from appliance.outputs.multicast.config import MulticastConfig
+        from appliance.outputs.multicast.output import MulticastOutput
+
+        frames = Decoder(mode).feed(data, 1.7e9)  # in both runs: only the stage's work differs
+        mqtt = MqttOutput(MqttConfig(enabled=True, client_id="bench"))
+        multicast = MulticastOutput(MulticastConfig(interface="127.0.0.1"))
+        for frame in frames[:n]:
+            if what == "json":
+                if hasattr(frame, "json_bytes"):
+                    frame.json_bytes()
+                else:  # a tree from before Frame.json_bytes (--tree): what its outputs did
+                    json.dumps(frame.to_json(), ensure_ascii=False, separators=(",", ":")).encode()
+            elif what == "mqtt":
+                mqtt._plan(frame)
+            else:
+                multicast.payloads(frame)
+        return
     if not n:
         return
     if what == "decode":
@@ -95,7 +125,7 @@ def main() -> None:
         for mode in ("historique", "standard"):
             path = Path(tmp) / f"{mode}.bin"
             _frames(mode, path)
-            for what in ("decode", "reader"):
+            for what in ("decode", "reader", "json", "mqtt", "lines"):
                 base = _instructions(args.tree, [str(path), mode, what, "0"])
                 total = _instructions(args.tree, [str(path), mode, what, str(N)])
                 print(f"{mode:<10} {what:<6} {(total - base) / N:>9,.0f} instructions per frame")

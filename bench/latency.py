@@ -24,9 +24,10 @@ decoder of ``peers/line_by_line.py`` in a pyserial ``readline()`` loop that send
 datagram the same way.  Both processes get the same bytes at the same pace (same frames, same schedule), are
 measured by the same receiver code, one after the other so that neither disturbs the other's timing.
 
-Pacing is a real meter's: 10 bits per byte at 9600 Bd, the bytes of a group released when the last of them
-would have arrived, the ETX written on its own, and the meter's silence (16.7-33.4 ms) between frames.  Groups are
-cut *after* their LF, so a line reader's ``readline()`` returns each line as soon as a UART would have let it.
+Pacing is a real meter's: 10 bits per byte at 9600 Bd (960 bytes/s) and the meter's silence (16.7-33.4 ms)
+between frames.  By default (``--feed usb``, issue 16's feed) the bytes arrive as a USB adapter delivers them:
+16-byte writes, each when its last byte would have arrived, the write holding the ETX timestamped.  ``--feed
+lines`` releases each group after its LF and the ETX on its own (a line reader's best case).
 
 Network safety: every datagram leaves through 127.0.0.1 with TTL 0 (never routed off the host); the health and
 control sockets and the live page, when the configuration has them, listen on 127.0.0.1 on free ports.
@@ -108,20 +109,38 @@ class Piece:
     starts_frame: bool = False
 
 
-def schedule(frames: Sequence[SimFrame]) -> list[Piece]:
-    """The write schedule: every frame's groups, each cut after its LF, then its ETX alone, then the silence.
+#: The feed of issue 16, what a USB TIC adapter hands the kernel: an FTDI-style adapter flushes its receive buffer
+#: every 16 ms (its latency timer), so at 960 bytes/s (9600 Bd, 10 bits a byte) the port gets 16-byte writes.
+USB_WRITE = 16
+FEEDS = ("usb", "lines")
 
-    Frame n starts when frames 0..n-1 have used their :attr:`SimFrame.duration` (bytes at 10 bits each at
-    9600 Bd plus the inter-frame silence the simulator draws), as in :mod:`appliance.simulator.output`.
+
+def schedule(frames: Sequence[SimFrame], feed: str = "usb") -> list[Piece]:
+    """The write schedule of ``frames``: frame n starts when frames 0..n-1 have used their
+    :attr:`SimFrame.duration` (bytes at 10 bits each at 9600 Bd, plus the inter-frame silence the simulator draws),
+    as in :mod:`appliance.simulator.output`.  Each piece is due when its last byte would have arrived.
+
+    * ``usb`` (the default, issue 16's feed): the frame's bytes in writes of :data:`USB_WRITE` bytes (the last one
+      of a frame shorter), as a USB adapter delivers them; the write that holds the ETX is the one timestamped.
+    * ``lines``: every group cut after its LF, then the ETX alone: the best case of a line reader.
     """
+    if feed not in FEEDS:
+        raise ValueError(f"feed must be one of {FEEDS}, not {feed!r}")
     byte_time = BITS_PER_BYTE / BAUD
     pieces: list[Piece] = []
     begin = 0.0
     for n, frame in enumerate(frames):
-        body = frame.data
-        if not body.endswith(b"\x03"):
+        if not frame.data.endswith(b"\x03"):
             raise ValueError(f"frame {n} does not end with ETX")
-        body = body[:-1]
+        if feed == "usb":
+            data = frame.data
+            for i in range(0, len(data), USB_WRITE):
+                chunk = data[i : i + USB_WRITE]
+                due = begin + (i + len(chunk)) * byte_time
+                pieces.append(Piece(due, chunk, n, etx=i + len(chunk) == len(data), starts_frame=i == 0))
+            begin += frame.duration
+            continue
+        body = frame.data[:-1]
         sent = 0
         lines = body.split(b"\n")
         for i, part in enumerate(lines):
@@ -309,23 +328,29 @@ def check_peer_is_line_by_line(frames: Sequence[SimFrame]) -> str:
 # /proc
 # --------------------------------------------------------------------------------------------------------------
 
-TICK = os.sysconf("SC_CLK_TCK")
+
+def _schedstat_ns(path: str) -> int:
+    """Nanoseconds a task ran on a CPU (first field of ``schedstat``: exact, unlike the 10 ms ticks of ``stat``)."""
+    with open(path, encoding="ascii") as f:
+        return int(f.read().split()[0])
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of the whole process (all threads), seconds."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # fields 14 and 15 of proc(5), counted after the comm
+    """CPU time of the whole process (every live thread), seconds, from ``/proc/<pid>/task/*/schedstat``.
+
+    ``utime + stime`` of ``/proc/<pid>/stat`` counts in 10 ms ticks: at 0.3 % of a core, a minute is 18 ticks, too
+    coarse.  A thread that ended during the window takes its time with it; the services under test keep theirs.
+    """
+    total = 0
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError):
+            total += _schedstat_ns(f"/proc/{pid}/task/{tid}/schedstat")
+    return total / 1e9
 
 
 def main_thread_cpu_seconds(pid: int) -> float:
-    """utime + stime of the main thread alone (the service's reader; other threads are the outputs, sockets)."""
-    with open(f"/proc/{pid}/task/{pid}/stat", encoding="ascii") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+    """CPU time of the main thread alone (the service's reader; other threads are the outputs, sockets)."""
+    return _schedstat_ns(f"/proc/{pid}/task/{pid}/schedstat") / 1e9
 
 
 def status_kb(pid: int, key: str) -> int:
@@ -444,9 +469,7 @@ class Writer(threading.Thread):
                     # Stamped just before the write: stamped after it, a writer thread preempted between the
                     # write and the stamp (2 cores, the service busy) would date the ETX after the datagram.
                     self.etx_ns[p.frame] = time.monotonic_ns()
-                    self._write(b"\x03")
-                else:
-                    self._write(p.data)
+                self._write(p.data)
         except BaseException as e:  # reported by the main thread
             self.error = e
         finally:
@@ -494,10 +517,11 @@ def run_one(
     measured: int,
     work: Path,
     say: Callable[[str], None],
+    feed: str = "usb",
     viewers: int = 0,
 ) -> Run:
     """Start the process, stream every frame to it (with ``viewers`` pages on its event stream), measure, stop it."""
-    pieces = schedule(frames)
+    pieces = schedule(frames, feed)
     port = _free_port(socket.SOCK_DGRAM)
     run_dir = work / ("ours" if contender.ours else "peer")
     run_dir.mkdir()
@@ -789,6 +813,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="where the peer ends a frame: etx (the original script's rule, its best case; default) or address "
         "(peers/line_by_line.py's rule: at the next frame's ADSC line)",
     )
+    ap.add_argument(
+        "--feed",
+        choices=FEEDS,
+        default="usb",
+        help="usb: 16-byte writes at 960 B/s, as a USB adapter delivers (default, issue 16); lines: a group per write",
+    )
     ap.add_argument("--only", choices=("ours", "peer"), help="run one process only")
     ap.add_argument("--no-sockets", action="store_true", help="disable the health and control sockets, the page")
     ap.add_argument("--no-page", action="store_true", help="disable the live page and the tariff engine")
@@ -810,7 +840,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     frames, measured = make_frames(seconds, args.phases, args.contract)
     sizes = [len(f.data) for f in frames]
     say(
-        f"stream: standard, {args.phases}-phase, {args.contract}, {BAUD} Bd x {BITS_PER_BYTE} bits/byte; "
+        f"stream: standard, {args.phases}-phase, {args.contract}, {BAUD} Bd x {BITS_PER_BYTE} bits/byte, "
+        f"feed {args.feed}; "
         f"{WARMUP_FRAMES} warm-up + {measured} measured + {TAIL_FRAMES} tail frames, "
         f"{min(sizes)}-{max(sizes)} bytes, {statistics.mean(f.duration for f in frames):.3f} s per frame"
     )
@@ -826,7 +857,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for c in contenders:
             say(f"\nrunning {c.name} for {seconds:g} s of frames")
-            run = run_one(c, frames, measured, work, say, args.viewers if c.ours else 0)
+            run = run_one(c, frames, measured, work, say, args.feed, args.viewers if c.ours else 0)
             say("  command: " + " ".join(run.argv))
             for line in notable_log_lines(run.log):
                 say(f"  log: {line}")

@@ -6,10 +6,11 @@ Run from the repository root (needs ``mosquitto``: ``apt-get install mosquitto``
     python bench/mqtt_latency.py --quick     # 10 s
 
 The path measured is the whole one a Home Assistant user waits for: a simulated Linky writes standard-mode TIC
-(9600 Bd, real pacing: bytes released when a UART would have delivered them, the ETX written alone, the meter's
-silence between frames) into a pty; ``teleinfo run`` (a separate process, ``python -m appliance run --config
-tmp.toml --no-view``, as systemd starts it) reads the pty with pyserial, decodes, and publishes the frame's JSON
-with QoS 1 to a local mosquitto started for the run; a paho subscriber in this process receives it.
+into a pty (9600 Bd, real pacing: by default 16-byte writes at 960 bytes/s as a USB adapter delivers them,
+``--feed lines`` for a group per write; the meter's silence between frames); ``teleinfo run`` (a separate
+process, ``python -m appliance run --config tmp.toml --no-view``, as systemd starts it) reads the pty with
+pyserial, decodes, and publishes the frame's JSON with QoS 1 to a local mosquitto started for the run; a paho
+subscriber in this process receives it.
 
 * **Latency** = the subscriber's ``on_message`` time minus the moment the ETX byte was written into the pty
   master (both ``time.monotonic_ns()``).  The pacing, the write schedule and the ETX stamping are those of
@@ -47,6 +48,7 @@ for _p in (str(BENCH), str(REPO)):  # `python bench/mqtt_latency.py` puts only b
 
 import paho.mqtt.client as mqtt  # noqa: E402
 from latency import (  # noqa: E402
+    FEEDS,
     SYSTEMD_ENV,
     WARMUP_FRAMES,
     Writer,
@@ -158,11 +160,11 @@ def match(
     return {"latencies": latencies, "duplicates": duplicates, "unmatched": unmatched}
 
 
-def run(seconds: float, work: Path, say: Any) -> dict[str, Any]:
+def run(seconds: float, work: Path, say: Any, feed: str = "usb") -> dict[str, Any]:
     """Start mosquitto, the subscriber and the service; stream the frames; return what was measured."""
     frames, measured = make_frames(seconds, 1, "HCHP")
-    say(f"stream: standard, 1-phase, HCHP, 9600 Bd; {WARMUP_FRAMES} warm-up + {measured} measured frames")
-    pieces = schedule(frames)
+    say(f"stream: standard, 1-phase, HCHP, 9600 Bd, feed {feed}; {WARMUP_FRAMES} warm-up + {measured} measured frames")
+    pieces = schedule(frames, feed)
     broker = Mosquitto(work / "broker").start()
     sub = Subscriber(broker.port)
     env = {k: v for k, v in os.environ.items() if k not in SYSTEMD_ENV}
@@ -220,6 +222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, help="measured seconds (default 60; --quick 10)")
     ap.add_argument("--quick", action="store_true", help="10 s")
+    ap.add_argument(
+        "--feed",
+        choices=FEEDS,
+        default="usb",
+        help="usb: 16-byte writes at 960 B/s, as a USB adapter delivers (default, issue 16); lines: a group per write",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work directory (configuration, logs)")
     ap.add_argument("--strict", action="store_true", help="exit 1 if the p99 target is missed or a frame is lost")
     args = ap.parse_args(argv)
@@ -235,7 +243,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}, {os.cpu_count()} CPUs")
     work = Path(tempfile.mkdtemp(prefix="teleinfo-mqtt-latency-"))
     try:
-        r = run(seconds, work, say)
+        r = run(seconds, work, say, args.feed)
     finally:
         if args.keep:
             say(f"work directory kept: {work}")

@@ -259,3 +259,61 @@ def test_a_server_that_keeps_failing_ends_the_replay_through_the_outputs_worker(
     finally:
         server.shutdown()
         server.server_close()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize("tty", [True, False])
+def test_the_progress_is_a_bar_on_a_terminal_and_a_count_in_a_log(tty: bool) -> None:
+    """Issue 16: a long replay shows how far it is; a terminal gets a bar redrawn in place, a log (journald, a
+    pipe) a line now and then, never a flood of redraws."""
+    import io
+
+    from appliance.commands.replay import BAR_EVERY, PROGRESS_EVERY, _Progress
+
+    out = io.StringIO()
+    clock = FakeClock()
+    progress = _Progress(1000, out, tty=tty, clock=clock)
+    every = BAR_EVERY if tty else PROGRESS_EVERY
+    clock.now += every / 2
+    progress.update(5_000, 100)
+    assert out.getvalue() == ""  # not yet due
+    clock.now += every
+    progress.update(20_000, 400)  # 40 % of the bytes, 20,000 frames in 1.5 periods
+    first = out.getvalue()
+    rate = f"{20_000 / (1.5 * every):,.0f} frames/s"
+    if tty:
+        assert first.startswith("\rreplay [############..................]  40%  20,000 frames  ") and rate in first
+        assert "\n" not in first
+    else:
+        assert first == f"teleinfo replay: 20,000 frames (40%), {rate}, 0m{int(1.5 * every * 1.5):02d}s left\n"
+    for _ in range(3):  # called for every batch: shown at most once per period
+        progress.update(20_500, 410)
+    assert out.getvalue() == first
+    clock.now += every
+    progress.update(40_000, 900)
+    progress.finish()
+    lines = out.getvalue()[len(first) :]
+    if tty:
+        assert lines.count("\r") == 2 and lines.endswith("\n") and "[" + "#" * 30 + "] 100%  40,000 frames" in lines
+    else:
+        assert lines.splitlines()[-1].startswith("teleinfo replay: 40,000 frames (100%), ")
+        assert len(lines.splitlines()) == 2
+
+
+def test_a_replay_in_a_log_ends_with_its_count(tmp_path: Path) -> None:
+    j = Journal(JournalConfig(enabled=True), tmp_path / "j", "auto")
+    data, _ = simulated_day("historique", "BASE")
+    for t, d in data[:40]:
+        j.append(d, t)
+    j.start()
+    j.close()
+    r = teleinfo("replay", "--dry-run", str(tmp_path / "j"))  # stderr is a pipe here: lines, no bar
+    assert r.returncode == 0 and "\r" not in r.stderr
+    assert "teleinfo replay: 20 frames (100%), " in r.stderr and "frames/s" in r.stderr

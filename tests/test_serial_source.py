@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -483,6 +484,60 @@ def test_missing_device_retries_quietly_and_stops_promptly(
     r.source.close()
     assert r.source.state == "closed" and r.stats.src["state"] == "closed"
     assert r.source.read() == b""
+
+
+@pytest.mark.slow
+def test_a_paced_meter_is_read_frame_by_frame_each_read_ending_at_its_etx(
+    meter: PtyMeter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 16: a USB adapter hands a frame over in 16-byte pieces.  Once the frames' length is known the source
+    sleeps while no ETX can have come, then waits piece by piece for the ETX: each frame comes back ending at its
+    ETX (handed over as soon as it is complete), after a few waits on the port instead of one per piece."""
+    from datetime import datetime
+
+    import appliance.sources.serial.source as module
+    from appliance.simulator import PARIS, MeterSimulator
+
+    sim = MeterSimulator(start=datetime(2025, 1, 15, 19, tzinfo=PARIS), mode="standard", contract="HCHP", seed=1)
+    frames = [f.data for _, f in zip(range(6), sim.frames(), strict=False)]  # about 860 bytes: 54 pieces each
+    stop = threading.Event()
+    source = SerialSource(SourceConfig(device=str(meter.path), mode="standard"), Stats(), stop)
+    waits: list[int] = []  # selects on the port, counted per frame read
+    real_select = module.select.select
+
+    def counting_select(r: list[int], w: list[int], x: list[int], timeout: float | None = None) -> Any:
+        if r:
+            waits[-1] += 1
+        return real_select(r, w, x, timeout)
+
+    monkeypatch.setattr(module.select, "select", counting_select)
+    try:
+        waits.append(0)
+        assert source.read() == b""  # opens the port; nothing sent yet
+
+        def meter_talks() -> None:
+            for frame in frames:
+                meter.write_paced(frame, 9600, chunk=16)
+                time.sleep(0.02)  # the meter's silence between frames (16.7 to 33.4 ms)
+
+        writer = threading.Thread(target=meter_talks, daemon=True)
+        writer.start()
+        reads: list[bytes] = []
+        while writer.is_alive() or not reads or not reads[-1].endswith(b"\x03"):
+            data = source.read()
+            if data:
+                reads.append(data)
+                if b"\x03" in data:
+                    waits.append(0)
+        writer.join()
+    finally:
+        source.close()
+    assert b"".join(reads) == b"".join(frames)
+    with_etx = [r for r in reads if b"\x03" in r]
+    assert len(with_etx) == len(frames) and all(r.endswith(b"\x03") for r in with_etx)
+    pieces = -(-len(frames[-1]) // 16)
+    # The first two frames teach the length (a wait per piece); the next ones take a few waits each.
+    assert pieces >= 50 and max(waits[3:-1]) <= pieces // 5, (pieces, waits)
 
 
 @pytest.mark.parametrize(

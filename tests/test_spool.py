@@ -217,6 +217,21 @@ def test_a_healthy_flow_truncates_one_segment_and_leaves_nothing_at_close(tmp_pa
     assert not d.exists()
 
 
+def test_the_syncer_sleeps_a_whole_interval_unless_a_record_waits(tmp_path: Path) -> None:
+    """sync_wait(): what the syncer thread sleeps.  Nothing unconsumed: the whole interval (a record appended
+    meanwhile is then due no later than that); a record waiting: until it is an interval old, never longer."""
+    sp = Spool(tmp_path / "s", fsync_interval=5.0)
+    assert sp.sync_wait() == 5.0
+    end = sp.append(frame(0))
+    assert 0.0 <= sp.sync_wait() <= 5.0
+    sp.commit(sp.batch([frame(0)], [end]), keep=True)
+    assert sp.sync_wait() == 5.0  # consumed: nothing is due
+    sp.close()
+    idle = Spool(tmp_path / "t", fsync_interval=0.0)
+    assert idle.sync_wait() > 0  # an idle syncer never spins
+    idle.close()
+
+
 def test_records_that_stay_are_fsynced_once_the_interval_has_passed(tmp_path: Path) -> None:
     sp = Spool(tmp_path, fsync_interval=0.2)
     sp.append(frame(0))

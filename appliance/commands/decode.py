@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
 
     decoder = Decoder(args.mode)
     out = sys.stdout
-    emit = _print_json if args.fmt == "jsonl" else _print_table
+    # JSON lines go out as bytes, a chunk's frames in one write: the frame's own JSON (Frame.json_bytes), which is
+    # what the MQTT state and the multicast datagram carry too.
+    binary: IO[bytes] | None = getattr(out, "buffer", None) if args.fmt == "jsonl" else None
     try:
         src = _open(args.path)
     except OSError as e:
@@ -55,7 +57,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         with src:
             while chunk := src.read1(CHUNK):  # read1: live input (a pipe) is decoded as it arrives
-                for frame in decoder.feed(chunk):
+                frames = decoder.feed(chunk)
+                if binary is not None:
+                    if frames:
+                        binary.write(b"".join([f.json_bytes() + b"\n" for f in frames]))
+                        binary.flush()
+                    continue
+                emit = _print_json if args.fmt == "jsonl" else _print_table
+                for frame in frames:
                     emit(frame.to_json(), out)
                 out.flush()
     except OSError as e:

@@ -11,6 +11,12 @@ identical anyway; and because some servers keep duplicates (VictoriaMetrics with
 chunks were delivered and a hash of them: those are decoded again (the decoder needs them) but not resent, so a
 segment still growing is replayed only from where the last run stopped.  ``--force`` ignores the ledger.
 
+Segments are read one at a time, in the order of their names (which begin with their start time), so a month
+of journal replays in the memory of one segment; while the server writes a batch the next ones are decoded
+(:class:`_Delivery` keeps a few batches in flight, and waits for all of a segment's before the ledger records
+it).  Progress is shown while it runs: a bar on a terminal, a line every ``PROGRESS_EVERY`` seconds otherwise
+(journald, a pipe).
+
 Exit status: 0 done, 1 some segments unreadable or the server failed (the ledger keeps what was delivered),
 2 bad arguments or configuration.
 """
@@ -23,9 +29,10 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final
 
 from appliance.commands import config_parent
 
@@ -36,6 +43,10 @@ if TYPE_CHECKING:
     from appliance.tic import Frame
 
 GIVE_UP_S: Final = 8.0  # seconds a server may keep failing before the replay stops: one that stays down is an error
+BATCH: Final = 5000  # frames per write: InfluxDB's own advice for bulk writes; VictoriaMetrics takes it as well
+IN_FLIGHT_BATCHES: Final = 4  # batches handed to the output worker and not yet delivered while the next are decoded
+PROGRESS_EVERY: Final = 10.0  # seconds between two progress lines when stderr is not a terminal
+BAR_EVERY: Final = 0.25  # seconds between two redraws of the progress bar on a terminal
 
 
 def register(sub: Any) -> None:
@@ -57,6 +68,13 @@ def register(sub: Any) -> None:
     p.add_argument("--ledger", metavar="PATH", help="what was already replayed (default: in the state directory)")
     p.add_argument("--force", action="store_true", help="resend everything, whatever the ledger says")
     p.add_argument("--dry-run", action="store_true", help="decode and count only; no server, no ledger")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=BATCH,
+        metavar="N",
+        help=f"frames per write (default {BATCH}: a backfill writes larger batches than the live spool's replay)",
+    )
     p.set_defaults(func=run)
 
 
@@ -123,8 +141,10 @@ class _Ledger:
 class _Delivery:
     """The live service's own delivery path for the replayed frames: an :class:`OutputWorker` around the
     InfluxDB output (ordered batches, :class:`Rejected` frames counted and skipped, a refused batch bisected,
-    retries with the worker's backoff).  :meth:`send` hands a batch over and returns once it is delivered; a server
-    that stays failing for ``give_up`` seconds ends the replay (the ledger keeps what went through)."""
+    retries with the worker's backoff).  :meth:`send` hands a batch over and returns while at most
+    ``IN_FLIGHT_BATCHES`` batches wait (the next ones are decoded meanwhile); :meth:`flush` returns once everything
+    handed over is delivered.  A server that stays failing for ``give_up`` seconds ends the replay (the ledger
+    keeps what went through)."""
 
     def __init__(self, out: InfluxOutput, batch_size: int, give_up: float = GIVE_UP_S) -> None:
         from appliance.outputs.base import OutputWorker
@@ -133,21 +153,35 @@ class _Delivery:
         self.out = out
         self.stats = Stats()
         self.give_up = give_up
-        # The queue holds a whole batch, so nothing is ever dropped: send() waits for each batch to be delivered.
-        self.worker = OutputWorker(out, self.stats, queue_size=batch_size, batch_size=batch_size, backoff_max=4.0)
+        self.window = batch_size * IN_FLIGHT_BATCHES
+        # The queue holds the window and one more batch, so nothing is ever dropped: send() waits before that.
+        self.worker = OutputWorker(
+            out, self.stats, queue_size=self.window + batch_size, batch_size=batch_size, backoff_max=4.0
+        )
         self.worker.start()
 
     def send(self, frames: list[Frame]) -> None:
-        """Deliver ``frames`` in order; raises :class:`InfluxError` when the server keeps failing."""
+        """Hand ``frames`` over, in order; waits while more than the window is undelivered; raises
+        :class:`InfluxError` when the server keeps failing."""
+        self.worker.submit_many(frames)
+        self._wait(self.window)
+
+    def flush(self) -> None:
+        """Return once every frame handed over is delivered (or refused); raises like :meth:`send`."""
+        self._wait(0)
+
+    def _wait(self, most: int) -> None:
         from appliance.outputs.influxdb.output import InfluxError
 
-        for frame in frames:
-            self.worker.submit(frame)
-        while self.worker.pending:
-            o = self.stats.snapshot().outputs[self.worker.name]
-            if o.state == "failing" and time.time() - o.since > self.give_up:
-                raise InfluxError(f"gave up after {self.give_up:g} s of failures: {o.last_error}")
-            time.sleep(0.02)
+        checked = 0.0
+        while self.worker.pending > most:
+            now = time.monotonic()
+            if now - checked >= 0.1:
+                checked = now
+                o = self.stats.snapshot().outputs[self.worker.name]
+                if o.state == "failing" and time.time() - o.since > self.give_up:
+                    raise InfluxError(f"gave up after {self.give_up:g} s of failures: {o.last_error}")
+            time.sleep(0.002)
 
     @property
     def refused(self) -> int:
@@ -156,6 +190,129 @@ class _Delivery:
 
     def close(self) -> None:
         self.worker.stop(2.0)
+
+
+class _Progress:
+    """How far the replay is, shown while it runs: on a terminal a bar redrawn in place every ``BAR_EVERY``
+    seconds; otherwise (journald, a pipe, a file) a line every ``PROGRESS_EVERY`` seconds, so a log shows a count
+    that moves.  Measured in bytes of segment files (known before anything is decoded)."""
+
+    def __init__(
+        self, total_bytes: int, stream: IO[str], *, tty: bool | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.total = max(1, total_bytes)
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.clock = clock
+        self.started = clock()
+        self.shown = self.started
+        self.frames = 0
+        self.done = 0.0
+        self.drawn = False
+
+    def update(self, frames: int, done_bytes: float) -> None:
+        """``frames`` decoded so far, ``done_bytes`` of the segments consumed; shown when due."""
+        self.frames, self.done = frames, done_bytes
+        now = self.clock()
+        if now - self.shown >= (BAR_EVERY if self.tty else PROGRESS_EVERY):
+            self.shown = now
+            self._show(now)
+
+    def finish(self) -> None:
+        """The last state; on a terminal the bar is then ended with a newline."""
+        self.done = float(self.total)
+        self._show(self.clock())
+        if self.tty and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def _show(self, now: float) -> None:
+        share = min(1.0, self.done / self.total)
+        elapsed = max(1e-9, now - self.started)
+        rate = self.frames / elapsed
+        eta = elapsed * (1 - share) / share if share > 0 else 0.0
+        eta_text = f"{int(eta // 60)}m{int(eta % 60):02d}s"
+        if self.tty:
+            width = 30
+            filled = int(share * width)
+            bar = "#" * filled + "." * (width - filled)
+            text = f"\rreplay [{bar}] {share:4.0%}  {self.frames:,} frames  {rate:,.0f} frames/s  {eta_text} left "
+            self.drawn = True
+        else:
+            text = f"teleinfo replay: {self.frames:,} frames ({share:.0%}), {rate:,.0f} frames/s, {eta_text} left\n"
+        self.stream.write(text)
+        self.stream.flush()
+
+
+class _Replayer:
+    """Decodes segments in time order and hands their frames over, segment by segment (see :func:`replay`)."""
+
+    def __init__(
+        self,
+        out: _Delivery | None,
+        ledger: _Ledger | None,
+        *,
+        mode: str | None,
+        batch_size: int,
+        totals: _Totals,
+        progress: _Progress | None = None,
+    ) -> None:
+        from appliance.tic import Decoder
+
+        self._decoder_cls = Decoder
+        self.out = out
+        self.ledger = ledger
+        self.mode = mode
+        self.batch_size = batch_size
+        self.totals = totals
+        self.progress = progress
+        self.decoder: Decoder | None = None
+        self.previous: tuple[str, int] | None = None
+        self.bytes_done = 0.0  # of the segment files consumed, for the progress
+
+    def segment(self, seg: Segment, size: int = 0) -> None:
+        """Replay one segment (``size``: its file's bytes, for the progress); raises InfluxError when the server
+        gives up.  The ledger records it once every frame of it is delivered."""
+        if self.decoder is None or self.previous != (seg.session, seg.seq - 1):
+            self.decoder = self._decoder_cls(self.mode or seg.mode)
+        self.previous = (seg.session, seg.seq)
+        feed = self.decoder.feed
+        totals, out, ledger, progress = self.totals, self.out, self.ledger, self.progress
+        key = f"{seg.session}-{seg.seq}"
+        done, digest = ledger.get(key) if ledger is not None else (0, "")
+        if done > len(seg.chunks) or (done and _digest(seg.chunks[:done]) != digest):
+            done = 0  # not the segment the ledger knew: everything again
+        batch: list[Frame] = []
+        handed = 0
+        chunks = len(seg.chunks) or 1
+        for i, (t, data) in enumerate(seg.chunks):
+            for frame in feed(data, t):  # stamped as the service's reader stamps it
+                if frame.meter is None:
+                    continue  # the service only publishes frames that name their meter
+                totals.frames += 1
+                if i < done:
+                    totals.skipped += 1
+                elif out is not None:
+                    batch.append(frame)
+                    if len(batch) >= self.batch_size:
+                        out.send(batch)
+                        handed += len(batch)
+                        batch = []
+                        if progress is not None:
+                            progress.update(totals.frames, self.bytes_done + size * i / chunks)
+        if out is not None:
+            if batch:
+                out.send(batch)
+                handed += len(batch)
+            out.flush()
+            totals.sent += handed
+        totals.segments += 1
+        totals.truncated += seg.truncated
+        if ledger is not None and len(seg.chunks) > done:
+            ledger.put(key, len(seg.chunks), _digest(seg.chunks))
+        self.bytes_done += size
+        if progress is not None:
+            progress.update(totals.frames, self.bytes_done)
 
 
 def replay(
@@ -168,40 +325,51 @@ def replay(
     totals: _Totals,
 ) -> None:
     """Decode ``segments`` (sorted here) and send their frames; raises InfluxError when the server gives up."""
-    from appliance.tic import Decoder
+    replayer = _Replayer(out, ledger, mode=mode, batch_size=batch_size, totals=totals)
+    for seg in sorted(segments, key=lambda s: (s.chunks[0][0] if s.chunks else 0.0, s.session, s.seq)):
+        replayer.segment(seg)
 
-    ordered = sorted(segments, key=lambda s: (s.chunks[0][0] if s.chunks else 0.0, s.session, s.seq))
-    decoder: Decoder | None = None
-    previous: tuple[str, int] | None = None
-    for seg in ordered:
-        if decoder is None or previous != (seg.session, seg.seq - 1):
-            decoder = Decoder(mode or seg.mode)
-        previous = (seg.session, seg.seq)
-        key = f"{seg.session}-{seg.seq}"
-        done, digest = ledger.get(key) if ledger is not None else (0, "")
-        if done > len(seg.chunks) or (done and _digest(seg.chunks[:done]) != digest):
-            done = 0  # not the segment the ledger knew: everything again
-        batch: list[Frame] = []
-        for i, (t, data) in enumerate(seg.chunks):
-            for frame in decoder.feed(data, t):  # stamped as the service's reader stamps it
-                if frame.meter is None:
-                    continue  # the service only publishes frames that name their meter
-                totals.frames += 1
-                if i < done:
-                    totals.skipped += 1
-                elif out is not None:
-                    batch.append(frame)
-                if out is not None and len(batch) >= batch_size:
-                    out.send(batch)
-                    totals.sent += len(batch)
-                    batch = []
-        if out is not None and batch:
-            out.send(batch)
-            totals.sent += len(batch)
-        totals.segments += 1
-        totals.truncated += seg.truncated
-        if ledger is not None and len(seg.chunks) > done:
-            ledger.put(key, len(seg.chunks), _digest(seg.chunks))
+
+def replay_files(
+    files: Iterable[Path],
+    out: _Delivery | None,
+    ledger: _Ledger | None,
+    *,
+    mode: str | None,
+    batch_size: int,
+    totals: _Totals,
+    progress: _Progress | None = None,
+    err: IO[str] = sys.stderr,
+) -> bool:
+    """:func:`replay` of segment files read one at a time, in the order of their names (their start time): a
+    month of journal in the memory of one segment.  False if some file could not be read (said on ``err``)."""
+    from appliance.journal import JournalError, read_segment
+
+    replayer = _Replayer(out, ledger, mode=mode, batch_size=batch_size, totals=totals, progress=progress)
+    ok = True
+    for f in sorted(files, key=lambda p: p.name):
+        try:
+            size = f.stat().st_size
+            seg = read_segment(f)
+        except (OSError, JournalError) as e:
+            _say(progress, err, f"teleinfo replay: skipped {f}: {e}")
+            totals.unreadable += 1
+            ok = False
+            continue
+        if seg.truncated:
+            _say(progress, err, f"teleinfo replay: {f}: torn tail (power cut during a write?): its last flush is lost")
+        replayer.segment(seg, size)
+    if progress is not None:
+        progress.finish()
+    return ok
+
+
+def _say(progress: _Progress | None, err: IO[str], message: str) -> None:
+    """A message on its own line, even in the middle of a progress bar."""
+    if progress is not None and progress.tty and progress.drawn:
+        err.write("\n")
+        progress.drawn = False
+    print(message, file=err)
 
 
 def _target(cfg: InfluxConfig, args: argparse.Namespace) -> InfluxConfig:
@@ -211,7 +379,6 @@ def _target(cfg: InfluxConfig, args: argparse.Namespace) -> InfluxConfig:
 
 def run(args: argparse.Namespace) -> int:
     from appliance.commands import load_config_or_report
-    from appliance.journal import JournalError, read_segment
     from appliance.outputs.influxdb.output import InfluxError, InfluxOutput
     from appliance.redaction import redact_url
 
@@ -222,24 +389,16 @@ def run(args: argparse.Namespace) -> int:
     if args.url and not args.url.startswith(("http://", "https://")):
         print(f"teleinfo replay: --url must be an http:// or https:// URL (got {redact_url(args.url)!r})", file=err)
         return 2
+    if args.batch_size < 1:
+        print(f"teleinfo replay: --batch-size must be at least 1 (got {args.batch_size})", file=err)
+        return 2
+    batch_size = args.batch_size
     files, missing = _find(args.segments)
     status = 0
     for m in missing:
         print(f"teleinfo replay: no such file or directory: {m}", file=err)
         status = 1
     totals = _Totals()
-    segments: list[Segment] = []
-    for f in files:
-        try:
-            seg = read_segment(f)
-        except (OSError, JournalError) as e:
-            print(f"teleinfo replay: skipped {f}: {e}", file=err)
-            totals.unreadable += 1
-            status = 1
-            continue
-        if seg.truncated:
-            print(f"teleinfo replay: {f}: torn tail (power cut during a write?): its last flush is lost", file=err)
-        segments.append(seg)
     influx = _target(cfg.outputs.influxdb, args)
     out: _Delivery | None = None
     ledger: _Ledger | None = None
@@ -258,14 +417,24 @@ def run(args: argparse.Namespace) -> int:
         except InfluxError as e:
             print(f"teleinfo replay: {e}", file=err)
             return 1
-        out = _Delivery(output, influx.batch_size)
+        out = _Delivery(output, batch_size)
+    total = 0
+    for f in files:
+        try:
+            total += f.stat().st_size
+        except OSError:
+            pass
+    progress = _Progress(total, err)
     try:
-        replay(segments, out, ledger, mode=args.mode, batch_size=influx.batch_size, totals=totals)
+        if not replay_files(
+            files, out, ledger, mode=args.mode, batch_size=batch_size, totals=totals, progress=progress, err=err
+        ):
+            status = 1
     except InfluxError as e:
-        print(f"teleinfo replay: stopped, {e} (run again to continue: the ledger keeps what was sent)", file=err)
+        _say(progress, err, f"teleinfo replay: stopped, {e} (run again to continue: the ledger keeps what was sent)")
         status = 1
     except OSError as e:
-        print(f"teleinfo replay: cannot write the ledger: {e} (choose one with --ledger)", file=err)
+        _say(progress, err, f"teleinfo replay: cannot write the ledger: {e} (choose one with --ledger)")
         status = 1
     finally:
         if out is not None:

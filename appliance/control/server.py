@@ -50,7 +50,6 @@ Credentials written in URLs are redacted from it all the same (:func:`appliance.
 from __future__ import annotations
 
 import collections
-import hmac
 import json
 import logging
 import re
@@ -79,6 +78,13 @@ OUT_MAX: Final = WATCH_BUFFER + 64 * 1024  # beyond this the client is not readi
 FRAME_BACKLOG: Final = 64  # frames handed over by the reader and not yet serialised
 MAX_COMMAND_WORDS: Final = 4
 _UNPRINTABLE: Final = re.compile(r"[^\x20-\x7e]")
+
+
+def _compare_digest(a: bytes, b: bytes) -> bool:
+    """``hmac.compare_digest``, imported when a client authenticates: hmac maps OpenSSL (about 4 MiB of memory)."""
+    import hmac
+
+    return hmac.compare_digest(a, b)
 
 
 @dataclass(eq=False, slots=True)
@@ -243,6 +249,16 @@ class ControlServer(SelectorServer[Session]):
         self._close_idle(now)
         self._publish()
 
+    def tick_due(self, now: float) -> float:
+        """When the idle rules next fall due: a silent principal's demotion, an idle client's close."""
+        due = super().tick_due(now)
+        if len(self._members) >= 2:
+            due = min(due, self._members[0].spoke + self.cfg.principal_idle)
+        idle = [c.spoke for c in self._members if not c.watching]
+        if idle:
+            due = min(due, min(idle) + self.cfg.idle_timeout)
+        return due
+
     def _close_idle(self, now: float) -> None:
         """Clients that sent no command for ``idle_timeout`` (watchers aside: the selector server closes those
         that stop reading, its own idle timeout counting what it sends them)."""
@@ -274,7 +290,7 @@ class ControlServer(SelectorServer[Session]):
             watchers = [c for c in self._members if c.watching]
             if not watchers:
                 continue
-            line = (json.dumps(frame.to_json(), ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+            line = frame.json_bytes() + b"\n"  # the frame's JSON, shared with the other outputs
             for client in watchers:
                 if len(client.outbuf) + len(line) > WATCH_BUFFER:
                     client.dropped += 1
@@ -340,7 +356,7 @@ class ControlServer(SelectorServer[Session]):
             assert self._token is not None
             if word.lower() != "auth":
                 self._disconnect(client, "auth required")
-            elif hmac.compare_digest(token.strip().encode("utf-8", "surrogateescape"), self._token):
+            elif _compare_digest(token.strip().encode("utf-8", "surrogateescape"), self._token):
                 self.throttle.succeeded(client.source)
                 self._admit(client)
             else:

@@ -43,7 +43,9 @@ from pathlib import Path
 
 from appliance.tic import Frame
 
-__all__ = ["Batch", "Spool", "encode", "fsync_paths"]
+__all__ = ["IDLE_SYNC_WAIT", "Batch", "Spool", "encode", "fsync_paths"]
+
+IDLE_SYNC_WAIT = 0.05  # s: the syncer's shortest sleep while nothing waits to be fsynced
 
 _LOG = logging.getLogger(__name__)
 _SUFFIX = ".spool"
@@ -251,6 +253,15 @@ class Spool:
         self._unsynced.clear()
         self._unsynced_since = None
         return paths
+
+    def sync_wait(self) -> float:
+        """Seconds until :meth:`sync_due` has something to do: when the oldest unconsumed record not fsynced is
+        ``fsync_interval`` old; ``fsync_interval`` while none waits (one appended meanwhile is then due no later
+        than that), at least :data:`IDLE_SYNC_WAIT`."""
+        since = self._unsynced_since
+        if since is None or self._pending <= 0:
+            return max(self.fsync_interval, IDLE_SYNC_WAIT)  # never a spin, even with fsync_interval = 0
+        return max(0.0, since + self.fsync_interval - time.monotonic())
 
     def _cool(self) -> None:
         """Records stay: move every segment out of ``hot`` into ``directory`` (copied, then the RAM copy removed:

@@ -32,7 +32,6 @@ Rules (docs/TARIFF.md says the same for users):
 
 from __future__ import annotations
 
-import calendar
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
@@ -43,7 +42,7 @@ from zoneinfo import ZoneInfo
 from appliance.tariff.config import TariffConfig
 from appliance.tariff.meter import FALLBACK_VA, MeterReading, read_meter
 from appliance.tariff.periods import CONTRACT_PERIODS, UNATTRIBUTED, is_off_peak
-from appliance.tariff.pricebook import Price, PriceBook
+from appliance.tariff.pricebook import Price, PriceBook, days_in_month
 
 __all__ = ["STATE_VERSION", "Counters", "TariffEngine"]
 
@@ -382,7 +381,7 @@ class TariffEngine:
         month_totals = self._totals(in_month, self._closed.get(month_key))
         month_totals["month"] = month_key
         month_totals["start"] = self._midnight(today.replace(day=1)).isoformat()
-        month_totals["days"] = calendar.monthrange(today.year, today.month)[1]
+        month_totals["days"] = days_in_month(today)
         month_totals["subscription"] = self._subscription(month_days)
         for totals in (day_totals, month_totals):
             parts = [x for x in (totals["cost"], totals["subscription"]) if x is not None]

@@ -5,15 +5,14 @@ Pure: the configuration in, prices out.  Days are local dates (the engine turns 
 
 from __future__ import annotations
 
-import calendar
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Literal
 
 from appliance.tariff.config import TariffConfig
 from appliance.tariff.defaults import default_prices
 
-__all__ = ["Price", "PriceBook"]
+__all__ = ["Price", "PriceBook", "days_in_month"]
 
 Origin = Literal["config", "default"]
 
@@ -95,4 +94,15 @@ class PriceBook:
         monthly = self.subscription(day, contract, kva)
         if monthly is None:
             return None
-        return monthly.value / calendar.monthrange(day.year, day.month)[1]
+        return monthly.value / days_in_month(day)
+
+
+def days_in_month(day: date) -> int:
+    """The number of days of ``day``'s month (``calendar.monthrange`` without the calendar and locale modules).
+
+    >>> days_in_month(date(2024, 2, 10)), days_in_month(date(2025, 12, 31))
+    (29, 31)
+    """
+    first = day.replace(day=1)
+    following = (first + timedelta(days=32)).replace(day=1)
+    return (following - first).days

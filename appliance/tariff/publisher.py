@@ -18,12 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from appliance.records import Record, TariffRecord
-from appliance.tariff.engine import TariffEngine
-from appliance.tariff.store import TariffKeeper
 from appliance.tic import Frame
+
+if TYPE_CHECKING:  # the engine is loaded by whoever builds one: the lane sizes (tariff.lines) need none of it
+    from appliance.tariff.engine import TariffEngine
+    from appliance.tariff.store import TariffKeeper
 
 __all__ = ["INTERVAL", "RECORDS_PER_HOUR", "TariffPublisher"]
 
@@ -41,6 +43,8 @@ class TariffPublisher:
     def __init__(
         self, counter: TariffKeeper | TariffEngine, publish: Callable[[Record], None], interval: float = INTERVAL
     ) -> None:
+        from appliance.tariff.engine import TariffEngine
+
         self.counter = counter
         self.engine = counter if isinstance(counter, TariffEngine) else counter.engine
         self.publish = publish

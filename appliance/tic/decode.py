@@ -63,30 +63,65 @@ def _typed(spec: LabelSpec, data: bytes) -> object:
     return text.strip(" ") if kind is Kind.TEXT else text
 
 
-def _check_fields(table: dict[str, LabelSpec], label: bytes, horodate: bytes | None, data: bytes) -> _Parsed:
-    if _LABEL_OK.fullmatch(label) is None:
-        return (RejectReason.FORMAT, _label_text(label))
-    name = label.decode("ascii")
+def _digits(spec: LabelSpec) -> int:
+    """The data length of a label whose data is exactly that many decimal digits (its default pattern), else -1:
+    ``len(data) == n and data.isdigit()`` checks it without a regular expression."""
+    if (
+        spec.kind in (Kind.INT, Kind.ID)
+        and spec.pattern is not None
+        and spec.pattern.pattern == rb"[0-9]{%d}" % spec.length
+    ):
+        return spec.length
+    return -1
+
+
+# Each known label by its bytes: (spec, name, digits-only length or -1).  A known label is a valid label, so only
+# unknown ones need _LABEL_OK, and most data fields are checked by length and isdigit() rather than a regex.
+_KNOWN: Final[dict[str, dict[bytes, tuple[LabelSpec, str, int]]]] = {
+    mode: {name.encode("ascii"): (spec, name, _digits(spec)) for name, spec in table.items()}
+    for mode, table in (("historique", HISTORIQUE), ("standard", STANDARD))
+}
+
+
+def _check_fields(
+    known: dict[bytes, tuple[LabelSpec, str, int]], label: bytes, horodate: bytes | None, data: bytes
+) -> _Parsed:
+    entry = known.get(label)
+    if entry is None:
+        if _LABEL_OK.fullmatch(label) is None:
+            return (RejectReason.FORMAT, _label_text(label))
+        name = label.decode("ascii")
+    else:
+        name = entry[1]
     stamp: tuple[str, bool] | None = None
     if horodate is not None:
         stamp = parse_horodate(horodate)
         if stamp is None:
             return (RejectReason.FORMAT, name)
-    spec = table.get(name)
-    if spec is None:  # unknown label (early "G1 pilote" meters: SINST1, SMAXN...): kept as text
+    if entry is None:  # unknown label (early "G1 pilote" meters: SINST1, SMAXN...): kept as text
         if _PRINTABLE.fullmatch(data) is None:
             return (RejectReason.FORMAT, name)
         value: object = data.decode("ascii").strip(" ")
     else:
+        spec, _, digits = entry
         if spec.horodate != (horodate is not None):
             return (RejectReason.FORMAT, name)
-        assert spec.pattern is not None
-        if spec.pattern.fullmatch(data) is None:
-            return (RejectReason.FORMAT, name)
-        value = _typed(spec, data)
+        if digits >= 0:
+            if len(data) != digits or not data.isdigit():
+                return (RejectReason.FORMAT, name)
+            value = int(data) if spec.kind is Kind.INT else data.decode("ascii")
+        else:
+            assert spec.pattern is not None
+            if spec.pattern.fullmatch(data) is None:
+                return (RejectReason.FORMAT, name)
+            value = _typed(spec, data)
     if stamp is None:
         return (name, value, None, False)
     return (name, value, stamp[0], stamp[1])
+
+
+_KNOWN_STANDARD: Final = _KNOWN["standard"]
+_KNOWN_HISTORIQUE: Final = _KNOWN["historique"]
 
 
 def _parse_standard(line: bytes) -> _Parsed:
@@ -98,9 +133,9 @@ def _parse_standard(line: bytes) -> _Parsed:
     if (sum(line[: n - 2]) & 0x3F) + 0x20 != line[n - 2]:
         return (RejectReason.CHECKSUM, _label_text(parts[0]))
     if len(parts) == 2:
-        return _check_fields(STANDARD, parts[0], None, parts[1])
+        return _check_fields(_KNOWN_STANDARD, parts[0], None, parts[1])
     if len(parts) == 3:
-        return _check_fields(STANDARD, parts[0], parts[1], parts[2])
+        return _check_fields(_KNOWN_STANDARD, parts[0], parts[1], parts[2])
     return (RejectReason.MALFORMED, _label_text(parts[0]))
 
 
@@ -115,7 +150,7 @@ def _parse_historique(line: bytes) -> _Parsed:
         return (RejectReason.CHECKSUM, _label_text(label))
     if not sep:
         return (RejectReason.MALFORMED, _label_text(label))
-    return _check_fields(HISTORIQUE, label, None, data)
+    return _check_fields(_KNOWN_HISTORIQUE, label, None, data)
 
 
 _PARSERS = {"standard": _parse_standard, "historique": _parse_historique}

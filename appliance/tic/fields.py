@@ -6,7 +6,6 @@ validated with the label table, and are only handed validated data.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Any
 
 __all__ = [
@@ -19,6 +18,7 @@ __all__ = [
 ]
 
 _OFFSETS = {"H": "+01:00", "h": "+01:00", "E": "+02:00", "e": "+02:00", " ": ""}
+_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
 
 
 def parse_horodate(raw: bytes) -> tuple[str, bool] | None:
@@ -40,11 +40,18 @@ def parse_horodate(raw: bytes) -> tuple[str, bool] | None:
     digits = raw[1:]
     if offset is None or not digits.isdigit():
         return None
-    d = digits.decode("ascii")
-    try:
-        datetime(2000 + int(d[0:2]), int(d[2:4]), int(d[4:6]), int(d[6:8]), int(d[8:10]), int(d[10:12]))
-    except ValueError:
+    # The calendar check datetime() would do, in integers (a standard frame has a dozen horodates).
+    v = int(digits)
+    v, second = divmod(v, 100)
+    v, minute = divmod(v, 100)
+    v, hour = divmod(v, 100)
+    v, day = divmod(v, 100)
+    year, month = divmod(v, 100)
+    if not (1 <= month <= 12 and hour < 24 and minute < 60 and second < 60):
         return None
+    if not 1 <= day <= (29 if month == 2 and year % 4 == 0 else _MONTH_DAYS[month]):  # 2000-2099: every 4th year
+        return None
+    d = digits.decode("ascii")
     iso = f"20{d[0:2]}-{d[2:4]}-{d[4:6]}T{d[6:8]}:{d[8:10]}:{d[10:12]}{offset}"
     return iso, season in "he"
 

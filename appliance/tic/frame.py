@@ -7,6 +7,9 @@ reception time and the meter it learnt from earlier frames by building a new one
 
 from __future__ import annotations
 
+import functools
+import json
+import json.encoder
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, Final, Literal
@@ -56,6 +59,8 @@ class Frame:
     clock_degraded: bool = False
     received_at: float | None = None
     known_meter: str | None = None
+    # The frame's JSON (:meth:`json_bytes`), made by whichever thread asks first and shared by all the others.
+    _json: bytes | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def meter(self) -> str | None:
@@ -120,6 +125,16 @@ class Frame:
         spec = (STANDARD if self.mode == "standard" else HISTORIQUE).get(label)
         return spec.unit if spec else None
 
+    def json_bytes(self) -> bytes:
+        """:meth:`to_json` as compact UTF-8 JSON, serialised once per frame: ``teleinfo decode``'s line, and what
+        the MQTT state message, the multicast JSON datagram and the control socket's watch line carry whenever
+        they send the object unchanged.  (Two threads asking at once may both serialise it, to the same bytes.)"""
+        body = self._json
+        if body is None:
+            body = compact_json(self.to_json())
+            _set_json(self, body)
+        return body
+
     def to_json(self) -> dict[str, Any]:
         """The ``teleinfo decode`` object (docs/DATA_FORMAT.md section 1), with decoded structured fields."""
         out: dict[str, Any] = {
@@ -129,10 +144,9 @@ class Frame:
             "timestamps": self.timestamps,
             "invalid": self.invalid,
         }
-        table = STANDARD if self.mode == "standard" else HISTORIQUE
-        units = {k: s.unit for k in self.values if (s := table.get(k)) is not None and s.unit}
+        units = _units(self.mode, tuple(self.values))
         if units:
-            out["units"] = units
+            out["units"] = dict(units)
         v = self.values
         if isinstance(stge := v.get("STGE"), str):
             out["stge"] = decode_stge(stge)
@@ -142,7 +156,7 @@ class Frame:
         if profiles:
             out["profiles"] = profiles
         if isinstance(optarif := v.get("OPTARIF"), str):
-            out["tariff"] = decode_optarif(optarif)
+            out["tariff"] = dict(_optarif(optarif))
         if isinstance(ppot := v.get("PPOT"), str):
             out["ppot"] = decode_ppot(ppot)
         if self.timestamps:
@@ -150,10 +164,50 @@ class Frame:
         return out
 
 
+def _not_serialisable(obj: object) -> object:
+    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+
+
+# json.dumps(obj, ensure_ascii=False, separators=(",", ":")) builds a JSONEncoder and a C encoder at every call,
+# about half of its time on a frame; this C encoder is built once (no circular-reference check: a frame's object
+# is a tree).  Same bytes.
+_MAKE_ENCODER: Any = getattr(json.encoder, "c_make_encoder", None)
+_C_ENCODER: Any = (
+    _MAKE_ENCODER(None, _not_serialisable, json.encoder.encode_basestring, None, ":", ",", False, False, True)
+    if _MAKE_ENCODER is not None
+    else None
+)
+
+
+def compact_json(obj: Any) -> bytes:
+    """``json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()``, about twice as fast.
+
+    >>> compact_json({"mode": "standard", "values": {"EAST": 12, "NGTF": "É"}, "invalid": []})
+    b'{"mode":"standard","values":{"EAST":12,"NGTF":"\\xc3\\x89"},"invalid":[]}'
+    """
+    if _C_ENCODER is None:  # pragma: no cover - CPython always has the C encoder
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+    return "".join(_C_ENCODER(obj, 0)).encode()
+
+
+@functools.lru_cache(maxsize=64)
+def _units(mode: str, labels: tuple[str, ...]) -> dict[str, str]:
+    """The ``units`` of a frame with these labels (a meter sends the same labels frame after frame: computed
+    once per set; callers get a copy)."""
+    table = STANDARD if mode == "standard" else HISTORIQUE
+    return {k: s.unit for k in labels if (s := table.get(k)) is not None and s.unit}
+
+
+@functools.lru_cache(maxsize=64)
+def _optarif(text: str) -> dict[str, Any]:
+    return decode_optarif(text)
+
+
 # The decoder builds a frame for every few hundred bytes: a frozen dataclass's __init__ (object.__setattr__ per
 # field) would cost it several percent of its throughput, so it fills the slots through their descriptors, once,
 # with everything the reader knows then (the reception time included: Decoder.feed(data, received_at)).
 _S = [Frame.__dict__[name].__set__ for name in Frame.__slots__]
+_set_json = Frame.__dict__["_json"].__set__
 
 
 def decoded_frame(
@@ -172,6 +226,7 @@ def decoded_frame(
     _s4: Any = _S[4],
     _s5: Any = _S[5],
     _s6: Any = _S[6],
+    _s7: Any = _S[7],
 ) -> Frame:
     """``Frame(mode, values, timestamps, invalid, clock_degraded, received_at, known_meter)``, built faster (for
     the decoder and :meth:`Frame.received` only; the trailing arguments are the slot setters, bound once)."""
@@ -183,4 +238,5 @@ def decoded_frame(
     _s4(frame, clock_degraded)
     _s5(frame, received_at)
     _s6(frame, known_meter)
+    _s7(frame, None)
     return frame

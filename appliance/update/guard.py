@@ -45,7 +45,6 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -202,6 +201,8 @@ def copy_durably(source: Path, target: Path, mode: int = 0o644) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     with source.open("rb") as src, open(tmp, "wb") as dst:
+        import shutil  # imported where used: it loads bz2 and lzma, which the service's update reporter never needs
+
         shutil.copyfileobj(src, dst)
         dst.flush()
         os.fsync(dst.fileno())
@@ -305,6 +306,8 @@ def restore_backups(paths: Paths, tx: dict[str, Any]) -> list[str]:
     if tx.get("config_replaced") and (backup / "teleinfo.toml").is_file():
         copy_durably(backup / "teleinfo.toml", paths.config, 0o640)
         with contextlib.suppress(OSError):
+            import shutil
+
             shutil.chown(paths.config, "root", "teleinfo")
         done.append("configuration restored")
     for name, how in sorted(tx.get("units", {}).items()):
@@ -329,6 +332,8 @@ def roll_back_files(paths: Paths, tx: dict[str, Any], reason: str) -> dict[str, 
     restored = restore_backups(paths, tx)
     failed = tx.get("to")
     if failed and failed != previous and link_name(paths.current) != failed:
+        import shutil
+
         shutil.rmtree(paths.release(failed), ignore_errors=True)
     tx = {**tx, "phase": "rolled-back", "reason": reason, "ended": time.time(), "restored": restored}
     write_json(paths.transaction, tx)
@@ -342,6 +347,8 @@ def abort(paths: Paths, tx: dict[str, Any], reason: str) -> dict[str, Any]:
     """Finish a transaction stopped before the switch: its half-built release is removed, nothing else changed."""
     name = tx.get("to")
     if name and link_name(paths.current) != name and link_name(paths.previous) != name:
+        import shutil
+
         shutil.rmtree(paths.release(name), ignore_errors=True)
     tx = {**tx, "phase": "aborted", "reason": reason, "ended": time.time()}
     write_json(paths.transaction, tx)
@@ -362,6 +369,8 @@ def remove_incomplete(paths: Paths) -> list[str]:
         for entry in paths.releases.iterdir():
             if entry.name in keep or (entry / "release.json").is_file():
                 continue
+            import shutil
+
             shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry.name)
     return removed

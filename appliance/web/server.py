@@ -244,6 +244,10 @@ class WebServer(SelectorServer[_Conn]):
             else:
                 self._answer(conn, self._ok(found[0], found[1], "no-cache", head_only), 200)
 
+    def tick_due(self, now: float) -> float:
+        """Pages that follow the stream hear of a status change within :data:`STATUS_CHECK_S`."""
+        return now + STATUS_CHECK_S if self._subscribers else super().tick_due(now)
+
     def on_tick(self, now: float) -> None:
         events = self.feed.take()
         if now - self._status_checked >= STATUS_CHECK_S:

@@ -83,6 +83,7 @@ def all_adapters() -> list[Adapter]:
     # package at import time: that happens in load(), so a missing package only skips its own adapter.
     from peers.line_by_line import LineByLineAdapter
     from peers.ours import OursAdapter, OursNoCacheAdapter
+    from peers.pypi_enedis_tic import EnedisTicAdapter
     from peers.pypi_kylin import KylinAdapter
     from peers.pypi_pyteleinfo import PyteleinfoAdapter
     from peers.pypi_python_tic import PythonTicAdapter
@@ -94,6 +95,7 @@ def all_adapters() -> list[Adapter]:
         OursAdapter(),
         OursNoCacheAdapter(),
         LineByLineAdapter(),
+        EnedisTicAdapter(),
         PyteleinfoAdapter(),
         TeleinfoAdapter(),
         SerialTeleinfoAdapter(),

@@ -148,6 +148,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--port", type=int, default=4242)
     ap.add_argument("--interface", type=_loopback, default="127.0.0.1", help="a 127.0.0.0/8 address")
     ap.add_argument("--ttl", type=int, default=0, help="0 (default): datagrams never leave this host")
+    ap.add_argument("--mqtt-host", type=_loopback, help="also publish each frame's JSON to this broker (127.0.0.0/8)")
+    ap.add_argument("--mqtt-port", type=int, default=1883)
     args = ap.parse_args(argv)
 
     import serial  # type: ignore[import-untyped, unused-ignore]
@@ -165,12 +167,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"7E1 refused ({e}); opening 8N1", file=sys.stderr)
         ser = serial.Serial(args.device, baud, timeout=1)
 
+    publish = None
+    if args.mqtt_host:  # the scripts' MQTT flavour: paho, loop_start, json.dumps of the frame, QoS 1
+        import json
+
+        import paho.mqtt.client as mqtt
+
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="teleinfo-classic")
+        client.connect(args.mqtt_host, args.mqtt_port, 60)
+        client.loop_start()
+        address = "ADSC" if args.mode == "standard" else "ADCO"
+
+        def publish(frame: dict[str, Any]) -> None:
+            client.publish(f"teleinfo/{frame.get(address, 'unknown')}", json.dumps(frame), qos=1)
+
     reader = LineByLine(args.mode, args.close)
     readline, feed = ser.readline, reader.feed
     while True:
         frame = feed(readline())
         if frame is not None:
             sock.sendto(to_line_protocol(frame, args.mode), dest)
+            if publish is not None:
+                publish(frame)
 
 
 if __name__ == "__main__":

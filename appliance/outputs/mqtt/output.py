@@ -30,24 +30,24 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
-
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
-from paho.mqtt.reasoncodes import ReasonCode
+from typing import TYPE_CHECKING, Any
 
 from appliance import ha
 from appliance.errors import ApplianceError, error_reason
+from appliance.lazy import loaded
 from appliance.outputs.base import PartialDelivery
+from appliance.outputs.mqtt.client import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion, ReasonCode, mqtt
 from appliance.outputs.mqtt.config import MqttConfig
 from appliance.records import CHECK, TARIFF, CheckRun, Record, TariffRecord
 from appliance.tariff.lines import record_periods
 from appliance.tic import Frame
+
+if TYPE_CHECKING:
+    import ssl
 
 __all__ = ["PROBE_TIMEOUT", "TIMEOUT", "MqttError", "MqttOutput", "answers_connect"]
 
@@ -207,7 +207,7 @@ class MqttOutput:
         cfg = self.cfg
         try:
             context = _tls_context(cfg) if cfg.tls else None
-        except (OSError, ssl.SSLError, ValueError):
+        except (OSError, ValueError):  # ssl.SSLError is an OSError
             return False
         return answers_connect(cfg.host, cfg.port, cfg.protocol == "5", context, PROBE_TIMEOUT)
 
@@ -256,10 +256,8 @@ class MqttOutput:
             if new:
                 announced = announced | new
                 messages.append(self._discovery(meter, frame.mode, announced))
-        payload = ha.state_payload(frame.to_json(), dropped)
-        messages.append(
-            _Message(ha.state_topic(cfg.base_topic, meter), _json(payload), cfg.qos, retain=False),
-        )
+        body = ha.state_body(frame, dropped)  # the frame's shared JSON unless a value is held back
+        messages.append(_Message(ha.state_topic(cfg.base_topic, meter), body, cfg.qos, retain=False))
         self._meters[meter] = replace(st, announced=announced, last_at=at, last_values=dict(frame.values), guard=guard)
         return messages
 
@@ -386,7 +384,7 @@ class MqttOutput:
                     certfile=cfg.cert_file or None,
                     keyfile=cfg.key_file or None,
                 )
-            except (OSError, ssl.SSLError, ValueError) as e:
+            except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
                 raise MqttError(f"cannot set up TLS (ca_file, cert_file, key_file): {e}") from e
         client.connect_timeout = self.timeout
 
@@ -468,9 +466,10 @@ class MqttOutput:
         where = self._where()
         if isinstance(error, socket.gaierror):
             return f"cannot resolve the MQTT broker's host name {self.cfg.host!r}: {error.strerror or error}"
-        if isinstance(error, ssl.SSLCertVerificationError):
+        ssl = loaded("ssl")  # not loaded: no TLS was ever attempted, so no TLS error (and no megabytes spent)
+        if ssl is not None and isinstance(error, ssl.SSLCertVerificationError):
             return f"TLS: the MQTT broker {where}'s certificate is not trusted: {error.verify_message or error}"
-        if isinstance(error, ssl.SSLError):
+        if ssl is not None and isinstance(error, ssl.SSLError):
             return f"TLS handshake with the MQTT broker {where} failed (is that port TLS?): {error.reason or error}"
         if self.cfg.tls and isinstance(error, ConnectionResetError | ConnectionAbortedError):
             return f"TLS handshake with the MQTT broker {where} failed: connection reset (is that port TLS?)"
@@ -506,6 +505,8 @@ class MqttOutput:
 
 def _tls_context(cfg: MqttConfig) -> ssl.SSLContext:
     """The TLS settings paho gets from ``tls_set``: the CA file (else the system's), a client certificate."""
+    import ssl  # only with TLS configured: megabytes of OpenSSL (appliance.lazy)
+
     context = ssl.create_default_context(cafile=cfg.ca_file or None)
     if cfg.cert_file:
         context.load_cert_chain(cfg.cert_file, cfg.key_file or None)
@@ -522,6 +523,12 @@ def answers_connect(host: str, port: int, v5: bool, context: ssl.SSLContext | No
     body = b"\x00\x04MQTT" + bytes((level, 0x02)) + b"\x00\x0a" + props + b"\x00\x00"
     connect = bytes((0x10, len(body))) + body
     deadline = time.monotonic() + timeout
+    tls_errors: tuple[type[Exception], ...] = ()  # a plain connection never imports ssl (appliance.lazy)
+    if context is not None:
+        import ssl
+
+        tls_errors = (ssl.SSLError,)
+    refusals: tuple[type[Exception], ...] = (*tls_errors, ConnectionResetError)
     try:
         with socket.create_connection((host, port), timeout=timeout) as raw:
             sock: socket.socket = raw
@@ -529,13 +536,13 @@ def answers_connect(host: str, port: int, v5: bool, context: ssl.SSLContext | No
                 raw.settimeout(max(0.01, deadline - time.monotonic()))
                 try:
                     sock = context.wrap_socket(raw, server_hostname=host)
-                except ssl.SSLError:
+                except tls_errors:
                     return True  # the broker's TLS layer answered (a certificate it refuses...)
             sock.settimeout(max(0.01, deadline - time.monotonic()))
             sock.sendall(connect)
             try:
                 sock.recv(4)  # a CONNACK, whatever its code; b"": closed by the broker, an answer too
-            except (ssl.SSLError, ConnectionResetError):
+            except refusals:
                 return True  # refused by a live broker (a TLS alert, a reset)
             try:
                 sock.sendall(b"\xe0\x00")  # DISCONNECT: the broker logs a clean goodbye

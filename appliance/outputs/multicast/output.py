@@ -100,6 +100,9 @@ class MulticastOutput:
         """The datagrams for one frame, each at most ``max_datagram`` bytes (see the module docstring)."""
         if self.cfg.format == "json":
             self._seq = (self._seq + 1) % 2**32
+            body = frame.json_bytes()  # shared with the MQTT state, the control socket: serialised once
+            if len(body) <= self.max_datagram:
+                return [body]
             return split_json(frame.to_json(), self.max_datagram, self._seq)
         if frame.received_at is None:  # the reader stamps every frame; one without (a test) is sent as "now"
             frame = frame.received(time.time(), frame.known_meter)

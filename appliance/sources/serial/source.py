@@ -12,6 +12,9 @@ An appliance has no operator, so everything that can go wrong with a serial link
 * **Which speed?**  In ``auto`` mode the port alternates between 9600 Bd (standard) and 1200 Bd (historique), each
   for a window long enough to see a whole frame even when reading starts mid-frame (docs/PROTOCOL.md §10.5), until a
   frame verifies; that mode is then locked and remembered, so a reopen tries it first.
+* **Woken a few times per frame, not at every piece.**  A read sleeps while the frame's ETX cannot have
+  arrived yet (the meter's speed and its frames' length say when), then gathers the pieces up to the ETX
+  (:class:`_Pacer`), so the service's loop runs once per frame, not once per 16-byte piece.
 * **Retrying forever without flooding.**  Reopen attempts back off from 0.5 s, doubling up to
   ``reconnect_max_backoff``, and wait on the service's ``stop`` event in slices of at most 0.25 s, so ``read()``
   always returns quickly (the caller pings the systemd watchdog and handles SIGHUP between reads).  Each state
@@ -24,12 +27,13 @@ The port is opened raw by pyserial (no canonical mode, so ETX and CR survive, do
 request there), 7E1 elsewhere.
 
 All methods are meant to be called from one thread (the service's reader); a lock makes :meth:`close` safe from
-another thread too, which then waits for the current read (at most ~0.25 s).
+another thread too, which then waits for the current read (at most READ_TIMEOUT + GATHER_MAX).
 """
 
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import math
 import os
@@ -65,8 +69,13 @@ DETECT_WINDOW: Final = {9600: 3.0, 1200: 6.0}
 A standard frame lasts about 1 s at 9600 Bd and a historique one 1.5-2.5 s at 1200 Bd; reading starts mid-frame,
 so each window holds about two frames: the partial one that is skipped and a whole one that verifies."""
 
-READ_TIMEOUT: Final = 0.2  # pyserial read timeout: bounds how long read() blocks on a silent port
+READ_TIMEOUT: Final = 0.5  # how long read() sleeps or waits on a silent port before the service's loop runs again
 READ_CHUNK: Final = 4096  # bytes per read at most: several frames, far more than a UART queues between reads
+QUIET_MARGIN: Final = 0.025  # s: the reader wakes this much before the earliest time the next ETX can arrive
+# (a piece and a half of a USB adapter: a bus or a scheduler that delays one frame's ETX and not the next must not
+# make the reader sleep past the next one; it costs a wake-up or two per frame)
+ADAPTER_DELAY: Final = 0.016  # s: how long a USB adapter may hold received bytes (FTDI's default latency timer)
+GATHER_MAX: Final = 0.25  # once bytes flow, read() waits this long at most for the rest of the frame (its ETX)
 MAX_WAIT: Final = 0.25  # longest read() waits for a reopen attempt that is not due yet
 INITIAL_BACKOFF: Final = 0.5
 BAD_FRAMES_TO_SWITCH: Final = 2  # frames in one detection window, none verified: wrong speed, try the other now
@@ -78,23 +87,133 @@ STABLE_AFTER: Final = 10.0  # a port that stayed open this long was healthy: the
 _IO_ERRORS: Final = (serial.SerialException, OSError, _TermiosError)
 
 
-def _read_available(ser: serial.Serial) -> bytes:
-    """What the port holds, or the first bytes within READ_TIMEOUT; ``b""`` if none came.
+class _Pacer:
+    """Reads one port frame by frame, waking as few times as the line allows (:meth:`read`).
 
-    A UART delivers a frame in dozens of small pieces, so this runs hundreds of times a minute: on a POSIX port
-    it is one ``select`` and one ``read`` (pyserial's ``read(in_waiting)`` adds an ioctl, timers and a second
-    select per call, about three times the CPU).  Other ports (pyserial URL handlers) use pyserial's read.
+    A USB adapter hands a standard frame over in about 60 pieces of 16 bytes (its latency timer), a UART in a
+    few dozen, and every wake-up costs a ``select``, a ``read`` and a kernel round trip: most of the service's
+    CPU when it woke at every piece.  But a meter sends its frames back to back at a fixed speed, and a frame of
+    a given meter keeps its length from one frame to the next (every TIC field has a fixed width; a group that
+    appears or disappears changes it, rarely).  So once two frame ends were seen, the next ETX cannot come before
+    ``last ETX + length x byte time`` (the silence between frames, at least 16.7 ms, covers a USB adapter's
+    16 ms of jitter): until then the reader sleeps, and only from then on does it wake at each piece until the
+    ETX, which reaches the decoder the moment the kernel has it, as before.  That is about three wake-ups per
+    frame instead of sixty.  A frame shorter than the shortest of the last :data:`LENGTHS_KEPT` frames is seen
+    late by the time its missing bytes would have taken (the one frame after a group disappeared).
+
+    (termios ``VMIN``/``VTIME`` would count bytes or time gaps instead, and every change of them reaches the
+    driver, a USB control transfer on some adapters; canonical mode would wake on ETX but treats LF and CR as
+    line editing, docs/PROTOCOL.md §10.7: the port stays raw.)
     """
-    fd = getattr(ser, "fd", None)
-    if not isinstance(fd, int):
-        return bytes(ser.read(max(1, ser.in_waiting)))
-    ready, _, _ = select.select([fd], [], [], READ_TIMEOUT)
-    if not ready:
-        return b""
-    data = os.read(fd, READ_CHUNK)
-    if not data:  # readable but empty: what a vanished USB adapter looks like (pyserial says the same)
-        raise serial.SerialException("device reports readiness to read but returned no data (device disconnected?)")
-    return data
+
+    LENGTHS_KEPT = 4
+
+    def __init__(self, ser: serial.Serial, stop: threading.Event) -> None:
+        self.ser = ser
+        self.stop = stop
+        self.fd: int | None = getattr(ser, "fd", None) if isinstance(getattr(ser, "fd", None), int) else None
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget what was learnt (a new speed: the bytes that follow are another stream)."""
+        self.byte_time = 10 / max(1, int(self.ser.baudrate or 9600))  # start, 7 data, parity, stop
+        self.since_etx: int | None = None  # bytes read since the last ETX; None before the first one
+        self.lengths: list[int] = []  # the last frames' lengths, ETX to ETX
+        self.quiet_until = 0.0  # monotonic time before which no ETX can arrive
+        self.seen = time.monotonic()  # when the port was last looked at (read, or found empty)
+
+    def _learn(self, data: bytes) -> None:
+        """Account for ``data``, just read; every byte of it came after :attr:`seen` (the previous look at the
+        port), which anchors the earliest time the next ETX can arrive."""
+        now = time.monotonic()
+        before, self.seen = self.seen, now
+        last = data.rfind(b"\x03")
+        if last < 0:
+            if self.since_etx is not None:
+                self.since_etx += len(data)
+            return
+        if self.since_etx is not None:
+            first = data.find(b"\x03")
+            ends = [first]
+            while ends[-1] != last:
+                ends.append(data.find(b"\x03", ends[-1] + 1))
+            sizes = [self.since_etx + first + 1] + [b - a for a, b in itertools.pairwise(ends)]
+            self.lengths = (self.lengths + sizes)[-self.LENGTHS_KEPT :]
+        self.since_etx = len(data) - last - 1
+        if not self.lengths:
+            return
+        # The last byte read came after `before`; the next ETX is at least (length - since_etx) bytes later, and
+        # after the silence (>= 16.7 ms) if that byte is the ETX.  An adapter may have held it up to 16 ms.
+        ahead = (min(self.lengths) - self.since_etx) * self.byte_time - QUIET_MARGIN
+        if self.since_etx:
+            ahead -= ADAPTER_DELAY
+        self.quiet_until = before + ahead
+
+    def _available(self) -> bytes:
+        """Whatever the port holds now, without waiting (``b""`` if nothing; pyserial opens it O_NONBLOCK)."""
+        assert self.fd is not None
+        try:
+            data = os.read(self.fd, READ_CHUNK)
+        except BlockingIOError:
+            data = b""
+        self._learn(data)
+        return data
+
+    def _read_ready(self) -> bytes:
+        assert self.fd is not None
+        data = os.read(self.fd, READ_CHUNK)
+        if not data:  # readable but empty: what a vanished USB adapter looks like (pyserial says the same)
+            raise serial.SerialException("device reports readiness to read but returned no data (device disconnected?)")
+        return data
+
+    def read(self) -> bytes:
+        """The bytes of the port up to the end of a frame, or what came within about READ_TIMEOUT.
+
+        Sleeps (on ``stop``) while no ETX can have arrived, at most READ_TIMEOUT at a time; then waits for the
+        first byte (at most READ_TIMEOUT) and every piece after it until one holds an ETX or GATHER_MAX has
+        passed.  On a POSIX port these are plain ``select`` and ``read`` calls (pyserial's ``read(in_waiting)``
+        adds an ioctl, timers and a second select per call); other ports (pyserial URL handlers) use pyserial's
+        read, one piece per call.
+        """
+        if self.fd is None:
+            return bytes(self.ser.read(max(1, self.ser.in_waiting)))
+        pieces: list[bytes] = []
+        wait = self.quiet_until - time.monotonic()
+        if wait > 0:
+            self.stop.wait(min(wait, READ_TIMEOUT))
+            data = self._available()
+            if b"\x03" in data or time.monotonic() < self.quiet_until or self.stop.is_set():
+                return data  # a frame, or the service's loop runs before the next part of the wait
+            if data:
+                pieces.append(data)
+        if not pieces:
+            ready, _, _ = select.select([self.fd], [], [], READ_TIMEOUT)
+            if not ready:
+                self.seen = time.monotonic()
+                return b""
+            data = self._read_ready()
+            self._learn(data)
+            if b"\x03" in data:
+                return data
+            pieces.append(data)
+        size = sum(map(len, pieces))
+        until = time.monotonic() + GATHER_MAX
+        while size < READ_CHUNK:
+            left = until - time.monotonic()
+            if left <= 0:
+                break
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if not ready:
+                break
+            piece = os.read(self.fd, READ_CHUNK - size)
+            if not piece:  # the device went away: hand over what came, the next read reports it
+                break
+            self._learn(piece)
+            pieces.append(piece)
+            size += len(piece)
+            if b"\x03" in piece:
+                break
+        return b"".join(pieces)
 
 
 class _Serial(serial.Serial):  # type: ignore[misc, unused-ignore]
@@ -170,6 +289,7 @@ class SerialSource:
         self._clock = clock
         self._lock = threading.RLock()
         self._serial: serial.Serial | None = None
+        self._pacer: _Pacer | None = None
         self._first_open = threading.Event()
         self._closed = False
         self._auto = cfg.mode == "auto"
@@ -226,7 +346,8 @@ class SerialSource:
         return self._state
 
     def read(self) -> bytes:
-        """The next bytes from the port, possibly ``b""``, within about 0.25 s; never raises for I/O problems.
+        """The next bytes from the port (up to a frame's end), possibly ``b""``, within about 0.75 s; never raises for
+        I/O problems.
 
         Opens the port when it is due (lazily at first, then on the backoff schedule), and closes it on any
         error, on a vanished or re-pointed device path, or when no frame verified for ``no_data_timeout``.
@@ -241,9 +362,10 @@ class SerialSource:
                 if ser is None:
                     return b""
             try:
-                # Whatever is queued, or block (at most READ_TIMEOUT) for the first byte: never a sleep while
-                # data flows, so an ETX reaches the decoder as soon as the kernel has it.
-                data = _read_available(ser)
+                # Block (at most READ_TIMEOUT) for the first byte, then gather up to the frame's ETX (at most
+                # GATHER_MAX): never a sleep while data flows, so an ETX reaches the decoder as soon as the kernel
+                # has it.
+                data = self._pacer.read() if self._pacer is not None else b""
             except _IO_ERRORS as e:
                 self._lose(_describe(e))
                 return b""
@@ -364,6 +486,7 @@ class SerialSource:
             return None
         now = self._clock()
         self._serial = ser
+        self._pacer = _Pacer(ser, self._stop)
         self._baud = baud
         self._resolved = os.path.realpath(self._device)
         self._opened_at = self._last_ok = self._window_start = self._last_device_check = now
@@ -511,6 +634,8 @@ class SerialSource:
             return
         try:
             ser.baudrate = baud
+            if self._pacer is not None:
+                self._pacer.reset()
             if flush:
                 ser.reset_input_buffer()
         except (*_IO_ERRORS, ValueError) as e:

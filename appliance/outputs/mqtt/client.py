@@ -1,0 +1,30 @@
+"""paho-mqtt, imported without the modules a plain MQTT connection never uses.
+
+paho imports ``ssl``, ``hashlib``, ``urllib.request`` (hence ``http.client`` and ``email``) and ``uuid`` at import
+time, for TLS, websockets, proxies read from the environment and random client ids.  They are about 9 MiB of the
+service's resident memory (``ssl`` and ``hashlib`` map OpenSSL), a third of it, for nothing on a Pi that talks
+plain MQTT with a client id.  They are announced lazily first (:func:`appliance.lazy.defer`), so paho's imports
+succeed and each module runs on first use: ``tls = true`` loads ``ssl`` when paho builds its context.
+
+paho reads ``ssl.SSLWantReadError`` and ``ssl.SSLWantWriteError`` in ``except`` clauses around every socket
+read and write, evaluated whenever a plain socket would block: until ``ssl`` runs, the stand-in answers with
+exception classes that nothing raises (no TLS socket can exist before ``ssl`` ran); running ``ssl`` replaces
+them with the real ones.
+"""
+
+from appliance.lazy import defer
+
+
+class _NoTlsYet(OSError):
+    """Stands in for ssl's "want read/write" errors while ssl has not run: never raised."""
+
+
+defer("ssl", {"SSLWantReadError": _NoTlsYet, "SSLWantWriteError": _NoTlsYet})
+for _name in ("hashlib", "urllib.request", "uuid"):
+    defer(_name)
+
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion  # noqa: E402
+from paho.mqtt.reasoncodes import ReasonCode  # noqa: E402
+
+__all__ = ["CallbackAPIVersion", "MQTTErrorCode", "MQTTProtocolVersion", "ReasonCode", "mqtt"]

@@ -1,0 +1,115 @@
+"""What keeps the service small (issue 16): modules the configuration does not use are never run.
+
+Each check runs in a fresh interpreter (the test process has imported everything already), and asserts on what
+that interpreter loaded, never on a time or a memory figure (those are bench/footprint.py's).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.mosquitto import Mosquitto
+
+REPO = Path(__file__).resolve().parent.parent
+OPENSSL = ("ssl", "hashlib", "hmac", "urllib.request", "http.client", "email")
+
+
+def child(code: str) -> object:
+    """Run ``code`` in a new interpreter; it prints one JSON value, returned here."""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+    ).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_a_deferred_module_runs_on_first_use_and_is_then_the_real_one() -> None:
+    got = child(
+        "import json, sys\n"
+        "from appliance.lazy import defer, loaded\n"
+        "m = defer('colorsys')\n"
+        "before = [loaded('colorsys') is None, 'colorsys' in sys.modules]\n"
+        "import colorsys\n"
+        "same = colorsys is m\n"
+        "value = colorsys.rgb_to_hsv(1.0, 0.0, 0.0)\n"
+        "print(json.dumps([*before, same, loaded('colorsys') is sys.modules['colorsys'], list(value)]))\n"
+    )
+    assert got == [True, True, True, True, [0.0, 1.0, 1.0]]
+
+
+def test_a_deferred_module_keeps_placeholders_until_it_runs() -> None:
+    got = child(
+        "import json\n"
+        "from appliance.lazy import defer\n"
+        "class Never(Exception): pass\n"
+        "m = defer('colorsys', {'rgb_to_hsv': Never})\n"
+        "first = m.rgb_to_hsv is Never\n"
+        "m.hsv_to_rgb  # any other name runs the module, which replaces the placeholder\n"
+        "print(json.dumps([first, m.rgb_to_hsv is not Never, m.rgb_to_hsv(0.0, 1.0, 0.0)[0]]))\n"
+    )
+    assert got == [True, True, 1 / 3]
+
+
+@pytest.mark.integration
+def test_plain_mqtt_never_loads_openssl(tmp_path: Path) -> None:
+    """A Pi publishing to its broker without TLS carries neither ssl, hashlib nor paho's proxy support."""
+    with Mosquitto(tmp_path / "broker") as broker:
+        got = child(
+            "import json, sys, time\n"
+            "from appliance.lazy import loaded\n"
+            "from appliance.outputs.mqtt.config import MqttConfig\n"
+            "from appliance.outputs.mqtt.output import MqttOutput\n"
+            "from appliance.tic import Decoder, encode_frame, encode_group\n"
+            "groups = [encode_group('standard', 'ADSC', '012345678901'),\n"
+            "          encode_group('standard', 'EAST', '000001234')]\n"
+            "frame, = Decoder('standard').feed(encode_frame(groups), time.time())\n"
+            f"out = MqttOutput(MqttConfig(enabled=True, host='127.0.0.1', port={broker.port}, client_id='fp'))\n"
+            "out.open()\n"
+            "for _ in range(5):\n"
+            "    out.send(frame)\n"
+            "out.close()\n"
+            f"print(json.dumps({{n: loaded(n) is not None for n in {OPENSSL!r}}}))\n"
+        )
+    assert got == dict.fromkeys(OPENSSL, False)
+
+
+def test_the_service_command_imports_neither_other_commands_nor_unused_parts() -> None:
+    """Importing the service loads the schemas of the tariff engine and the live page (the configuration names
+    them), not the engine, its store, the clock rule nor the page's server: those load when they are enabled."""
+    heavy = ("appliance.tariff.engine", "appliance.tariff.store", "appliance.tariff.feed", "appliance.clock")
+    heavy += ("appliance.web.server", "appliance.web.feed", "appliance.web.live")
+    got = child(
+        "import json, sys\n"
+        "from appliance.cli import build_parser, command_module\n"
+        "build_parser(command_module(['run', '--help'])).parse_known_args(['run', '--no-view'])\n"
+        "import appliance.service\n"
+        f"mods = [m for m in sys.modules if m.startswith('appliance.commands.') or m in {heavy!r}]\n"
+        f"print(json.dumps([sorted(mods), [n for n in {OPENSSL!r} if n in sys.modules]]))\n"
+    )
+    assert got == [["appliance.commands.run"], []]
+
+
+def test_command_module_names() -> None:
+    from appliance.cli import command_module
+
+    assert command_module(["decode", "x.bin"]) == "decode"
+    assert command_module(["check-config", "--config", "x"]) == "check_config"
+    assert command_module(["print-example-config"]) == "check_config"
+    assert command_module(["--version"]) is None
+    assert command_module(["no-such-command"]) is None
+
+
+def test_the_page_and_the_tariff_engine_leave_out_what_they_do_not_need() -> None:
+    """Static files read as plain files, the clock rule's ctypes loaded only when the kernel is asked, month
+    lengths without the calendar module: the page and the engine carry none of them into the service."""
+    unused = ("ctypes", "importlib.resources", "zipfile", "tempfile", "calendar", "subprocess")
+    got = child(
+        "import json, sys\n"
+        "import appliance.web.server, appliance.web.feed, appliance.tariff.feed, appliance.clock\n"
+        f"print(json.dumps([n for n in {unused!r} if n in sys.modules]))\n"
+    )
+    assert got == []
