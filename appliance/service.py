@@ -41,7 +41,7 @@ from appliance.stats import Stats
 from appliance.systemd import Notifier
 from appliance.tariff.feed import STATE_FILE, TariffFeed
 from appliance.tic import Frame
-from appliance.update.reboot import start_reporter
+from appliance.update.reboot import UpdateReporter, start_reporter
 from appliance.web.feed import LiveFeed
 from appliance.web.server import WebServer
 
@@ -127,6 +127,7 @@ class Service:
         self.sampler: HealthSampler | None = None  # the appliance's counters, as records (appliance.metrics)
         self.journal: Journal | None = None
         self.tariff: TariffFeed | None = None  # energy and costs per period (appliance.tariff.feed)
+        self.updates: UpdateReporter | None = None  # the running release and pending reboots (appliance.update)
 
     # --- control -----------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -299,7 +300,8 @@ class Service:
         self._start_tariff()
         self._start_checks()
         self._start_journal()
-        updates = start_reporter(self.stats)  # /status: the running release, pending reboots (appliance.update)
+        # /status and MQTT: the running version and release, the last update, pending reboots (appliance.update)
+        updates = self.updates = start_reporter(self.stats, self.publish)
         self._open_source()
         assert self.source is not None
         # Started means started: the sockets answer and the outputs run, whether or not the meter is there (a
@@ -327,6 +329,7 @@ class Service:
         finally:
             self._notifier.stopping()
             updates.stop()
+            self.updates = None
             self.source.close()
             self._stop_gpio()
             self._stop_checks()
@@ -386,6 +389,8 @@ class Service:
             before = {w.name for w in self.fanout.workers} if self.fanout else set()
             self._stop_outputs(2.0)
             self._start_outputs()
+            if self.updates is not None:  # the new outputs hold nothing yet
+                self.updates.publish_again()
             assert self.fanout is not None
             for name in before - {w.name for w in self.fanout.workers}:
                 self.stats.remove_output(name)

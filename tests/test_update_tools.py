@@ -99,6 +99,36 @@ def test_update_section_of_status_follows_the_files(tmp_path: Path) -> None:
         reporter.stop()
 
 
+def test_reporter_publishes_the_update_state_when_it_changes(tmp_path: Path) -> None:
+    """The update section also travels the fan-out (MQTT retains it): at start, on a change, and again on demand
+    (outputs rebuilt by a reload); never for a look that found nothing new."""
+    from appliance import __version__
+    from appliance.records import UpdateState
+
+    published: list[UpdateState] = []
+    paths = Paths(tmp_path)
+    paths.releases.mkdir(parents=True)
+    os.symlink("releases/0.1.0-image", paths.current)
+    reporter = UpdateReporter(Stats(), tmp_path, poll=0.05, publish=published.append).start()  # type: ignore[arg-type]
+    try:
+        assert [(r.version, dict(r.section)) for r in published] == [
+            (__version__, {"release": "0.1.0-image", "reboot_required": False, "reboot_reasons": []})
+        ]
+        time.sleep(0.3)  # several looks, nothing changed
+        assert len(published) == 1
+        write_json(paths.transaction, {"phase": "committed", "to": "0.1.0-image"})
+        deadline = time.monotonic() + 5
+        while len(published) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert published[1].section["last_update"] == {"phase": "committed", "to": "0.1.0-image"}
+        assert published[1].to_json()["version"] == __version__
+        reporter.publish_again()
+        assert published[2].section == published[1].section
+    finally:
+        reporter.stop()
+
+
 @pytest.mark.parametrize(
     ("a", "b", "order"),
     [("0.2.0", "0.1.9", 1), ("0.10.0", "0.9.0", 1), ("1.0", "1.0.0", 0), ("0.2.0rc1", "0.2.0", -1),
