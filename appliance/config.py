@@ -11,11 +11,14 @@ accepts (a test loads it back).
 
 Every problem is collected with its key path (``outputs.multicast.ttl: must be at most 255 (got 300)``) and
 reported together, so a user fixes a file in one pass; unknown keys are errors, which catches typos; numbers
-must be finite (TOML spells ``nan`` and ``inf``, and NaN passes every range check).
+must be finite (TOML spells ``nan`` and ``inf``, and NaN passes every range check); strings never hold a NUL
+character (no path, name or address can, and the C library would cut them there or refuse them much later);
+a file nested too deeply is an error, not a RecursionError, and values quoted in errors are shortened.
 
 Secrets (passwords, tokens) are never written in the main file if the user prefers not to: any field of type
 :class:`Secret` accepts a plain string, ``{ env = "NAME" }`` or ``{ file = "/path" }`` (systemd credentials live
-in ``$CREDENTIALS_DIRECTORY``).  A :class:`Secret` prints as ``***`` so it can never reach a log.
+in ``$CREDENTIALS_DIRECTORY``).  A :class:`Secret` prints as ``***`` so it can never reach a log.  A secret file
+must be a regular file of at most :data:`MAX_SECRET_BYTES` (``/dev/zero`` or a FIFO is refused, never read).
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ import datetime
 import ipaddress
 import math
 import os
+import reprlib
+import stat
 import tomllib
 import types
 import typing
@@ -59,6 +64,16 @@ __all__ = [
 
 DEFAULT_PATH = Path("/etc/teleinfo/teleinfo.toml")
 ENV_PATH = "TELEINFO_CONFIG"
+MAX_SECRET_BYTES = 64 * 1024  # a token, a password or a key: never more
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 80
+_SHOWN.maxlevel = 3
+
+
+def _shown(value: Any) -> str:
+    """``value`` as quoted in an error: short, whatever its size or depth."""
+    return _SHOWN.repr(value)
 
 
 def _root() -> type[Config]:
@@ -140,7 +155,7 @@ def ip_address(value: str) -> str | None:
     try:
         ipaddress.ip_address(value)
     except ValueError:
-        return f"not an IP address: {value!r} (0.0.0.0: every IPv4 interface, 127.0.0.1: this machine only)"
+        return f"not an IP address: {_shown(value)} (0.0.0.0: every IPv4 interface, 127.0.0.1: this machine only)"
     return None
 
 
@@ -155,14 +170,14 @@ def is_loopback(value: str) -> bool:
 def measurement_name(value: str) -> str | None:
     """An InfluxDB measurement name (line protocol)."""
     if not value or value.startswith("_") or any(c in value for c in ' ,=\\"\n'):
-        return f"invalid measurement name {value!r} (no spaces, commas, quotes, '=' or leading '_')"
+        return f"invalid measurement name {_shown(value)} (no spaces, commas, quotes, '=' or leading '_')"
     return None
 
 
 def http_url(value: str) -> str | None:
     """An http:// or https:// URL."""
     if not value.startswith(("http://", "https://")):
-        return f"must be an http:// or https:// URL (got {value!r})"
+        return f"must be an http:// or https:// URL (got {_shown(value)})"
     return None
 
 
@@ -179,7 +194,7 @@ def host_name(value: str) -> str | None:
         or value.startswith("-")
         or not all(label and len(label) <= 63 and label.replace("-", "").replace("_", "").isalnum() for label in labels)
     ):
-        return f"neither an IP address nor a host name: {value!r}"
+        return f"neither an IP address nor a host name: {_shown(value)}"
     return None
 
 
@@ -219,6 +234,8 @@ def parse_config(text: str, source: str = "configuration") -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError([f"TOML syntax error: {e}"], source) from None
+    except RecursionError:
+        raise ConfigError(["TOML nested too deeply (arrays or tables inside one another)"], source) from None
     errors: list[str] = []
     root = _root()
     cfg = build_section(root, data, "", errors)
@@ -246,7 +263,7 @@ def _convert(t: Any, value: Any, key: str, errors: list[str]) -> Any:
         choices = typing.get_args(t)
         if value in choices and type(value) is type(choices[0]):
             return value
-        errors.append(f"{key}: must be {_type_name(t)} (got {value!r})")
+        errors.append(f"{key}: must be {_type_name(t)} (got {_shown(value)})")
         return None
     if origin in (types.UnionType, typing.Union):
         args = [a for a in typing.get_args(t) if a is not type(None)]
@@ -254,7 +271,7 @@ def _convert(t: Any, value: Any, key: str, errors: list[str]) -> Any:
     if origin is list:
         (item,) = typing.get_args(t)
         if not isinstance(value, list):
-            errors.append(f"{key}: must be a list (got {value!r})")
+            errors.append(f"{key}: must be a list (got {_shown(value)})")
             return None
         if dataclasses.is_dataclass(item):  # an array of tables: [[checks.peers]]
             return [build_section(item, v, f"{key}[{i}]", errors) for i, v in enumerate(value)]  # type: ignore[arg-type]
@@ -281,10 +298,13 @@ def _convert(t: Any, value: Any, key: str, errors: list[str]) -> Any:
             return None
     elif t is str:
         ok = isinstance(value, str)
+        if ok and "\0" in value:
+            errors.append(f"{key}: must not contain a NUL character (got {_shown(value)})")
+            return None
     else:
         ok = False
     if not ok:
-        errors.append(f"{key}: must be {_type_name(t)} (got {type(value).__name__} {value!r})")
+        errors.append(f"{key}: must be {_type_name(t)} (got {type(value).__name__} {_shown(value)})")
         return None
     return value
 
@@ -303,21 +323,39 @@ def _secret(value: Any, key: str, errors: list[str]) -> Secret | None:
         if not isinstance(path, str):
             errors.append(f"{key}: file must be a path string")
             return None
+        if "\0" in path:
+            errors.append(f"{key}: the secret file's path must not contain a NUL character")
+            return None
         p = Path(os.path.expandvars(path))
         try:
-            return Secret(p.read_text(encoding="utf-8").rstrip("\r\n"), str(p))
-        except (OSError, UnicodeDecodeError) as e:
+            return Secret(_read_secret_file(p).rstrip("\r\n"), str(p))
+        except (OSError, UnicodeDecodeError, ValueError) as e:
             errors.append(f"{key}: cannot read secret file {p}: {getattr(e, 'strerror', None) or e}")
             return None
     errors.append(f"{key}: must be {_type_name(Secret)}")
     return None
 
 
+def _read_secret_file(path: Path) -> str:
+    """A secret file's text: a regular file (never a device nor a FIFO, which could block or never end) of at most
+    :data:`MAX_SECRET_BYTES`; ValueError otherwise."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError("not a regular file")
+        data = os.read(fd, MAX_SECRET_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_SECRET_BYTES:
+        raise ValueError(f"larger than {MAX_SECRET_BYTES} bytes")
+    return data.decode("utf-8")
+
+
 def build_section(cls: type, data: Any, prefix: str, errors: list[str]) -> Any:
     """``data`` (a TOML table) as an instance of the schema ``cls``; problems are appended to ``errors`` with
     their key path under ``prefix`` (None returned when the table itself is unusable)."""
     if not isinstance(data, dict):
-        errors.append(f"{prefix or 'top level'}: must be a table (got {data!r})")
+        errors.append(f"{prefix or 'top level'}: must be a table (got {_shown(data)})")
         return None
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -362,7 +400,7 @@ def _check_range(f: dataclasses.Field[Any], value: Any, key: str, errors: list[s
     if check is not None:
         msg = check(value)
         if msg:
-            errors.append(f"{key}: {msg}")
+            errors.append(f"{key}: {msg if len(msg) <= 300 else msg[:300] + '...'}")
 
 
 # --- example -----------------------------------------------------------------------------------------------

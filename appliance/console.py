@@ -13,6 +13,7 @@ import socket
 import time
 from typing import TextIO
 
+from appliance.redaction import RedactingFilter
 from appliance.stats import Stats
 from appliance.tic import Frame
 
@@ -24,6 +25,7 @@ class _ViewHandler(logging.Handler):
         super().__init__()
         self.lines = lines
         self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        self.addFilter(RedactingFilter())
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record).splitlines()[0])

@@ -16,6 +16,8 @@ import socket
 import ssl
 from typing import Final
 
+from appliance.textsafe import printable
+
 __all__ = ["ApplianceError", "error_reason"]
 
 MAX_REASON: Final = 200  # characters: a reason goes into /status and log lines, never a whole server answer
@@ -53,6 +55,10 @@ def error_reason(exc: BaseException, timeout: float | None = None) -> str:
     >>> error_reason(OSError("first line\\nsecond line"))
     'first line'
     """
+    return printable(_reason(exc, timeout), MAX_REASON)  # a server's words: never raw to a terminal or a log
+
+
+def _reason(exc: BaseException, timeout: float | None) -> str:
     if isinstance(exc, ApplianceError) and exc.reason:
         return exc.reason[:MAX_REASON]
     status = _status(exc)

@@ -9,7 +9,11 @@ fresh decoder with the same stamps gives the very same points.
 SD cards wear with every small write, so :meth:`Journal.append` only appends to a list in memory (the reader
 never waits on the disk); a thread writes what piled up once per ``flush_interval`` seconds or as soon as
 ``flush_kb`` is buffered, in one ``write`` call.  If the disk cannot be written, chunks stay in memory up to
-``buffer_max_mb`` (the oldest are dropped beyond it, counted) and the write is retried at the next flush.
+``buffer_max_mb`` (the oldest are dropped beyond it, counted) and the write is retried every ``flush_interval``
+(at most :data:`RETRY_S`), never in a loop; a write that failed leaves nothing behind (no torn member, no empty
+segment), so ``teleinfo replay`` reads the directory as it is.  What is still unwritten when the service stops
+is written then, or its loss is logged with the count.  ``buffered_bytes`` in ``/status`` follows the buffer
+as it grows (refreshed at most every second by :meth:`Journal.append`), not only at flushes.
 
 On-disk format (``docs/SYNC.md`` section 5 has it for other implementations).  A segment is a file
 ``tic-<UTC start>-<session>-<seq>.gz`` holding gzip members, one per flush, each starting on a record
@@ -92,6 +96,8 @@ FORMAT: Final = "teleinfo-journal"
 VERSION: Final = 1
 RECORD: Final = struct.Struct(">cdI")
 MAX_RECORD: Final = 16 * 1024 * 1024  # a payload longer than this is corruption, not a chunk of a serial port
+RETRY_S: Final = 10.0  # seconds between two attempts while the disk refuses writes (flush_interval if shorter)
+STATS_EVERY: Final = 1.0  # seconds between two refreshes of the journal's counters in the stats by append()
 SEGMENT_NAME: Final = re.compile(r"^tic-\d{8}T\d{6}Z-[0-9a-f]{8}-\d{4,}\.gz$")
 
 
@@ -216,6 +222,7 @@ class Journal:
         self._cond = threading.Condition()
         self._write_lock = threading.Lock()
         self._closing = False
+        self._published = 0.0  # monotonic time the counters were last copied to the stats
         self._path: Path | None = None  # the open segment
         self._slot = 0
         self._size = 0
@@ -233,34 +240,71 @@ class Journal:
                 self.dropped += 1
             if self._buffered >= self._flush_bytes:
                 self._cond.notify()
+        now = time.monotonic()
+        if self._stats is not None and now - self._published >= STATS_EVERY:
+            self._publish(now)
+
+    def _publish(self, now: float) -> None:
+        self._published = now
+        if self._stats is not None:
+            self._stats.set_extra("journal", self.snapshot())
 
     # --- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._thread.start()
 
-    def close(self, timeout: float = 2.0) -> None:
-        """Write what is buffered and stop the thread (the segment stays, closed)."""
+    def request_close(self) -> None:
+        """Start stopping: the thread writes what is buffered, then ends (:meth:`close` waits for it)."""
         with self._cond:
             self._closing = True
             self._cond.notify()
-        stop_thread(self._thread, timeout, "journal writer (its last write)", _LOG)
+
+    def close(self, timeout: float = 2.0) -> bool:
+        """Write what is buffered and stop the thread (the segment stays, closed); True when it ended in time.
+        What could not be written is logged by the thread with its count."""
+        self.request_close()
+        if self._thread.ident is None:  # never started: nothing would write the buffer
+            self._final_word()
+            return True
+        return stop_thread(self._thread, timeout, "journal writer (its last write)", _LOG)
 
     def _run(self) -> None:
         interval = self.cfg.flush_interval
         deadline = time.monotonic() + interval
         while True:
             with self._cond:
-                while not self._closing and self._buffered < self._flush_bytes:
+                # The size trigger only while writes succeed: a failing disk is retried on the clock, not in a loop.
+                while not self._closing and (self._buffered < self._flush_bytes or self.last_error is not None):
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
                 closing = self._closing
             self.flush()
-            deadline = time.monotonic() + interval
+            deadline = time.monotonic() + (interval if self.last_error is None else min(interval, RETRY_S))
             if closing:
+                self._final_word()
                 return
+
+    def _final_word(self) -> None:
+        """At the stop: say what the buffer still holds, since nothing will write it now."""
+        with self._cond:
+            left, size = len(self._buffer), self._buffered
+        if left:
+            _LOG.error(
+                "journal: %d chunks (%d bytes) could not be written to %s before the stop and are lost: %s",
+                left,
+                size,
+                self.directory,
+                self.last_error or "the writer stopped",
+            )
+
+    @property
+    def unwritten(self) -> int:
+        """Chunks in memory not yet on disk."""
+        with self._cond:
+            return len(self._buffer)
 
     # --- writing -----------------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -293,8 +337,7 @@ class Journal:
                 _, data = self._buffer.popleft()
                 self._buffered -= len(data)
         self.written += done
-        if self._stats is not None:
-            self._stats.set_extra("journal", self.snapshot())
+        self._publish(time.monotonic())
 
     def _write_some(self, batch: list[tuple[float, bytes]]) -> int:
         """Write the leading chunks of ``batch`` that belong to the current segment; return how many."""

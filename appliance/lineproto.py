@@ -211,14 +211,35 @@ def _scan(text: str, start: int, stops: str) -> tuple[str, int]:
     return "".join(out), i
 
 
+INT64_MIN: Final = -(2**63)
+INT64_MAX: Final = 2**63 - 1
+
+
+def _int64(raw: str) -> int:
+    """An integer of the line protocol (fields and timestamps are 64-bit); ValueError beyond, before ``int()``
+    would spend time on thousands of digits."""
+    digits = raw.lstrip("-+")
+    if not digits.isdigit() or not digits.isascii() or len(digits) > 19:
+        raise ValueError("not a 64-bit integer")
+    value = int(raw)
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError("not a 64-bit integer")
+    return value
+
+
 def _field_value(raw: str) -> int | float | bool:
     if raw[-1:] in ("i", "u") and raw[:-1].lstrip("-").isdigit():
-        return int(raw[:-1])
+        return _int64(raw[:-1])
     if raw in ("t", "T", "true", "True", "TRUE"):
         return True
     if raw in ("f", "F", "false", "False", "FALSE"):
         return False
     return float(raw)
+
+
+def _quote(line: str) -> str:
+    """A line quoted in an error message: at most 80 characters of it (a datagram may hold 64 kB)."""
+    return repr(line[:80]) + ("..." if len(line) > 80 else "")
 
 
 def parse_line(line: str) -> Point:
@@ -230,21 +251,21 @@ def parse_line(line: str) -> Point:
     """
     measurement, i = _scan(line, 0, ", ")
     if not measurement:
-        raise ValueError(f"no measurement in {line!r}")
+        raise ValueError(f"no measurement in {_quote(line)}")
     tags: dict[str, str] = {}
     while i < len(line) and line[i] == ",":
         k, i = _scan(line, i + 1, "=, ")
         if i >= len(line) or line[i] != "=":
-            raise ValueError(f"bad tag in {line!r}")
+            raise ValueError(f"bad tag in {_quote(line)}")
         tags[k], i = _scan(line, i + 1, ", ")
     if i >= len(line) or line[i] != " ":
-        raise ValueError(f"no fields in {line!r}")
+        raise ValueError(f"no fields in {_quote(line)}")
     fields: dict[str, int | float | str | bool] = {}
     i += 1
     while True:
         k, i = _scan(line, i, "=, ")
         if not k or i >= len(line) or line[i] != "=":
-            raise ValueError(f"bad field in {line!r}")
+            raise ValueError(f"bad field in {_quote(line)}")
         i += 1
         if line[i : i + 1] == '"':
             j = i + 1
@@ -255,7 +276,7 @@ def parse_line(line: str) -> Point:
                 chars.append(line[j])
                 j += 1
             if j >= len(line):
-                raise ValueError(f"unterminated string in {line!r}")
+                raise ValueError(f"unterminated string in {_quote(line)}")
             fields[k] = "".join(chars)
             i = j + 1
         else:
@@ -265,7 +286,7 @@ def parse_line(line: str) -> Point:
             try:
                 fields[k] = _field_value(line[i:j])
             except ValueError:
-                raise ValueError(f"bad value for {k!r} in {line!r}") from None
+                raise ValueError(f"bad value for {k!r} in {_quote(line)}") from None
             i = j
         if i < len(line) and line[i] == ",":
             i += 1
@@ -275,6 +296,6 @@ def parse_line(line: str) -> Point:
     if not rest:
         return Point(measurement, tags, fields, None)
     try:
-        return Point(measurement, tags, fields, int(rest))
+        return Point(measurement, tags, fields, _int64(rest))
     except ValueError:
-        raise ValueError(f"bad timestamp in {line!r}") from None
+        raise ValueError(f"bad timestamp in {_quote(line)}") from None

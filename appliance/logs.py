@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from appliance.config import opt
+from appliance.redaction import RedactingFilter
 from appliance.systemd import under_systemd
 
 __all__ = ["LoggingConfig", "setup_logging"]
@@ -52,6 +53,7 @@ def setup_logging(level: str = "info", handler: logging.Handler | None = None) -
             handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
         else:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(RedactingFilter())  # credentials written in URLs never reach the journal
     root.addHandler(handler)
     root._teleinfo_handler = handler  # type: ignore[attr-defined]
     return handler

@@ -7,6 +7,8 @@ What happens to every chunk the source returns, in the reader thread, before any
 - meter attribution: a frame that names its meter sets the known meter (shown in ``/status`` only when
   ``health.expose_meter``); a frame that does not (standard mode's short frames, a corrupted ADCO) is attributed
   to the last meter seen, never to none when one is known (:meth:`~appliance.tic.Frame.received`);
+- frame accounting: only a frame that verifies counts as a frame (and as fresh data for health); the others are
+  ``bad_frames``, so a line of garbage never keeps the appliance "up";
 - reject accounting: the decoder's per-reason counts, added to :class:`~appliance.stats.Stats` as deltas once per
   change (its ``epoch``), so reading them costs nothing while nothing is rejected;
 - the source told which frames verified (``frame_ok``/``frame_bad``): its only honest measure of progress.
@@ -68,11 +70,12 @@ class FrameReader:
             elif meter != self._known_meter:
                 self._known_meter = meter
                 self._stats.set_meter(meter)
-            if frame.verified:
+            verified = frame.verified
+            if verified:
                 self.source.frame_ok(frame.mode)
             else:
                 self.source.frame_bad()
-            self._stats.frame(len(frame.values) + len(frame.timestamps))
+            self._stats.frame(len(frame.values) + len(frame.timestamps), verified=verified)
         epoch = self.decoder.epoch
         if epoch != self._reject_epoch:
             self._reject_epoch = epoch

@@ -75,9 +75,10 @@ class StatsSnapshot:
     health samples are computed from.  ``meter`` is personal data (shown only where configured)."""
 
     uptime_s: float = 0.0
-    frames: int = 0
+    frames: int = 0  # verified frames only (Frame.verified): what health, the LED and the counters call a frame
     groups: int = 0
     rejects: Mapping[str, int] = field(default_factory=dict)
+    bad_frames: int = 0  # frames that did not verify (garbage, the wrong speed): not frames, not fresh data
     last_frame_at: float | None = None
     last_frame_age_s: float | None = None
     source: SourceSnapshot = field(default_factory=SourceSnapshot)
@@ -92,6 +93,7 @@ class StatsSnapshot:
             "frames": self.frames,
             "groups": self.groups,
             "rejects": dict(self.rejects),
+            "bad_frames": self.bad_frames,
             "last_frame_at": self.last_frame_at,
             "last_frame_age_s": self.last_frame_age_s,
             "source": self.source.to_json(),
@@ -137,6 +139,7 @@ class Stats:
         self._lock = threading.Lock()
         self.started_at = time.time()
         self._frames = 0
+        self._bad_frames = 0
         self._groups = 0
         self._rejects: Counter[str] = Counter()  # RejectReason keys (a str) or plain strings: equal keys
         self._last_frame_wall: float | None = None
@@ -148,14 +151,25 @@ class Stats:
 
     # --- writers -----------------------------------------------------------------------------------------
     def frame(
-        self, groups: int, rejected: Counter[RejectReason] | Counter[str] | None = None, now: float | None = None
+        self,
+        groups: int,
+        rejected: Counter[RejectReason] | Counter[str] | None = None,
+        now: float | None = None,
+        *,
+        verified: bool = True,
     ) -> None:
-        """A frame was decoded (``groups`` valid groups); ``rejected`` are the rejections it added."""
+        """A frame was decoded (``groups`` valid groups); ``rejected`` are the rejections it added.
+
+        A frame that did not verify (:attr:`Frame.verified`: no valid group, or more rejected than valid) is
+        counted in ``bad_frames`` only: garbage between STX and ETX must never look like fresh meter data."""
         with self._lock:
-            self._frames += 1
-            self._groups += groups
             if rejected:
                 self._rejects.update(rejected)
+            if not verified:
+                self._bad_frames += 1
+                return
+            self._frames += 1
+            self._groups += groups
             self._last_frame_wall = time.time() if now is None else now
             self._last_frame_mono = time.monotonic()
 
@@ -252,6 +266,7 @@ class Stats:
                 frames=self._frames,
                 groups=self._groups,
                 rejects=dict(self._rejects),
+                bad_frames=self._bad_frames,
                 last_frame_at=self._last_frame_wall,
                 last_frame_age_s=None if age is None else round(age, 3),
                 source=SourceSnapshot(**{f.name: getattr(src, f.name) for f in fields(SourceSnapshot)}),

@@ -65,9 +65,7 @@ def outage_frames(n: int, mode: str, phases: int) -> list[Frame]:
     decoder = Decoder(mode)
     out: list[Frame] = []
     for i, sf in enumerate(itertools.islice(sim.frames(step=1.0), n + 1)):
-        for f in decoder.feed(sf.data):
-            f.received_at = t0.timestamp() + i
-            out.append(f)
+        out.extend(f.received(t0.timestamp() + i) for f in decoder.feed(sf.data))  # frames are immutable
     return out[:n]
 
 

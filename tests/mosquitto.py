@@ -184,6 +184,7 @@ class Mosquitto:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
+        os.kill(proc.pid, signal.SIGCONT)  # a paused broker handles SIGTERM only once resumed
         os.kill(proc.pid, sig)
         try:
             proc.wait(5)
@@ -192,6 +193,16 @@ class Mosquitto:
             proc.wait(5)
         if proc.stderr is not None:
             proc.stderr.close()
+
+    def pause(self) -> None:
+        """SIGSTOP: a hung broker (connections are still accepted by the kernel, nothing is answered)."""
+        assert self.proc is not None and self.proc.poll() is None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`: the broker handles everything it was sent meanwhile."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
 
     def kill(self) -> None:
         """SIGKILL: the broker dies at once (clients see their connection reset)."""

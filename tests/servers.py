@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -236,9 +238,23 @@ class VictoriaMetrics:
             v.sort()
         return out
 
+    def pause(self) -> None:
+        """SIGSTOP: a hung server.  The kernel still completes connections and takes requests into its
+        buffers; nothing is answered until :meth:`resume`, which then executes everything it was sent."""
+        assert self.proc is not None and self.proc.poll() is None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
     def stop(self) -> None:
-        """Terminate our victoria-metrics by its PID (never by name); its data stays for a restart."""
+        """Terminate our victoria-metrics by its PID (never by name); its data stays for a restart.  A paused
+        one is resumed first, or SIGTERM would wait for the SIGKILL."""
         proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            os.kill(proc.pid, signal.SIGCONT)
         stop_process(proc, 10)
 
 

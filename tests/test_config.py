@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -168,3 +169,92 @@ def test_non_finite_numbers_are_refused_with_their_key_path(value: str) -> None:
     errs = errors_of(text)
     for key in ("source.no_data_timeout", "checks.public_ip.interval", "gpio.outputs[0].shed_above"):
         assert any(e.startswith(f"{key}: must be a finite number") for e in errs), errs
+
+
+# --- issue 15: every number finite, every string without NUL, no crash on a hostile file -----------------------
+def schema_keys(kind: type) -> dict[str, list[str]]:
+    """Every key of the schema whose type is ``kind`` (or ``kind | None``), by table path (arrays of tables aside)."""
+    import dataclasses
+    import typing
+
+    found: dict[str, list[str]] = {}
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            t = hints[f.name]
+            if isinstance(t, type) and dataclasses.is_dataclass(t):
+                walk(t, f"{prefix}.{f.name}" if prefix else f.name)
+            elif t is kind or (typing.get_origin(t) in (types.UnionType, typing.Union) and kind in typing.get_args(t)):
+                found.setdefault(prefix, []).append(f.name)
+
+    walk(Config, "")
+    return found
+
+
+def toml_with(keys: dict[str, list[str]], value: str) -> str:
+    return "".join(
+        (f"[{table}]\n" if table else "") + "".join(f"{k} = {value}\n" for k in names) for table, names in keys.items()
+    )
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_every_number_of_the_schema_refuses_nan_and_infinities(value: str) -> None:
+    """The issue tried eleven keys (health.read_timeout, health.down_after, the sync-server's limits...): every
+    float of every section is refused, each with its key path."""
+    keys = schema_keys(float)
+    assert sum(len(v) for v in keys.values()) > 30
+    for key in ("health.read_timeout", "health.down_after", "sync.server.max_file_mb", "sync.server.idle_timeout"):
+        table, _, name = key.rpartition(".")
+        assert name in keys[table], key
+    errs = errors_of(toml_with(keys, value))
+    for table, names in keys.items():
+        for name in names:
+            key = f"{table}.{name}" if table else name
+            assert any(e.startswith(f"{key}: must be a finite number") for e in errs), (key, errs)
+
+
+def test_every_string_of_the_schema_refuses_a_nul() -> None:
+    keys = schema_keys(str)
+    assert "directory" in keys["journal"]
+    errs = errors_of(toml_with(keys, '"a\\u0000b"'))
+    for table, names in keys.items():
+        for name in names:
+            key = f"{table}.{name}" if table else name
+            assert any(e.startswith(f"{key}: must not contain a NUL") for e in errs), (key, errs)
+
+
+def test_a_nul_in_the_journal_directory_fails_check_config(tmp_path: Path) -> None:
+    bad = tmp_path / "nul.toml"
+    bad.write_text('[journal]\nenabled = true\ndirectory = "/var/lib/tele\\u0000info"\n')
+    for command in ("check-config", "run"):
+        r = run_cli(command, "--config", str(bad))
+        assert r.returncode == 2 and "journal.directory: must not contain a NUL" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("text", ["a = " + "[" * 5000 + "]" * 5000, "a = " + "{ b = " * 3000 + "1" + " }" * 3000])
+def test_deep_nesting_is_an_error_not_a_crash(text: str) -> None:
+    errs = errors_of(text)
+    assert len(errs) == 1 and ("nested too deeply" in errs[0] or "unknown key" in errs[0]), errs
+    assert len(errs[0]) < 400
+
+
+def test_a_deep_value_in_a_known_key_is_quoted_short() -> None:
+    errs = errors_of("[health]\nport = " + "[" * 200 + "]" * 200 + '\nbind = "' + "x" * 10_000 + '"\n')
+    assert all(len(e) < 400 for e in errs), [len(e) for e in errs]
+
+
+def test_secret_files_are_bounded_regular_files(tmp_path: Path) -> None:
+    import os
+
+    big = tmp_path / "big"
+    big.write_bytes(b"x" * (64 * 1024 + 1))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # nobody writes it: reading would block for ever
+    for path, why in (("/dev/zero", "not a regular file"), (str(fifo), "not a regular file"), (str(big), "larger")):
+        errs = errors_of(f'[sync]\ntoken = {{ file = "{path}" }}\n')
+        assert len(errs) == 1 and "cannot read secret file" in errs[0] and why in errs[0], errs
+    ok = tmp_path / "ok"
+    ok.write_text("s3cret-token\n")
+    assert parse_config(f'[sync]\ntoken = {{ file = "{ok}" }}\n').sync.token == Secret("s3cret-token")

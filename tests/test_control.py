@@ -405,3 +405,193 @@ def test_abuse_never_stalls_the_reader_nor_leaks(serve: Callable[..., ControlSer
     after = join(port)
     assert after.ask("role") == "role principal"
     after.close()
+
+
+# --- issue 15: a handful of connections must not lock the operator out ----------------------------------------
+def client_from(port: int, source: str, timeout: float = 3.0) -> LineClient:
+    """A LineClient from another loopback address (another machine, for the server)."""
+    client = LineClient.__new__(LineClient)
+    client.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.sock.settimeout(timeout)
+    client.sock.bind((source, 0))
+    client.sock.connect(("127.0.0.1", port))
+    client.buf = b""
+    return client
+
+
+@pytest.mark.slow
+def test_idle_clients_are_closed_and_a_silent_principal_gives_up_its_role(
+    serve: Callable[..., ControlServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The schema's lower bounds are for people; the rule is the same at test speed.
+    server = serve(idle_timeout=8.0, principal_idle=2.0, max_clients=16)
+    port = port_of(server)
+    silent = join(port)  # first: principal, then never says a word
+    idlers = [join(port) for _ in range(14)]  # the 16 idle clients that used to lock everyone out
+    operator = join(port)
+    assert operator.ask("role") == "role secondaire"
+    t0 = time.monotonic()
+    assert silent.readline(4) == "role secondaire"  # demoted after principal_idle, told so
+    assert 1.5 < time.monotonic() - t0 < 3.5
+    assert idlers[0].readline(3) == "role principal"  # the longest-waiting one is promoted...
+    assert idlers[0].readline(4) == "role secondaire"  # ...and, silent too, passes it on in turn
+    for _ in range(20):  # the operator keeps talking; idle clients are disconnected at idle_timeout
+        operator.ask("status")
+        time.sleep(0.5)
+        if server.client_count == 1:
+            break
+    assert silent.at_eof(1) and all(c.at_eof(1) for c in idlers)
+    operator.send("role")
+    while (line := operator.readline()).startswith("{"):  # answers to "status" still unread
+        assert json.loads(line)["role"] in ("principal", "secondaire")
+    assert line == "role principal"
+    assert server.client_count == 1
+    operator.close()
+
+
+@pytest.mark.slow
+def test_unauthenticated_connections_never_lock_the_operator_out(serve: Callable[..., ControlServer]) -> None:
+    server = serve(token=Secret(TOKEN), max_clients=4, max_unauthenticated=4)
+    port = port_of(server)
+    # 16 connections that never authenticate, re-opened as soon as they are closed, from another machine.
+    stop = threading.Event()
+
+    def squatter() -> None:
+        while not stop.is_set():
+            try:
+                c = client_from(port, "127.0.0.2", timeout=0.5)
+                while not stop.is_set() and c.readline(0.5) != "":
+                    pass
+                c.close()
+            except (OSError, AssertionError):
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=squatter, daemon=True) for _ in range(16)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        for _ in range(5):  # the operator always gets in (its address holds fewer pending slots)
+            op = LineClient(port)
+            assert op.readline() == "auth required"
+            assert op.ask(f"auth {TOKEN}") == "hello principal"
+            assert op.ask("role") == "role principal"
+            op.close()
+            wait_until(lambda: server._live == 0, 2)
+        # And authenticated clients have their own room: squatters cannot take it either.
+        ops = []
+        for _ in range(4):
+            op = LineClient(port)
+            assert op.readline() == "auth required"
+            assert op.ask(f"auth {TOKEN}").startswith("hello ")
+            ops.append(op)
+        assert server.pending_count <= 4 and server._live == 4
+        for op in ops:
+            op.close()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(3)
+
+
+@pytest.mark.slow
+def test_wrong_tokens_cost_the_guesser_time(serve: Callable[..., ControlServer]) -> None:
+    server = serve(token=Secret(TOKEN), max_unauthenticated=8)
+    port = port_of(server)
+    guesses = 0
+    t0 = time.monotonic()
+    stop = threading.Event()
+    lock = threading.Lock()
+
+    def guesser(i: int) -> None:
+        nonlocal guesses
+        n = 0
+        while not stop.is_set():
+            try:
+                c = client_from(port, "127.0.0.2", timeout=10)
+                assert c.readline() == "auth required"
+                c.send(f"auth wrong-{i}-{n}")
+                answer = c.readline(15)
+                n += 1
+                if answer == "error authentication failed":
+                    with lock:
+                        guesses += 1
+                c.close()
+            except (OSError, AssertionError):
+                time.sleep(0.05)
+
+    threads = [threading.Thread(target=guesser, args=(i,), daemon=True) for i in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(3)
+    op = LineClient(port)  # meanwhile, the operator from another address is answered at once
+    assert op.readline() == "auth required"
+    t1 = time.monotonic()
+    assert op.ask(f"auth {TOKEN}") == "hello principal" and time.monotonic() - t1 < 0.5
+    op.close()
+    time.sleep(7)
+    stop.set()
+    elapsed = time.monotonic() - t0
+    for t in threads:
+        t.join(12)
+    # 1 + 2 + 4 + 8 + 8 s...: a handful of answers in 10 s, against ~20,000 in 5 s before.
+    assert 1 <= guesses <= 5, f"{guesses} wrong tokens answered in {elapsed:.1f} s"
+    assert guesses <= stats_section(server)["auth_failures"] <= 5
+
+
+def stats_section(server: ControlServer) -> dict[str, int]:
+    section = server._stats.snapshot().sections["control"]
+    assert isinstance(section, dict)
+    return section
+
+
+@pytest.mark.slow
+def test_squatters_from_the_operators_own_address_do_not_lock_it_out(serve: Callable[..., ControlServer]) -> None:
+    """The issue's attack: 16 connections that never authenticate, re-opened every 10 s, from the same machine as
+    the operator (no fairness between addresses can help): a connection silent for a second gives its slot.  (A
+    same-address flood re-connecting without pause can still fill the slots faster than they age: nothing tells
+    its connections from the operator's at the accept; docs/NETWORK.md §8.2.)"""
+    server = serve(token=Secret(TOKEN), max_clients=4, max_unauthenticated=8)
+    port = port_of(server)
+    stop = threading.Event()
+
+    def squatter() -> None:
+        while not stop.is_set():
+            opened = time.monotonic()
+            try:
+                c = LineClient(port, timeout=0.5)
+                while not stop.is_set() and c.readline(0.5) != "":
+                    pass
+                c.close()
+            except (OSError, AssertionError):
+                pass
+            stop.wait(max(0.05, opened + 10 - time.monotonic()))
+
+    threads = [threading.Thread(target=squatter, daemon=True) for _ in range(16)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(1.5)  # every slot squatted, and the squatters older than a second
+        for _ in range(5):
+            op = LineClient(port)
+            assert op.readline() == "auth required"
+            assert op.ask(f"auth {TOKEN}") == "hello principal"
+            op.close()
+            wait_until(lambda: server._live == 0, 2)
+            time.sleep(1.1)
+        assert server.evicted >= 1  # the first operator took a squatter's slot
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(3)
+
+
+def test_status_redacts_credentials_written_in_urls(serve: Callable[..., ControlServer], stats: Stats) -> None:
+    port = port_of(serve())
+    url = "http://admin:hunter2@10.1.2.3:8086/api/v2/write?org=home&token=s3cr3t"
+    stats.update_output("influxdb", state="failing", last_error=f"InfluxDB {url} unreachable")
+    client = join(port)
+    answer = client.ask("status")
+    assert "hunter2" not in answer and "s3cr3t" not in answer
+    assert json.loads(answer)["outputs"]["influxdb"]["last_error"].startswith("InfluxDB http://***@10.1.2.3:8086/")
+    client.close()

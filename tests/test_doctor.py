@@ -328,7 +328,7 @@ UART_DATA = Path(__file__).resolve().parent / "data" / "uart"
 
 
 def test_uart_says_which_which_framing_and_why() -> None:
-    from appliance.config import SourceConfig
+    from appliance.sources.serial.config import SourceConfig
     from appliance.sources.serial.uart import resolve_header_uart
 
     (found,) = check_uart(SourceConfig(), resolve_header_uart(UART_DATA / "debian-pi3b"))

@@ -36,7 +36,7 @@ from appliance.stats import Stats
 
 from .servers import VictoriaMetrics
 from .test_influx import influx_cfg, sim_frames
-from .util import free_port, wait_until
+from .util import free_port, mount_tmpfs, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(150)]
@@ -102,7 +102,8 @@ class ServiceProc:
 
     def __init__(self, config: Path, log: Path, **extra_env: str) -> None:
         self.log_path = log
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "TELEINFO_CONFIG")}
+        drop = ("NOTIFY_SOCKET", "TELEINFO_CONFIG", "RUNTIME_DIRECTORY")
+        env = {k: v for k, v in os.environ.items() if k not in drop}
         env["PYTHONPATH"] = str(REPO)
         env.update(extra_env)
         with log.open("ab") as f:
@@ -155,16 +156,18 @@ class Rig:
         self.spool_dir = self.state / "spool" / "influxdb"
         self.procs: list[ServiceProc] = []
 
-    def service(self, mode: str = "historique", url: str = "", timeout: float = 2.0) -> ServiceProc:
-        """Start the service (InfluxDB: ``url``, else our victoria-metrics) and wait for its first frame on the
-        multicast group."""
+    def service(
+        self, mode: str = "historique", url: str = "", timeout: float = 2.0, influx_extra: str = ""
+    ) -> ServiceProc:
+        """Start the service (InfluxDB: ``url``, else our victoria-metrics; ``influx_extra``: more lines of its
+        section) and wait for its first frame on the multicast group."""
         config = self.tmp / "teleinfo.toml"
         config.write_text(
             '[source]\nkind = "simulator"\n'
             f'[source.simulator]\nmode = "{mode}"\nseed = 3\n'
             f'[outputs.multicast]\ngroup = "{self.group}"\nport = {self.port}\ninterface = "127.0.0.1"\n'
             'format = "influx"\nprecision = "s"\nttl = 1\n'
-            f'[outputs.influxdb]\nenabled = true\nurl = "{url or self.vm.url}"\ntimeout = {timeout}\n'
+            f'[outputs.influxdb]\nenabled = true\nurl = "{url or self.vm.url}"\ntimeout = {timeout}\n{influx_extra}'
             + ('token = { env = "TELEINFO_INFLUX_TOKEN" }\n' if self.password else "")
             + "[health]\nenabled = false\n[control]\nenabled = false\n[web]\nenabled = false\n"
             f'[state]\ndirectory = "{self.state}"\n'
@@ -318,13 +321,8 @@ def test_stop_is_bounded_when_the_server_hangs_and_nothing_queued_is_lost(rig: R
 def test_a_full_disk_for_the_spool_is_a_counted_state_then_everything_kept_arrives(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
     disk = tmp_path / "tiny"
-    disk.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], capture_output=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    mount_tmpfs(disk, "16k")
     vm = VictoriaMetrics()
     vm.port = free_port()  # not started yet: the server is down
     try:
@@ -370,3 +368,75 @@ def test_an_unreadable_spool_segment_is_logged_and_frames_still_spool(
     spool.close()
     again = Spool(tmp_path / "spool")
     assert [frame_time(f) for f in again.peek(10).frames] == [frame_time(f) for f in frames]
+
+
+def duplicates(rig: Rig, field: str = "papp") -> int:
+    """Samples of ``field`` stored more often than the service published them (victoria-metrics keeps copies)."""
+    sent, got = rig.receiver.fields(), stored(rig.vm)
+    return sum(max(0, len(got.get(k, [])) - len(v)) for k, v in sent.items() if k[0] == field)
+
+
+@pytest.mark.slow
+def test_a_hung_server_gets_one_write_at_a_time_and_stores_each_frame_once(rig: Rig) -> None:
+    """SIGSTOP: the server takes connections and requests into its buffers and answers none; resumed, it executes
+    every one.  A write that got no answer is waited for, never sent again beside itself."""
+    svc = rig.service(timeout=1.0)
+    wait_until(lambda: len(rig.receiver.times()) >= 3, 15)
+    wait_stored(rig, 10)
+    rig.vm.pause()
+    hung = time.monotonic()
+    wait_until(lambda: time.monotonic() - hung >= 20, 25)  # about 15 frames, many retries of 1 s
+    rig.vm.resume()
+    wait_stored(rig, 40)
+    rc, _ = svc.stop()
+    assert rc == 0
+    wait_stored(rig, 5)
+    dups = duplicates(rig)
+    print(f"frames {len(rig.receiver.times())}, duplicates stored after a 20 s hang: {dups}")
+    assert dups == 0, dups
+    assert "Traceback" not in svc.log()
+
+
+@pytest.mark.slow
+def test_kill_9_while_a_write_hangs_loses_no_queued_frame(rig: Rig) -> None:
+    """Frames that arrive while the worker waits on a hung server are on disk before it waits: kill -9 then
+    loses none of them (the write in doubt is resent by the next process: at most that batch twice)."""
+    a = rig.service(timeout=30.0)  # a write waits 30 s for its answer
+    wait_until(lambda: len(rig.receiver.times()) >= 2, 15)
+    wait_stored(rig, 10)
+    rig.vm.pause()
+    before = len(rig.receiver.times())
+    wait_until(lambda: len(rig.receiver.times()) >= before + 4, 15)  # queued behind the hung write
+    a.stop(signal.SIGKILL)
+    published = rig.receiver.times()
+    b = rig.service(timeout=5.0)
+    rig.vm.resume()
+    wait_until(lambda: len(rig.receiver.times()) >= len(published) + 2, 15)
+    got = wait_stored(rig, 40)
+    assert set(published) <= {k[3] for k in got}
+    b.stop()
+    wait_stored(rig, 5)
+    dups = duplicates(rig)
+    print(f"duplicates after kill -9 during a hang: {dups}")
+    assert dups <= 1, dups  # the one frame in the request in doubt when the process died
+    assert_clean(b)
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_server_hangs_takes_under_5_s_and_says_what_is_kept(rig: Rig) -> None:
+    svc = rig.service(timeout=5.0, influx_extra="health_interval = 1\n")
+    wait_until(lambda: len(rig.receiver.times()) >= 2, 15)
+    wait_stored(rig, 10)
+    rig.vm.pause()
+    hung = time.monotonic()
+    wait_until(lambda: time.monotonic() - hung >= 5.7, 8)  # a write timed out, the next one hangs too
+    rc, took = svc.stop()
+    print(f"SIGTERM while InfluxDB hangs: {took:.2f} s")
+    assert rc == 0 and took < 5.0, took
+    assert "kept on disk: " in svc.log() and " in the influxdb spool" in svc.log(), svc.log()
+    published = set(rig.receiver.times())
+    rig.vm.resume()
+    b = rig.service()
+    got = wait_stored(rig, 30)
+    assert published <= {k[3] for k in got}
+    b.stop()

@@ -7,6 +7,7 @@ reader does.  Every server listens on 127.0.0.1 on a free port and is stopped by
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -24,12 +25,15 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.health import HealthServer, evaluate, public_snapshot
 from appliance.health.config import HealthConfig
-from appliance.stats import OutputSnapshot, Stats, StatsSnapshot
+from appliance.stats import OutputSnapshot, SourceSnapshot, Stats, StatsSnapshot
 
 from .probes import Feeder, open_fds, rss_kib
 from .util import free_port, wait_until
@@ -128,7 +132,10 @@ def snap(age: float | None, outputs: dict[str, str] | None = None, uptime: float
         (snap(None, uptime=1.0), "up ready 100% #starting: no frame yet", 100, 200),
         (snap(None, uptime=75.0), "down 0% #no TIC frame since start 75s ago", 0, 503),
         (  # the adapter is missing: down at once, with the reason (not "starting" for down_after seconds)
-            {**snap(None, uptime=1.0), "source": {"state": "lost", "detail": "cannot open /dev/ttyUSB0: No such file"}},
+            replace(
+                snap(None, uptime=1.0),
+                source=SourceSnapshot(state="lost", detail="cannot open /dev/ttyUSB0: No such file"),
+            ),
             "down 0% #no meter: cannot open /dev/ttyUSB0: No such file",
             0,
             503,
@@ -540,3 +547,306 @@ def test_teleinfo_status_unreachable() -> None:
     out = teleinfo_status(free_port(), "--timeout", "2")
     assert out.returncode == 2
     assert out.stdout.count("\n") == 1 and "unreachable" in out.stdout and "refused" in out.stdout
+
+
+# --- issue 15: a handful of connections must not deny the service ---------------------------------------------
+def hold_requests(port: int, n: int, request: bytes, stop: threading.Event, source: str = "127.0.0.1") -> list[int]:
+    """``n`` clients that each send ``request`` and keep the connection open, re-opening as soon as the server
+    answers or closes (the attack that made every HTTP check fail); returns a one-element list counting the
+    re-openings, updated until ``stop`` is set."""
+    opened = [0]
+
+    def holder() -> None:
+        while not stop.is_set():
+            try:
+                with socket.socket() as s:
+                    s.bind((source, 0))
+                    s.settimeout(0.5)
+                    s.connect(("127.0.0.1", port))
+                    opened[0] += 1
+                    s.sendall(request)
+                    while not stop.is_set():
+                        try:
+                            if not s.recv(4096):
+                                break
+                        except TimeoutError:
+                            continue
+            except OSError:
+                time.sleep(0.01)
+
+    for _ in range(n):
+        threading.Thread(target=holder, daemon=True).start()
+    return opened
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_unfinished_http11_requests_never_fail_the_http_checks(
+    serve: Callable[..., HealthServer], stats: Stats
+) -> None:
+    curl = need("curl")
+    port = port_of(serve(read_timeout=2.0))  # max_connections: the default 32
+    stop = threading.Event()
+    with Feeder(lambda _i: stats.frame(10), 0.1):
+        opened = hold_requests(port, 32, b"GET / HTTP/1.1\r\nHost: x\r\n", stop)
+        wait_until(lambda: opened[0] >= 32, 5)
+        time.sleep(0.3)
+        ok = 0
+        for _ in range(48):
+            out = subprocess.run(
+                [curl, "-s", "-m", "3", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{port}/health"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+            ok += out.stdout == "200"
+        stop.set()
+    assert ok == 48, f"{ok}/48 HTTP checks answered 200 while 32 requests were held open"
+    assert agent_line(port).startswith("up ready 100%")
+
+
+def test_a_bad_request_target_is_answered_without_a_traceback(
+    serve: Callable[..., HealthServer], stats: Stats, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = port_of(serve())
+    stats.frame(10)
+    with caplog.at_level("DEBUG"):
+        for request in (b"GET //[ HTTP/1.0\r\n\r\n", b"GET http://[::1 HTTP/1.0\r\n\r\n", b"GET //[\n"):
+            raw = read_all(port, request)
+            assert raw.startswith(b"HTTP/1.0 400 Bad Request\r\n"), raw
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL") or r.exc_info]
+
+
+@pytest.mark.slow
+def test_clients_from_other_addresses_cannot_take_a_checks_slot(
+    serve: Callable[..., HealthServer], stats: Stats
+) -> None:
+    port = port_of(serve(max_connections=8, read_timeout=5.0))
+    stop = threading.Event()
+    with Feeder(lambda _i: stats.frame(10), 0.1):
+        # Another machine holds every slot with requests that never complete, and re-opens each one it loses.
+        opened = hold_requests(port, 16, b"GE", stop, source="127.0.0.2")
+        wait_until(lambda: opened[0] >= 16, 5)
+        for _ in range(20):
+            assert get(port, "/health")[0] == 200
+            assert agent_line(port).startswith("up ready 100%")
+        stop.set()
+
+
+# --- issue 15: what a stranger reads, and credentials nowhere ---------------------------------------------------
+def get_from(port: int, path: str, source: str) -> tuple[int, bytes]:
+    with socket.socket() as s:
+        s.settimeout(3)
+        s.bind((source, 0))
+        s.connect(("127.0.0.1", port))
+        s.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        raw = b""
+        while chunk := s.recv(65536):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
+
+
+SECRET_URL = "http://admin:hunter2@10.1.2.3:8086/api/v2/write?org=home&token=s3cr3t"
+
+
+def loaded_stats(stats: Stats) -> None:
+    stats.frame(10)
+    stats.source("open", "/dev/ttyAMA0", mode="standard")
+    stats.update_output("influxdb", state="failing", last_error=f"InfluxDB {SECRET_URL} unreachable: refused")
+    stats.update_output("mqtt", state="up", sent=3)
+    stats.set_extra("checks", {"public_ip": {"result": "ok", "message": "public address 203.0.113.7"}})
+    stats.set_extra("journal", {"directory": "/var/lib/teleinfo/journal", "last_error": None})
+    stats.set_meter(METER)
+
+
+def test_strangers_read_only_what_health_needs_and_no_one_reads_credentials(
+    serve: Callable[..., HealthServer], stats: Stats
+) -> None:
+    port = port_of(serve())
+    loaded_stats(stats)
+    status, body = get_from(port, "/status", "127.0.0.2")  # another machine
+    assert status == 200
+    doc = json.loads(body)
+    text = body.decode()
+    for secret in ("hunter2", "s3cr3t", "admin", "203.0.113.7", "10.1.2.3", METER, "ttyAMA0", "version"):
+        assert secret not in text, secret
+    assert (
+        doc["health"]["state"] == "up" and doc["frames"] == 1 and doc["source"] == {"state": "open", "mode": "standard"}
+    )
+    assert doc["outputs"] == {"influxdb": {"state": "failing"}, "mqtt": {"state": "up"}}
+    assert doc["journal"] == {"state": "ok"} and "checks" not in doc
+    # This machine (teleinfo status) reads every counter, credentials redacted all the same.
+    status, body = get_from(port, "/status", "127.0.0.1")
+    doc = json.loads(body)
+    assert doc["checks"]["public_ip"]["result"] == "ok" and "version" in doc
+    assert "hunter2" not in body.decode() and "s3cr3t" not in body.decode()
+    assert doc["outputs"]["influxdb"]["last_error"].startswith("InfluxDB http://***@10.1.2.3:8086/api/v2/write?")
+
+
+def test_status_detail_full_and_health(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    loaded_stats(stats)
+    full = json.loads(get_from(port_of(serve(status_detail="full")), "/status", "127.0.0.2")[1])
+    assert "checks" in full and "hunter2" not in json.dumps(full) and METER not in json.dumps(full)
+    health = json.loads(get_from(port_of(serve(status_detail="health")), "/status", "127.0.0.1")[1])
+    assert "checks" not in health and "version" not in health
+
+
+def test_credentials_in_urls_never_reach_the_log(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from appliance.logs import setup_logging
+
+    stream = io.StringIO()
+    handler = setup_logging("info", logging.StreamHandler(stream))
+    try:
+        log = logging.getLogger("appliance.test")
+        log.warning("InfluxDB %s unreachable", SECRET_URL)
+        try:
+            raise ConnectionError(f"POST {SECRET_URL} failed")
+        except ConnectionError:
+            log.exception("output failed")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        del logging.getLogger()._teleinfo_handler  # type: ignore[attr-defined]
+    text = stream.getvalue()
+    assert "http://***@10.1.2.3:8086" in text and "token=***" in text
+    assert "hunter2" not in text and "s3cr3t" not in text
+
+
+@pytest.mark.slow
+def test_teleinfo_status_reads_a_strangers_document(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    port = port_of(serve(status_detail="health"))
+    loaded_stats(stats)
+    out = teleinfo_status(port)
+    assert out.returncode == 1 and out.stdout.startswith("TELEINFO WARNING - up ready 50%"), out.stdout
+    assert "output     influxdb failing" in out.stdout and "Traceback" not in out.stderr
+
+
+@given(
+    st.dictionaries(
+        st.text(max_size=10),
+        st.recursive(
+            st.none() | st.integers() | st.floats() | st.text(),
+            lambda i: st.lists(i, max_size=3) | st.dictionaries(st.text(max_size=5), i, max_size=3),
+            max_leaves=8,
+        ),
+    )
+)
+@settings(max_examples=200, deadline=None)
+def test_teleinfo_status_survives_any_document(doc: dict[str, Any]) -> None:  # fmt: skip
+    from appliance.commands import status as status_module
+
+    doc["health"] = doc.get("health") if isinstance(doc.get("health"), dict) else {"state": "up", "line": "\x1b[2J"}
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = status_module.run_document(doc, "192.0.2.1:9999", as_json=False)
+    assert code in (0, 1, 2)
+    assert "\x1b" not in out.getvalue()
+
+
+# --- issue 15: health tells the truth ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("snapshot", "line", "status"),
+    [
+        (
+            replace(snap(0.5, {"mqtt": "stopped", "udp": "up"})),
+            "up ready 50% #degraded: mqtt stopped, frames=120 age=0.5s",
+            200,
+        ),
+        (snap(0.5, {"mqtt": "stopped"}), "drain 0% #all outputs stopped: mqtt", 503),
+        (
+            replace(
+                snap(0.5, {"udp": "up"}), sections={"journal": {"last_error": "[Errno 28] No space left on device"}}
+            ),
+            "up ready 50% #degraded: journal: no space left on device, frames=120 age=0.5s",
+            200,
+        ),
+        (
+            replace(snap(0.5), sections={"journal": {"last_error": "[Errno 30] Read-only file system: '/var/x'"}}),
+            "up ready 50% #degraded: journal: read-only file system, frames=120 age=0.5s",
+            200,
+        ),
+        (
+            replace(snap(0.5, {"a": "failing"}), sections={"journal": {"last_error": "[Errno 28] No space left"}}),
+            "drain 0% #all outputs failing: a; journal: no space left",
+            503,
+        ),
+        (replace(snap(0.5), sections={"journal": {"last_error": None}}), "up ready 100% #ok frames=120 age=0.5s", 200),
+    ],
+)
+def test_a_dead_output_or_a_journal_that_cannot_write_is_not_ok(
+    snapshot: StatsSnapshot, line: str, status: int
+) -> None:
+    state = evaluate(snapshot, HealthConfig(down_after=60))
+    assert (state.line, state.http_status) == (line, status)
+
+
+class QuietSource:
+    def frame_ok(self, mode: str) -> None:
+        pass
+
+    def frame_bad(self) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_garbage_between_stx_and_etx_is_not_a_frame(serve: Callable[..., HealthServer], stats: Stats) -> None:
+    from appliance.reader import FrameReader
+    from appliance.tic import encode_frame, encode_group
+
+    port = port_of(serve(down_after=1.5))
+    reader = FrameReader(QuietSource(), "historique", stats)  # type: ignore[arg-type]
+    good = encode_frame([encode_group("historique", "ADCO", METER), encode_group("historique", "PAPP", "00420")])
+    assert len(reader.feed(good, time.time())) == 1
+    assert agent_line(port).startswith("up ready 100% #ok frames=1 ")
+    rng = random.Random(15)
+    garbage = b"".join(b"\x02" + rng.randbytes(200).replace(b"\x02", b"").replace(b"\x03", b"") + b"\x03"
+                       for _ in range(300))  # fmt: skip
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < 3:  # 60 kB of garbage a second, framed like the meter's frames
+        reader.feed(garbage, time.time())
+        time.sleep(0.1)
+    snapshot = stats.snapshot()
+    assert snapshot.frames == 1 and snapshot.bad_frames > 1000, snapshot
+    line = agent_line(port)
+    assert line.startswith("down 0% #no TIC frame for"), line
+    assert teleinfo_status(port).returncode == 2
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_a_journal_on_a_full_disk_makes_health_and_status_degraded(
+    serve: Callable[..., HealthServer], stats: Stats, tmp_path: Path
+) -> None:
+    from appliance.journal import Journal, JournalConfig
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    disk = tmp_path / "tiny"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)], capture_output=True, check=False)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")
+    try:
+        (disk / "journal").mkdir()
+        with contextlib.suppress(OSError), open(disk / "filler", "wb") as f:  # the disk full to the last byte
+            while True:
+                f.write(random.randbytes(1024))
+                f.flush()
+        cfg = JournalConfig(enabled=True, flush_interval=0.2, flush_kb=1)
+        journal = Journal(cfg, disk / "journal", "historique", stats)
+        journal.start()
+        port = port_of(serve())
+        with Feeder(lambda i: (stats.frame(10), journal.append(b"\0" * 2000, time.time())), 0.05):
+            wait_until(lambda: "journal: no space left on device" in agent_line(port), 10)
+            line = agent_line(port)
+            assert line.startswith("up ready 50% #degraded: journal: no space left on device"), line
+            out = teleinfo_status(port)
+            assert out.returncode == 1 and "journal: no space left" in out.stdout.splitlines()[0], out.stdout
+            (disk / "filler").unlink()  # room again: the journal writes what it kept, health is ok again
+            wait_until(lambda: agent_line(port).startswith("up ready 100% #ok"), 10)
+        journal.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -209,7 +209,7 @@ PI3_FACTS: list[tuple[str | None, str]] = [
     ("gpiochip", "stat -c '%G %a' /dev/gpiochip0"),
     (
         "gpio",  # the service's user drives a line through the gpiochip device, as gpiozero's lgpio factory does
-        "runuser -u teleinfo -- env LG_WD=/tmp /opt/teleinfo/bin/python -c 'import lgpio; "
+        "runuser -u teleinfo -- env LG_WD=/tmp /opt/teleinfo/current/bin/python -c 'import lgpio; "
         "h = lgpio.gpiochip_open(0); lgpio.gpio_claim_output(h, 17, 1); print(lgpio.gpio_read(h, 17))' 2>&1",
     ),
     ("path", "bash -lc 'command -v teleinfo'"),

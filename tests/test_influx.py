@@ -338,6 +338,89 @@ def test_a_server_that_never_answers_times_out_and_stop_is_bounded(tmp_path: Pat
         assert [frame_time(f) for f in spool.peek(100).frames] == [frame_time(f) for f in frames]
 
 
+# --- a write in doubt: at most one outstanding request -------------------------------------------------------------
+class Stalling:
+    """A server whose ``/ping`` and write answers the test holds back and releases: each POST's body is recorded
+    as it arrives, then answered 204 once :attr:`writes_go` is set (``/ping`` likewise with :attr:`pings_go`)."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+        self.writes_go = threading.Event()
+        self.pings_go = threading.Event()
+        stalling = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self, go: threading.Event) -> None:
+                go.wait(30)
+                self.send_response(204)
+                self.end_headers()
+
+            def do_GET(self) -> None:
+                self._answer(stalling.pings_go)
+
+            def do_POST(self) -> None:
+                stalling.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                self._answer(stalling.writes_go)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def frames_in(self, i: int) -> int:
+        return len(self.bodies[i].splitlines())
+
+    def close(self) -> None:
+        self.writes_go.set()
+        self.pings_go.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def stalling() -> Iterator[Stalling]:
+    s = Stalling()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def test_a_write_in_doubt_is_waited_for_and_its_frames_are_not_sent_twice(stalling: Stalling) -> None:
+    out = InfluxOutput(influx_cfg(stalling.url, timeout=0.3))
+    frames = sim_frames(4, "historique")
+    with pytest.raises(InfluxError, match=r"no answer within 0\.3 s"):
+        out.send_batch(frames[:2])
+    # The server is hung (no /ping either): the retry sends nothing, the first write is still in doubt.
+    with pytest.raises(InfluxError, match="still unanswered"):
+        out.send_batch(frames[:3])
+    assert len(stalling.bodies) == 1
+    stalling.writes_go.set()  # resumed: it executes the write it holds
+    stalling.pings_go.set()
+    out.send_batch(frames)  # the first two are in the database: only the two others are sent
+    assert [stalling.frames_in(i) for i in range(len(stalling.bodies))] == [2, 2]
+    assert stalling.bodies[1] == "\n".join(line for f in frames[2:] for line in frame_lines(f)).encode()
+    out.close()
+
+
+def test_a_write_lost_by_a_server_that_answers_ping_is_sent_again(stalling: Stalling, caplog: Any) -> None:
+    out = InfluxOutput(influx_cfg(stalling.url, timeout=0.3))
+    frames = sim_frames(3, "historique")
+    stalling.pings_go.set()  # the server is up, but this write never gets an answer
+    with pytest.raises(InfluxError, match=r"no answer within 0\.3 s"):
+        out.send_batch(frames[:2])
+    with pytest.raises(InfluxError):  # the resend gets no answer either (still the same server)
+        out.send_batch(frames)
+    assert [stalling.frames_in(i) for i in range(len(stalling.bodies))] == [2, 3]
+    assert any("answers /ping but not a write" in r.getMessage() for r in caplog.records)
+    assert out.probe()
+    out.close()
+
+
 # --- a field type conflict: influxd's real 400 --------------------------------------------------------------------
 class V2Shim:
     """``/api/v2/write?bucket=B&precision=P`` -> influxd 1.6.7's ``/write?db=B&precision=P``; ``/ping`` as is.

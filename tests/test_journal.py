@@ -6,8 +6,11 @@ import errno
 import gzip
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,9 +20,10 @@ from pytest_mock import MockerFixture
 from appliance.journal import Journal, JournalConfig, JournalError, _members, read_segment, segment_files
 from appliance.schema import Config
 from appliance.service import Service
+from appliance.stats import Stats
 from appliance.tic import Decoder, Frame
 
-from .util import wait_until
+from .util import mount_tmpfs, wait_until
 
 T0 = 1_764_000_000.0  # a whole hour (UTC): 2025-11-24T16:00:00Z
 
@@ -251,3 +255,61 @@ def test_a_failed_fsync_rolls_the_write_back_and_the_chunks_are_written_once(
     assert all_chunks(tmp_path) == first + second
     assert fake_fsync.call_count >= 3
     assert sum("cannot write" in r.getMessage() for r in caplog.records) == 1  # logged once, not per retry
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 kB tmpfs mounted by the test (root only): a real full disk, ENOSPC from the kernel."""
+    disk = tmp_path / "tiny"
+    mount_tmpfs(disk, "64k")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.root
+def test_a_full_disk_leaves_only_readable_segments_and_the_loss_at_stop_is_logged(
+    tiny_disk: Path, mocker: MockerFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    stats = Stats()
+    cfg = JournalConfig(enabled=True, flush_interval=30, flush_kb=8, buffer_max_mb=1)  # flushes by size only
+    j = Journal(cfg, tiny_disk, "historique", stats)
+    attempts = mocker.spy(j, "_write_some")
+    j.start()
+    t = T0
+    for _ in range(60):  # 120 kB that gzip cannot shrink, on 64 kB: the disk fills up part-way
+        j.append(os.urandom(2000), t)
+        t += 0.5
+        time.sleep(0.01)
+    wait_until(lambda: "No space left" in (j.last_error or ""), 10)
+    # buffered_bytes follows the buffer while it grows, between two flushes too (a read every 0.1 s)
+    first = stats.snapshot().sections["journal"]["buffered_bytes"]
+    deadline = time.monotonic() + 3
+    while stats.snapshot().sections["journal"]["buffered_bytes"] < first + 10_000:
+        assert time.monotonic() < deadline, "buffered_bytes froze"
+        j.append(os.urandom(2000), t)
+        t += 0.5
+        time.sleep(0.1)
+    tried = attempts.call_count
+    time.sleep(1.0)
+    assert attempts.call_count - tried <= 1  # a failing disk is retried on the clock (10 s here), not in a loop
+    # Every file the journal left is a readable segment: no empty one after a failed write...
+    files = segment_files(tiny_disk)
+    assert files and all(p.stat().st_size > 0 for p in files)
+    for p in files:
+        read_segment(p)
+    # ...so teleinfo replay reads the directory without an error.
+    r = subprocess.run(
+        [sys.executable, "-m", "appliance", "replay", "--dry-run", str(tiny_disk)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    left = len(j._buffer)
+    assert left > 0
+    j.close()  # the disk is still full: what could not be written is said, with its count
+    lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage() and r.levelname == "ERROR"]
+    assert any(f"{left} chunks" in m for m in lost), lost

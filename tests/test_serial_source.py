@@ -497,7 +497,8 @@ def test_missing_device_retries_quietly_and_stops_promptly(
 def test_auto_device_is_the_header_uart_of_the_device_tree(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tree: str, opened: str, detail: str
 ) -> None:
-    from appliance.sources import serial_source, uart
+    from appliance.sources.serial import source as serial_source
+    from appliance.sources.serial import uart
 
     caplog.set_level(logging.INFO, logger=LOGGER)
     data = Path(__file__).resolve().parent / "data" / "uart" / tree

@@ -261,6 +261,7 @@ class NotifySocket:
 def clean_env(**extra: str) -> dict[str, str]:
     """This environment without what would change how the service runs (systemd's variables, a config path)."""
     drop = {"INVOCATION_ID", "JOURNAL_STREAM", "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "TELEINFO_CONFIG"}
+    drop |= {"RUNTIME_DIRECTORY", "STATE_DIRECTORY"}
     env = {k: v for k, v in os.environ.items() if k not in drop}
     env["PYTHONPATH"] = str(REPO)
     env.update(extra)
@@ -927,7 +928,7 @@ def test_watchdog_is_fed_by_the_read_loop_only(tmp_path: Path) -> None:
     runner.start()
     try:
         wait_until(lambda: notify.count("READY=1") == 1 and notify.count("WATCHDOG=1") >= 3, 10)
-        assert service.stats.snapshot()["source"]["state"] == "lost"
+        assert service.stats.snapshot().source.state == "lost"
         assert service.source is not None
         wedged, release = threading.Event(), threading.Event()
         real_read = service.source.read

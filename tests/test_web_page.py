@@ -204,7 +204,9 @@ def test_page_follows_the_meter_and_shows_the_engine_costs(browser_dir: Path, ar
         assert today["cost"] is not None and today["periods"]
         last = next(iter(reversed(today["periods"])))
         selector = f'#today tr[data-period="{last}"] td.cost'
-        wait_until(lambda: driver.execute(f"return document.querySelector('{selector}')?.dataset.value") is not None)
+        # The page had an older tariff snapshot (the one it got on connecting): wait for this one's figures.
+        want = str(today["periods"][last]["cost"])
+        wait_until(lambda: driver.execute(f"return document.querySelector('{selector}')?.dataset.value") == want)
         for period, e in today["periods"].items():
             cell = f'#today tr[data-period="{period}"]'
             assert float(driver.execute(f"return document.querySelector('{cell} td.cost').dataset.value")) == e["cost"]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval: float = 0.02) -> None:
@@ -37,3 +41,14 @@ def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 10.0) -> N
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
+
+
+def mount_tmpfs(directory: Path, size: str) -> None:
+    """Create ``directory`` and mount a tmpfs of ``size`` (``"16k"``) on it: a real small disk that fills up
+    (ENOSPC from the kernel).  Skips the test without root or where mounting is refused; the caller unmounts."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    directory.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], capture_output=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.decode().strip()}")

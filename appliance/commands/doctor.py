@@ -624,13 +624,14 @@ def check_tcp(name: str, host: str, port: int, fix: str, timeout: float = 3.0) -
 def check_http(name: str, url: str, timeout: float) -> Result:
     """Any HTTP answer means the server is reachable (authentication is checked by the output itself)."""
     from appliance import httpclient
+    from appliance.redaction import redact
 
     try:
         answer = httpclient.get(url, timeout=timeout, max_bytes=PROBE_BYTES)
     except httpclient.HttpError as e:
         why = e.reason[:1].upper() + e.reason[1:]  # as the TCP checks word it (strerror): "Connection refused"
-        return Result(name, "FAIL", f"{url}: {why}", "outputs.influxdb.url; is the server running?")
-    return Result(name, "ok", f"{url} answered HTTP {answer.status}")
+        return Result(name, "FAIL", f"{redact(url)}: {why}", "outputs.influxdb.url; is the server running?")
+    return Result(name, "ok", f"{redact(url)} answered HTTP {answer.status}")
 
 
 # --- clock and disk ----------------------------------------------------------------------------------------

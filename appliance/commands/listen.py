@@ -5,6 +5,11 @@ shown as one compact summary per point (the lines of a split frame are grouped b
 or as the raw lines with ``--raw``; JSON parts are reassembled into whole frames, one JSON object per line.
 ``--count`` always counts frames, whatever the format.
 
+Whatever arrives on the port is a stranger's: no datagram can stop it (malformed JSON or line protocol, JSON
+nested too deep, lone surrogates, out-of-range timestamps, odd types: each is counted and skipped with a warning),
+the JSON parts it keeps for reassembly are bounded in count and bytes and expire on a timer even while nothing
+arrives, and nothing from the network reaches the terminal unescaped (:mod:`appliance.textsafe`).
+
 Exit status: 0 when done (``--count`` frames, ``--timeout`` elapsed without ``--count``, or Ctrl-C), 1 when
 ``--timeout`` elapsed before ``--count`` frames arrived, 2 on a bad group, port or interface.
 """
@@ -12,7 +17,6 @@ Exit status: 0 when done (``--count`` frames, ``--timeout`` elapsed without ``--
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import datetime
@@ -24,6 +28,8 @@ if TYPE_CHECKING:
 
 #: A split frame's datagrams leave back to back; this much silence means its point is complete.
 POINT_QUIET: Final = 0.2
+#: Incomplete JSON frames are looked at this often even while nothing arrives (their memory is released).
+EXPIRE_EVERY: Final = 1.0
 
 #: Fields shown first in a summary, when present (power, currents, voltages, tariff period, main indexes).
 HEADLINE: Final = (
@@ -139,15 +145,22 @@ class _Printer:
         self.out.flush()
 
     def _json(self, data: bytes, source: Any) -> None:
+        from appliance.textsafe import json_line, printable
+
         invalid = self.reassembler.invalid
         frames = self.reassembler.feed(data, source)
         if self.reassembler.invalid != invalid:
             self._warn(source, "not a JSON frame")
         if self.raw:
-            self.out.write(data.decode("utf-8", "replace") + "\n")
+            self.out.write(printable(data.decode("utf-8", "replace")) + "\n")
         else:
             for obj in frames:
-                self.out.write(json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n")
+                try:
+                    line = json_line(obj)
+                except (ValueError, RecursionError):
+                    self._warn(source, "a JSON frame that cannot be shown")
+                    continue
+                self.out.write(line + "\n")
         self.frames += len(frames)
 
     def _influx(self, data: bytes, source: Any) -> None:
@@ -175,17 +188,22 @@ class _Printer:
 
     def flush(self) -> None:
         """The pending line-protocol point is complete: print its summary and count it."""
+        from appliance.textsafe import printable
+
         if self.point is None:
             return
-        self.out.write("\n".join(self.lines) + "\n" if self.raw else summary(self.point) + "\n")
+        lines = self.lines if self.raw else [summary(self.point)]
+        self.out.write("".join(printable(line) + "\n" for line in lines))
         self.out.flush()
         self.point = None
         self.lines = []
         self.frames += 1
 
     def _warn(self, source: Any, why: str) -> None:
+        from appliance.textsafe import printable
+
         who = f"{source[0]}:{source[1]}" if isinstance(source, tuple) else "?"
-        print(f"teleinfo listen: ignored a datagram from {who}: {why}", file=self.err)
+        print(f"teleinfo listen: ignored a datagram from {who}: {printable(why, 200)}", file=self.err)
 
 
 def _seconds_of(timestamp: int) -> float:
@@ -215,7 +233,10 @@ def summary(point: Point) -> str:
     """One readable line: local time, tags, the headline fields with units, and how many more fields."""
     if not _UNITS:
         _UNITS.update(_units())
-    when = "no time" if point.time is None else datetime.fromtimestamp(_seconds_of(point.time)).strftime("%H:%M:%S")
+    try:
+        when = "no time" if point.time is None else datetime.fromtimestamp(_seconds_of(point.time)).strftime("%H:%M:%S")
+    except (ValueError, OverflowError, OSError):  # a time no calendar holds (the year 30,000, before 1 AD...)
+        when = "bad time"
     tags = " ".join(f"{k}={v}" for k, v in point.tags.items())
     mode = point.tags.get("mode", "")
     keys = [k for k in HEADLINE if k in point.fields] or list(point.fields)[:6]
@@ -255,14 +276,16 @@ def run(args: argparse.Namespace) -> int:
                     printer.flush()
                     timed_out = True
                     break
-                wait = None if deadline is None else deadline - now
+                wait = EXPIRE_EVERY if deadline is None else min(deadline - now, EXPIRE_EVERY)
                 if printer.point is not None:
-                    wait = POINT_QUIET if wait is None else min(wait, POINT_QUIET)
+                    wait = min(wait, POINT_QUIET)
                 sock.settimeout(wait)
                 try:
                     data, source = sock.recvfrom(65535)
                 except TimeoutError:
-                    printer.flush()
+                    printer.reassembler.expire()
+                    if printer.point is not None:
+                        printer.flush()
                     continue
                 printer.feed(data, source)
     except KeyboardInterrupt:

@@ -1,8 +1,10 @@
 """``teleinfo status``: the appliance's state and counters for people, and a Nagios-style check.
 
 It reads ``GET /status`` from the health socket, so it works against a remote appliance too and sees exactly
-what load balancers see.  Exit status: 0 up, 1 degraded (reduced weight or drain), 2 down or unreachable; the
-first line is a Nagios-style summary with performance data.
+what load balancers see (from another machine, only what health needs unless ``health.status_detail = "full"``).
+Exit status: 0 up, 1 degraded (reduced weight or drain), 2 down or unreachable; the first line is a Nagios-style
+summary with performance data.  The answer is a peer's like any other: whatever it holds, nothing is printed
+raw (:mod:`appliance.textsafe`) and an odd document is reported, never a traceback.
 """
 
 from __future__ import annotations
@@ -55,7 +57,8 @@ def fetch(host: str, port: int, timeout: float) -> dict[str, Any]:
 def exit_status(health: dict[str, Any]) -> int:
     if health.get("state") == "down":
         return CRITICAL
-    if health.get("state") != "up" or health.get("weight", 0) < 100:
+    weight = health.get("weight", 0)
+    if health.get("state") != "up" or not isinstance(weight, int | float) or weight < 100:
         return WARNING
     return OK
 
@@ -70,15 +73,24 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"TELEINFO CRITICAL - health socket {where} gave an unexpected answer: {e}")
         return CRITICAL
-    status = exit_status(doc["health"])
-    if args.json:
-        print(json.dumps(doc, indent=2, ensure_ascii=False))
-    else:
-        print(_render(doc, status, where))
+    return run_document(doc, where, args.json)
+
+
+def run_document(doc: dict[str, Any], where: str, as_json: bool) -> int:
+    """Print a fetched document (JSON or readable), safely; return the exit status."""
+    from appliance.textsafe import json_line, printable
+
+    try:
+        status = exit_status(doc["health"])
+        text = json_line(doc, indent=2) if as_json else "\n".join(map(printable, _render(doc, status, where)))
+    except (AttributeError, TypeError, ValueError, KeyError, OverflowError, OSError) as e:
+        print(f"TELEINFO CRITICAL - health socket {where} gave an unexpected answer: {type(e).__name__}")
+        return CRITICAL
+    print(text)
     return status
 
 
-def _render(doc: dict[str, Any], status: int, where: str) -> str:
+def _render(doc: dict[str, Any], status: int, where: str) -> list[str]:
     health = doc["health"]
     word = ("OK", "WARNING", "CRITICAL")[status]
     perf = f"frames={doc.get('frames', 0)}c rejects={sum(doc.get('rejects', {}).values())}c"
@@ -87,12 +99,12 @@ def _render(doc: dict[str, Any], status: int, where: str) -> str:
         perf += f" age={age}s;;{health.get('down_after_s', '')}"
     lines = [
         f"TELEINFO {word} - {health.get('line', '?')} | {perf}",
-        f"appliance  {where}, version {doc.get('version')}",
+        f"appliance  {where}, version {doc.get('version', '?')}",
     ]
     source = doc.get("source", {})
     lines.append(
         f"source     {source.get('state', '?')} {source.get('mode') or ''}".rstrip()
-        + f", {source.get('reconnects', 0)} reconnects, {source.get('bytes', 0)} bytes"
+        + (f", {source['reconnects']} reconnects, {source['bytes']} bytes" if "bytes" in source else "")
         + (f" ({source['detail']})" if source.get("detail") else "")
     )
     rejects = ", ".join(f"{k}={v}" for k, v in sorted(doc.get("rejects", {}).items())) or "none"
@@ -102,6 +114,9 @@ def _render(doc: dict[str, Any], status: int, where: str) -> str:
     if not outputs:
         lines.append("outputs    none")
     for name, o in outputs.items():
+        if "sent" not in o:  # what a stranger's /status shows: the state only
+            lines.append(f"output     {name} {o.get('state')}")
+            continue
         lines.append(
             f"output     {name} {o.get('state')}: sent {o.get('sent')}, failed {o.get('failed')}, "
             f"dropped {o.get('dropped')}, queued {o.get('queued')}, spooled {o.get('spooled')}"
@@ -115,7 +130,7 @@ def _render(doc: dict[str, Any], status: int, where: str) -> str:
             continue
         lines.append(f"{key:<10} {_flat(value)}")
     lines.append(f"uptime     {_duration(doc.get('uptime_s', 0))}, {doc.get('groups', 0)} groups decoded")
-    return "\n".join(lines)
+    return lines
 
 
 def _flat(value: Any) -> str:

@@ -28,10 +28,20 @@ def register(sub: Any) -> None:
         ),
     )
     p.add_argument("--bind", help="address to listen on (default: sync.server.bind)")
-    p.add_argument("--port", type=int, help="TCP port (default: sync.server.port; 0: any free port)")
+    p.add_argument("--port", type=_port, help="TCP port (default: sync.server.port; 0: any free port)")
     p.add_argument("--root", metavar="DIR", help="where the trees are stored (default: sync.server.root)")
     p.add_argument("--tokens", metavar="PATH", help="tokens file (default: sync.server.tokens_file)")
     p.set_defaults(func=run)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0-65535 (got {value})")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

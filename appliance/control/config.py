@@ -30,6 +30,28 @@ class ControlConfig:
         example='{ env = "TELEINFO_CONTROL_TOKEN" }',
     )
     max_clients: int = opt(16, "Clients connected at once; a further one is refused.", lo=1, hi=1024)
+    max_unauthenticated: int = opt(
+        8,
+        "Connections at once that have not authenticated yet (with a token), counted apart from max_clients so "
+        "that strangers can never fill the operator's slots; when full, a newcomer from an address holding fewer "
+        "takes the slot of the oldest one from the address holding the most, else it is refused.",
+        lo=1,
+        hi=1024,
+    )
+    idle_timeout: float = opt(
+        900.0,
+        "Seconds a client may stay connected without sending a command nor reading anything (a watcher reading "
+        "frames is not idle); then it is disconnected.",
+        lo=10,
+        hi=86400,
+    )
+    principal_idle: float = opt(
+        120.0,
+        "Seconds the principal may stay without sending a command while another client is connected; then it "
+        'is told "role secondaire" and goes to the end of the line, and the longest-waiting client is promoted.',
+        lo=5,
+        hi=86400,
+    )
     max_line_bytes: int = opt(
         4096, "Longest command line (bytes); a longer one gets an error and a disconnect.", lo=64, hi=65536
     )

@@ -19,20 +19,32 @@ One command per line (``\\n``, ``\\r\\n`` accepted), one answer line per command
 
 Roles: clients are kept in order of arrival (of authentication, with a token).  The first is ``principal`` and
 may act; the others are ``secondaire`` and may only read.  When the principal leaves, cleanly, abruptly (RST) or
-because it was disconnected for abuse, the longest-waiting secondaire is promoted and told ``role principal`` at
-once.  Later issues add principal-only commands with :meth:`ControlServer.register_command`.
+because it was disconnected for abuse or idleness, the longest-waiting secondaire is promoted and told
+``role principal`` at once.  Later issues add principal-only commands with :meth:`ControlServer.register_command`.
 
-Bounds: ``max_clients`` connections (a further one reads an error and is closed), ``max_line_bytes`` per line,
-``max_commands_per_second`` per client (a token bucket), a 10 s limit to authenticate, and a bounded output buffer
-per client: a watcher that reads too slowly loses frames (counted), never delays anyone, and a client that stops
-reading its answers altogether is disconnected. Like the health socket, everything runs on one ``selectors``
-thread (:class:`appliance.netserver.SelectorServer`, where the bounds live); :meth:`ControlServer.on_frame`,
-called by the reader, only appends to a bounded deque and writes one byte to a socketpair, and does nothing at all
-while nobody watches.
+The idle rule: a principal that sends no command for ``principal_idle`` seconds (120 by default) while another
+client is connected is told ``role secondaire`` and goes to the end of the line, and the longest-waiting client
+is promoted (a silent first client can no longer keep the role for ever); any client that neither sends a
+command nor reads anything for ``idle_timeout`` seconds (900) is disconnected, like one that leaves.
 
-Token check: ``hmac.compare_digest``, and a wrong token closes the connection, so guessing costs a connection
-per try.  The status answer is not stripped of the meter address as the health socket's is: a control client can
-``watch`` whole frames anyway, which is why a reachable control socket needs a token.
+Bounds: ``max_clients`` authenticated clients (a further one reads an error and is closed) and, apart from them,
+``max_unauthenticated`` connections still to authenticate (strangers can never fill the operator's slots; when
+that pool is full, the address holding the most gives up its oldest to a newcomer from an address holding
+fewer, and one that has not sent its auth line within a second gives its slot to a newcomer from any address),
+``max_line_bytes`` per line, ``max_commands_per_second`` per client (a token bucket), a 10 s limit to
+authenticate (for the whole exchange, not per read), and a bounded output buffer per client: a watcher that reads
+too slowly loses frames (counted), never delays anyone, and a client that stops reading its answers altogether
+is disconnected. Like the health socket, everything runs on one ``selectors`` thread
+(:class:`appliance.netserver.SelectorServer`, where the bounds live); :meth:`ControlServer.on_frame`, called by
+the reader, only appends to a bounded deque and writes one byte to a socketpair, and does nothing at all while
+nobody watches.
+
+Token check: ``hmac.compare_digest``; a wrong token is answered only after a delay that doubles with every failure
+from the same address (1 s, 2 s, 4 s, 8 s at most: :class:`appliance.netserver.Throttle`), and the next attempt
+from that address is not even examined before the delay is over, however many connections it opens; then the
+connection is closed.  The status answer is not stripped of the meter address as the health socket's is: a
+control client can ``watch`` whole frames anyway, which is why a reachable control socket needs a token.
+Credentials written in URLs are redacted from it all the same (:func:`appliance.redaction.redact_tree`).
 """
 
 from __future__ import annotations
@@ -51,7 +63,7 @@ from typing import Final
 from appliance.control.config import ControlConfig
 from appliance.health.config import HealthConfig
 from appliance.health.state import status_document
-from appliance.netserver import Connection, Limits, SelectorServer
+from appliance.netserver import Connection, Limits, SelectorServer, Throttle
 from appliance.stats import Stats
 from appliance.tic import Frame
 
@@ -60,6 +72,7 @@ __all__ = ["Command", "ControlServer", "Session"]
 _LOG = logging.getLogger(__name__)
 
 AUTH_TIMEOUT_S: Final = 10.0
+AUTH_EVICTABLE_S: Final = 1.0  # with every slot taken, a connection without its auth line by then gives its slot
 DRAIN_S: Final = 0.5  # after a last line, let the client finish sending so our close sends FIN, not RST
 WATCH_BUFFER: Final = 64 * 1024  # bytes of frames queued per watcher before frames are dropped
 OUT_MAX: Final = WATCH_BUFFER + 64 * 1024  # beyond this the client is not reading at all: disconnected
@@ -79,6 +92,8 @@ class Session(Connection):
     refilled: float = 0.0
     dropped: int = 0
     quit: bool = False
+    spoke: float = 0.0  # last command line (monotonic): the principal's idle rule
+    failed: bool = False  # a wrong token: answered when its delay is over
 
 
 Handler = Callable[[Session, str], str]
@@ -123,7 +138,9 @@ class ControlServer(SelectorServer[Session]):
     ) -> None:
         limits = Limits(
             max_clients=cfg.max_clients,
+            max_pending=cfg.max_unauthenticated,
             max_request_bytes=2 * cfg.max_line_bytes,  # before authentication: the auth line (backstop)
+            idle_timeout=cfg.idle_timeout,
             max_out_bytes=OUT_MAX,
             drain=DRAIN_S,
         )
@@ -139,7 +156,8 @@ class ControlServer(SelectorServer[Session]):
         self._frames: collections.deque[Frame] = collections.deque(maxlen=FRAME_BACKLOG)
         self._backlog_dropped = 0  # written by the reader thread only
         self._watch_dropped = 0
-        self._published: tuple[int, int, int] | None = None
+        self._published: tuple[int, ...] | None = None
+        self.throttle = Throttle(initial=1.0, maximum=8.0)
         self.register_command("help", self._help, principal_only=False, help="help [command]: what each command does")
         self.register_command("role", self._role, principal_only=False, help="your role: principal or secondaire")
         self.register_command("status", self._status, principal_only=False, help="state and every counter, as JSON")
@@ -184,10 +202,11 @@ class ControlServer(SelectorServer[Session]):
 
     # --- SelectorServer hooks ----------------------------------------------------------------------------
     def new_connection(self, sock: socket.socket, peer: str, now: float) -> Session:
-        return Session(sock, peer, now, tokens=self.cfg.max_commands_per_second, refilled=now)
+        return Session(sock, peer, now, tokens=self.cfg.max_commands_per_second, refilled=now, spoke=now)
 
     def refusal(self) -> bytes:
-        return f"error too many clients (max {self.cfg.max_clients})\n".encode()
+        """The pool of connections still to authenticate is full (and fairly shared)."""
+        return f"error busy: {self.cfg.max_unauthenticated} connections waiting to authenticate\n".encode()
 
     def on_accept(self, client: Session) -> None:
         _LOG.debug("control: %s connected", client.peer)
@@ -198,7 +217,18 @@ class ControlServer(SelectorServer[Session]):
             self._send(client, "auth required")
 
     def on_expire(self, client: Session, now: float) -> None:
-        self._disconnect(client, "authentication timeout")
+        self._disconnect(client, "authentication failed" if client.failed else "authentication timeout")
+
+    def evictable(self, client: Session, now: float) -> bool:
+        """A connection that has not sent its auth line within a second: a program sends it at once (a person
+        typing it by hand can lose the race, only while the slots are all taken)."""
+        return client.role == "pending" and not client.failed and now - client.accepted >= AUTH_EVICTABLE_S
+
+    def on_evict(self, client: Session) -> None:
+        self._disconnect(client, "busy: too many connections waiting to authenticate")
+
+    def on_idle(self, client: Session) -> None:
+        self._disconnect(client, f"idle for {self.cfg.idle_timeout:g} s")
 
     def on_too_large(self, client: Session) -> None:
         self._disconnect(client, f"line too long (max {self.cfg.max_line_bytes} bytes)")
@@ -209,7 +239,33 @@ class ControlServer(SelectorServer[Session]):
 
     def on_tick(self, now: float) -> None:
         self._distribute()
+        self._demote_idle_principal(now)
+        self._close_idle(now)
         self._publish()
+
+    def _close_idle(self, now: float) -> None:
+        """Clients that sent no command for ``idle_timeout`` (watchers aside: the selector server closes those
+        that stop reading, its own idle timeout counting what it sends them)."""
+        limit = self.cfg.idle_timeout
+        for client in [c for c in self._members if not c.watching and now - c.spoke >= limit]:
+            self.on_idle(client)
+
+    def _demote_idle_principal(self, now: float) -> None:
+        """The idle rule (module docstring): a silent principal gives the role to the longest-waiting client."""
+        if len(self._members) < 2:
+            return
+        principal = self._members[0]
+        if now - principal.spoke < self.cfg.principal_idle:
+            return
+        self._members.append(self._members.pop(0))
+        principal.role = "secondaire"
+        _LOG.info("control: %s silent for %.0f s: no longer principal", principal.peer, now - principal.spoke)
+        self._send(principal, "role secondaire")
+        heir = self._members[0]
+        heir.role = "principal"
+        heir.spoke = now  # its own silence counts from its promotion
+        _LOG.info("control: %s is now principal", heir.peer)
+        self._send(heir, "role principal")
 
     def _distribute(self) -> None:
         """Serialise the frames the reader handed over, once each, into every watcher's buffer."""
@@ -228,16 +284,28 @@ class ControlServer(SelectorServer[Session]):
 
     def _publish(self) -> None:
         """Put the socket's own counters in the snapshot (health /status, teleinfo status), on change only."""
-        current = (self.client_count, self._watchers, self._watch_dropped + self._backlog_dropped)
+        current = (
+            self.client_count,
+            self._watchers,
+            self._watch_dropped + self._backlog_dropped,
+            self.throttle.failures,
+            self.refused + self.evicted,
+        )
         if current != self._published:
             self._published = current
-            clients, watchers, dropped = current
-            self._stats.set_extra("control", {"clients": clients, "watchers": watchers, "frames_dropped": dropped})
+            clients, watchers, dropped, failures, refused = current
+            section: dict[str, int] = {"clients": clients, "watchers": watchers, "frames_dropped": dropped}
+            if failures or refused:  # counters of abuse appear once there is some
+                section.update(auth_failures=failures, refused=refused)
+            self._stats.set_extra("control", section)
 
     # --- one client --------------------------------------------------------------------------------------
     def on_data(self, client: Session, eof: bool) -> None:
         if eof:
             self.close(client)
+            return
+        if client.failed:  # the delay of a wrong token is over
+            self._disconnect(client, "authentication failed")
             return
         limit = self.cfg.max_line_bytes
         while not client.closing:
@@ -247,8 +315,12 @@ class ControlServer(SelectorServer[Session]):
             if end < 0 or client.closing:
                 break
             line = bytes(client.inbuf[:end])
+            if client.role == "pending" and self._wait_for_throttle(client):
+                break  # the line stays in inbuf: on_data runs again when the hold ends
             del client.inbuf[: end + 1]
             self._line(client, line)
+            if client.held_until is not None:
+                break
 
     def _line(self, client: Session, raw: bytes) -> None:
         now = time.monotonic()
@@ -262,13 +334,20 @@ class ControlServer(SelectorServer[Session]):
         text = raw.decode("utf-8", "replace").strip()
         if not text:
             return
+        client.spoke = now
         if client.role == "pending":
             word, _, token = text.partition(" ")
             assert self._token is not None
-            if word.lower() == "auth" and hmac.compare_digest(token.strip().encode("utf-8"), self._token):
+            if word.lower() != "auth":
+                self._disconnect(client, "auth required")
+            elif hmac.compare_digest(token.strip().encode("utf-8", "surrogateescape"), self._token):
+                self.throttle.succeeded(client.source)
                 self._admit(client)
             else:
-                self._disconnect(client, "authentication failed" if word.lower() == "auth" else "auth required")
+                delay = self.throttle.failed(client.source, now)
+                _LOG.warning("control: wrong token from %s (answered in %.0f s)", client.source, delay)
+                client.failed = True
+                self.hold(client, now + delay)
             return
         command, args = self._lookup(text)
         if command is None:
@@ -294,8 +373,19 @@ class ControlServer(SelectorServer[Session]):
                 return command, parts[n] if len(parts) > n else ""
         return None, ""
 
+    def _wait_for_throttle(self, client: Session) -> bool:
+        """True when ``client``'s address must wait before its next attempt is examined (then it is held)."""
+        now = time.monotonic()
+        wait = self.throttle.wait(client.source, now)
+        if wait <= 0:
+            return False
+        self.hold(client, now + wait)
+        return True
+
     def _admit(self, client: Session) -> None:
-        self.admit(client)
+        if not self.admit(client):
+            self._disconnect(client, f"too many clients (max {self.cfg.max_clients})")
+            return
         self._members.append(client)
         client.role = "principal" if self._members[0] is client else "secondaire"
         self._send(client, f"hello {client.role}")
@@ -312,6 +402,7 @@ class ControlServer(SelectorServer[Session]):
         if was_principal and self._members:
             heir = self._members[0]
             heir.role = "principal"
+            heir.spoke = time.monotonic()  # its own silence counts from its promotion
             _LOG.info("control: %s is now principal", heir.peer)
             self._send(heir, "role principal")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from appliance.config import ip_address, opt
 
@@ -19,9 +20,9 @@ class HealthConfig:
         "(200 when up, 503 otherwise) with that line as body; GET /status gets every counter as JSON.",
     )
     bind: str = opt(
-        "0.0.0.0",  # noqa: S104 - monitors and load balancers are on the LAN; personal data is never served
-        "Address to listen on: 0.0.0.0 for every IPv4 interface (load balancers and monitors on the LAN), "
-        "127.0.0.1 for this machine only.",
+        "0.0.0.0",  # noqa: S104 - monitors and load balancers are on the LAN; strangers read only what health needs
+        "Address to listen on: 0.0.0.0 for every IPv4 interface (load balancers and monitors on the LAN, which "
+        "read only what health needs: see status_detail), 127.0.0.1 for this machine only.",
         check=ip_address,
     )
     port: int = opt(9999, "TCP port.", lo=1, hi=65535)
@@ -41,6 +42,14 @@ class HealthConfig:
     )
     max_request_bytes: int = opt(
         4096, "Largest HTTP request head accepted (bytes); a larger one gets 400.", lo=256, hi=65536
+    )
+    status_detail: Literal["local", "full", "health"] = opt(
+        "local",
+        'What GET /status shows. "local": every counter to a client on this machine (teleinfo status), and to '
+        "others only what health needs (the verdict, frame counts and age, the source's and each output's "
+        'state); "full": every counter to everyone; "health": only what health needs, to everyone. Errors, '
+        "self-check results (public address, open ports of other machines) and the version are counters "
+        "strangers on the LAN do not need. Credentials written in URLs are redacted whatever the setting.",
     )
     expose_meter: bool = opt(
         False, "Include the meter address (personal data) in health answers; without it, it is never shown."

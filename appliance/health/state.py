@@ -2,21 +2,29 @@
 
 Rules (the same words go to the health socket, ``teleinfo status`` and the control socket):
 
-=====================================  =============================================  ========  ====
-situation                              agent line                                     HTTP      exit
-=====================================  =============================================  ========  ====
-no valid frame for ``down_after`` s    ``down 0% #no TIC frame for 63s``              503       2
-the adapter is missing or unplugged    ``down 0% #no meter: cannot open /dev/ttyS1``  503       2
-no frame yet, within ``down_after``    ``up ready 100% #starting: no frame yet``      200       0
-frames flow, every output failing      ``drain 0% #all outputs failing: mqtt``        503       1
-frames flow, some outputs failing      ``up ready 50% #degraded: mqtt failing ...``   200       1
-frames flow, no output failing         ``up ready 100% #ok frames=120 age=1.2s``      200       0
-=====================================  =============================================  ========  ====
+=======================================  ===============================================  ========  ====
+situation                                agent line                                       HTTP      exit
+=======================================  ===============================================  ========  ====
+no valid frame for ``down_after`` s      ``down 0% #no TIC frame for 63s``                503       2
+no frame yet, within ``down_after``      ``up ready 100% #starting: no frame yet``        200       0
+the adapter is missing or unplugged      ``down 0% #no meter: cannot open /dev/ttyS1``    503       2
+frames flow, every output failing        ``drain 0% #all outputs failing: mqtt``          503       1
+frames flow, every output stopped        ``drain 0% #all outputs stopped: mqtt``          503       1
+frames flow, an output failing/stopped   ``up ready 50% #degraded: mqtt failing ...``     200       1
+frames flow, the journal cannot write    ``up ready 50% #degraded: journal: no space...`` 200       1
+frames flow, everything does its job     ``up ready 100% #ok frames=120 age=1.2s``        200       0
+=======================================  ===============================================  ========  ====
 
 *Down* means "no meter data" and *drain* "alive, but nothing delivers the data"; both make HAProxy's tcp-check and
 httpchk mark the server down, while agent-check shows DOWN or DRAIN.  One failing output among several halves the
 weight (a fixed 50%, not a proportion, so an alert threshold never depends on how many outputs are configured).
-An output that is ``starting`` is not failing: a broker that is still being dialled is not an incident yet.
+An output that is ``starting`` is not failing: a broker that is still being dialled is not an incident yet.  An
+output that is ``stopped`` while the service runs has a dead worker (a removed output leaves the counters
+altogether): degraded, named in the line.  The journal (``sections["journal"]``, when it is enabled) is degraded
+while its ``last_error`` is set: chunks wait in memory, bounded, and are lost if it lasts.
+
+Only a *valid* frame is a frame (:attr:`Frame.verified`, counted by :meth:`Stats.frame`): a line of garbage between
+STX and ETX is counted in ``bad_frames`` and never makes the data look fresh.
 Without any output, flowing data is enough for ``up``.  While no frame has come yet, the service's uptime stands
 for the frame age, so a meter that never speaks is reported down ``down_after`` seconds after the start, and a
 normal start is not.
@@ -38,9 +46,10 @@ from typing import Any, Final, Literal
 
 from appliance import __version__
 from appliance.health.config import HealthConfig
+from appliance.redaction import redact_tree
 from appliance.stats import StatsSnapshot
 
-__all__ = ["HealthState", "evaluate", "public_snapshot", "status_document", "summary"]
+__all__ = ["HealthState", "evaluate", "health_counters", "public_snapshot", "status_document", "summary"]
 
 DEGRADED_WEIGHT: Final = 50
 MAX_COMMENT: Final = 100  # characters of the '#' text; HAProxy logs it, monitors show it
@@ -87,13 +96,34 @@ def evaluate(snapshot: StatsSnapshot, cfg: HealthConfig) -> HealthState:
         return _state("down", 0, f"{who}no TIC frame for {age:.0f}s", cfg)
     outputs = snapshot.outputs
     active = [name for name, o in outputs.items() if o.state != "stopped"]
+    stopped = sorted(name for name, o in outputs.items() if o.state == "stopped")
     failing = sorted(name for name in active if outputs[name].state == "failing")
+    journal = _journal_problem(snapshot)
     flow = f"frames={frames} age={age:.1f}s"
+    also = f"; journal: {journal}" if journal else ""
     if failing and len(failing) == len(active):
-        return _state("drain", 0, f"{who}all outputs failing: {','.join(failing)}", cfg)
-    if failing:
-        return _state("up", DEGRADED_WEIGHT, f"{who}degraded: {','.join(failing)} failing, {flow}", cfg)
+        return _state("drain", 0, f"{who}all outputs failing: {','.join(failing)}{also}", cfg)
+    if stopped and not active:
+        return _state("drain", 0, f"{who}all outputs stopped: {','.join(stopped)}{also}", cfg)
+    problems = [f"{','.join(failing)} failing"] if failing else []
+    problems += [f"{','.join(stopped)} stopped"] if stopped else []
+    problems += [f"journal: {journal}"] if journal else []
+    if problems:
+        return _state("up", DEGRADED_WEIGHT, f"{who}degraded: {', '.join(problems)}, {flow}", cfg)
     return _state("up", 100, f"{who}ok {flow}", cfg)
+
+
+_ERRNO_PREFIX: Final = re.compile(r"^\[Errno \d+\] ")
+
+
+def _journal_problem(snapshot: StatsSnapshot) -> str | None:
+    """Why the journal cannot write (its ``last_error``, shortened: "no space left on device"), or None."""
+    journal = snapshot.sections.get("journal")
+    error = journal.get("last_error") if isinstance(journal, dict) else None
+    if not error:
+        return None
+    reason = _ERRNO_PREFIX.sub("", str(error)).split(": '")[0].split(":")[0].strip() or "cannot write"
+    return reason[:1].lower() + reason[1:]
 
 
 def _state(state: Literal["up", "drain", "down"], weight: int, comment: str, cfg: HealthConfig) -> HealthState:
@@ -124,13 +154,20 @@ def _redact(value: Any) -> Any:
     return value
 
 
-def status_document(snapshot: StatsSnapshot, cfg: HealthConfig, *, redact: bool = True) -> dict[str, Any]:
-    """The ``GET /status`` document: the health verdict, then every counter of the snapshot.
+def status_document(
+    snapshot: StatsSnapshot, cfg: HealthConfig, *, redact: bool = True, detail: bool = True
+) -> dict[str, Any]:
+    """The ``GET /status`` document: the health verdict, then every counter of the snapshot (``detail``) or only
+    those health needs (:func:`health_counters`: what a stranger on the LAN may read).
 
     ``redact=False`` is for the control socket, whose clients already see whole frames with ``watch``.
+    Credentials written in URLs are removed in every case (:func:`appliance.redaction.redact_tree`).
     """
     state = evaluate(snapshot, cfg)
-    counters = public_snapshot(snapshot, cfg) if redact else snapshot.to_json()
+    if not detail:
+        counters = health_counters(snapshot)
+    else:
+        counters = redact_tree(public_snapshot(snapshot, cfg) if redact else snapshot.to_json())
     doc: dict[str, Any] = {
         "health": {
             "state": state.state,
@@ -139,14 +176,33 @@ def status_document(snapshot: StatsSnapshot, cfg: HealthConfig, *, redact: bool 
             "line": state.line,
             "down_after_s": cfg.down_after,
         },
-        "version": __version__,
     }
+    if detail:
+        doc["version"] = __version__
     doc.update((k, v) for k, v in counters.items() if k not in doc)
     return doc
 
 
+def health_counters(snapshot: StatsSnapshot) -> dict[str, Any]:
+    """What health needs, and nothing a stranger could use: frame counts and age, the source's mode and state,
+    each output's state and the journal's; no error text, no address, no self-check result, no meter."""
+    doc: dict[str, Any] = {
+        "uptime_s": snapshot.uptime_s,
+        "frames": snapshot.frames,
+        "rejects": dict(snapshot.rejects),
+        "last_frame_age_s": snapshot.last_frame_age_s,
+        "source": {"state": snapshot.source.state, "mode": snapshot.source.mode},
+        "outputs": {name: {"state": o.state} for name, o in snapshot.outputs.items()},
+    }
+    journal = snapshot.sections.get("journal")
+    if isinstance(journal, dict):
+        doc["journal"] = {"state": "failing" if journal.get("last_error") else "ok"}
+    return doc
+
+
 def summary(snapshot: StatsSnapshot) -> str:
-    """One line for people (systemd's status text, the service's last log line): source, frames, outputs.
+    """One line for people (systemd's status text, the service's last log line): source, frames decoded (valid or
+    not: ``bad_frames`` included, with the rejected groups next to them), outputs.
 
     >>> summary(StatsSnapshot(frames=12, rejects={"checksum": 1}, last_frame_age_s=0.4))
     'starting; 12 frames, 1 rejected, last 0 s ago; no outputs'
@@ -155,7 +211,7 @@ def summary(snapshot: StatsSnapshot) -> str:
     age = snapshot.last_frame_age_s
     return (
         f"{snapshot.source.state} {snapshot.source.mode or ''}".strip()
-        + f"; {snapshot.frames} frames, {sum(snapshot.rejects.values())} rejected"
+        + f"; {snapshot.frames + snapshot.bad_frames} frames, {sum(snapshot.rejects.values())} rejected"
         + ("" if age is None else f", last {age:.0f} s ago")
         + f"; {outs}"
     )

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from appliance.errors import ApplianceError, error_reason
-from appliance.outputs.spool import Spool
+from appliance.outputs.spool import Batch, Spool, fsync_paths
 from appliance.records import Record
 from appliance.runtime import Backoff
 from appliance.stats import Stats
@@ -37,18 +37,21 @@ from appliance.tic import Frame
 
 __all__ = [
     "DEFAULT_LANE_SIZE",
+    "PROBE_EVERY",
     "BatchOutput",
     "CountingOutput",
     "Fanout",
     "Output",
     "OutputWorker",
     "PartialDelivery",
+    "ProbingOutput",
     "RecordOutput",
     "Rejected",
 ]
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_LANE_SIZE = 1000  # serialised units (lines, messages) of one record kind kept while an output is down
+PROBE_EVERY = 1.0  # seconds between two probes of a failing output's server while it backs off
 
 
 @runtime_checkable
@@ -101,6 +104,14 @@ class RecordOutput(Output, Protocol):
         """Send units made by :meth:`encode`; raise on failure (:class:`Rejected`: refused, never retried)."""
 
 
+@runtime_checkable
+class ProbingOutput(Output, Protocol):
+    """An output that can tell cheaply whether its server answers (InfluxDB ``/ping``, an MQTT CONNECT)."""
+
+    def probe(self) -> bool:
+        """True when the server answers now; within about a second, never raises, sends no data."""
+
+
 class PartialDelivery(ApplianceError):
     """Raised by ``send_batch`` when only the first ``delivered`` frames went through."""
 
@@ -150,10 +161,19 @@ class _Lane:
 class OutputWorker:
     """One output, its bounded drop-oldest queue and its thread.
 
-    With a ``spool`` (durable outputs), the moment a delivery fails that frame and every later one go to disk,
-    in order, and stay there until the server answers again; they are then replayed from the spool in batches
-    of ``batch_size`` before any newer frame.  While the output is healthy the spool is never touched.  An
-    output with ``send_batch`` also gets up to ``batch_size`` queued frames per call when it has fallen behind.
+    With a ``spool`` (durable outputs) the spool is a write-ahead log: :meth:`submit` appends every frame to it in
+    the caller's thread (the reader's) before the worker can send it, so a worker blocked on a hung server never
+    holds a frame that only memory knows (``kill -9`` loses nothing).  The worker sends the spool's oldest frames,
+    in batches of ``batch_size``, from a copy kept in memory (the newest ``queue_size`` frames: no reading back
+    while it keeps up) or read back from disk after an outage or a restart, and consumes them once the server
+    has them.  Only when the spool cannot be written (a full disk) do frames wait in the bounded in-memory queue,
+    behind the spool, the oldest dropped and counted.  A thread of its own fsyncs records that stay unconsumed for
+    the spool's ``fsync_interval`` (power cuts).  An output with ``send_batch`` also gets up to ``batch_size``
+    queued frames per call when it has fallen behind.
+
+    While a failing output backs off, an output with ``probe`` (:class:`ProbingOutput`) is asked every
+    :data:`PROBE_EVERY` seconds whether its server answers: once it went from silent to answering, the pause
+    ends, so the first delivery follows the server's return by about a second, not by the backoff (up to 30 s).
     """
 
     def __init__(
@@ -173,35 +193,50 @@ class OutputWorker:
         self._batch = output if isinstance(output, BatchOutput) else None
         self._counting = output if isinstance(output, CountingOutput) else None
         self._records = output if isinstance(output, RecordOutput) else None
+        self._probe = output.probe if isinstance(output, ProbingOutput) else None
         sizes = lane_sizes or {}
         self._lanes: dict[str, _Lane] = {
             kind: _Lane(sizes.get(kind, DEFAULT_LANE_SIZE), collections.deque())
             for kind in (self._records.accepts if self._records is not None else ())
         }
         self._spool = spool
-        # Held while the spool is read or written, never during a delivery: stop() may have to spool the queue
-        # from another thread while this worker is stuck on a dead server.
+        # Held while the spool is read or written (by the reader in submit(), the worker, the syncer), never
+        # during a delivery: stop() may have to save the queue from another thread while this worker is stuck
+        # on a dead server.  Taken before _cond, never after it.
         self._spool_lock = threading.RLock()
         self._batch_size = batch_size
         self._spool_error: str | None = None
+        self._backlog = spool is not None and len(spool) > 0  # frames from an outage or a previous run to replay
         self.name = output.name
         self._stats = stats
-        self._queue: collections.deque[Frame] = collections.deque()
+        self._queue: collections.deque[Frame] = collections.deque()  # not on disk (no spool, or it failed)
+        # The spool's newest records with where each ends, to send them without reading them back.
+        self._cache: collections.deque[tuple[Frame, tuple[int, int]]] = collections.deque()
         self._queue_size = queue_size
         self._cond = threading.Condition()
         self._stop = threading.Event()
+        self._done = threading.Event()
         self._deadline = 0.0
         self._backoff = Backoff(backoff_initial, backoff_max)
         self._thread = threading.Thread(target=self._run, name=f"output-{self.name}", daemon=True)
+        self._syncer = (
+            None if spool is None else threading.Thread(target=self._sync, name=f"spool-{self.name}", daemon=True)
+        )
         stats.output(self.name)
         if spool is not None:
             stats.update_output(self.name, spooled=len(spool))
 
     def start(self) -> None:
         self._thread.start()
+        if self._syncer is not None:
+            self._syncer.start()
 
     def submit(self, frame: Frame) -> None:
-        """Queue a frame; never blocks, never raises.  A full queue drops its oldest frame (counted)."""
+        """Queue a frame; never blocks on the network, never raises.  With a spool the frame is on disk when this
+        returns (one ``write()``; none if the disk is full: then it waits in memory).  A full queue drops its
+        oldest frame (counted)."""
+        if self._spool is not None and self._write_ahead(frame):
+            return
         with self._cond:
             dropped = 0
             while len(self._queue) >= self._queue_size:
@@ -215,10 +250,54 @@ class OutputWorker:
         else:
             self._stats.update_output(self.name, queued=queued)
 
+    def _write_ahead(self, frame: Frame) -> bool:
+        """Append ``frame`` to the spool (the caller's thread); False when it must wait in memory instead: the
+        disk failed, or frames already wait there (they go first)."""
+        assert self._spool is not None
+        with self._spool_lock:
+            if self._queue:  # only this thread adds to it, and _to_spool() empties it under the spool lock
+                return False
+            try:
+                end = self._spool.append(frame)
+            except OSError as e:
+                self._spool_failed(e)
+                return False
+            self._cache_frames([(frame, end)])
+            if self._spool_error is not None:
+                self._spool_writable()
+        # ``spooled`` is the worker's to report: frames it keeps for later (a backlog), not the one it is about
+        # to send; it refreshes it after every delivery and every half second while it backs off.
+        return True
+
+    def _cache_frames(self, entries: list[tuple[Frame, tuple[int, int]]]) -> None:
+        """Remember frames just appended to the spool (its newest records), and wake the worker."""
+        with self._cond:
+            self._cache.extend(entries)
+            while len(self._cache) > self._queue_size:  # still on disk: read back when their turn comes
+                self._cache.popleft()
+            self._cond.notify()
+
+    def _spool_failed(self, error: OSError) -> None:
+        if self._spool_error is None:
+            _LOG.error("output %s: cannot write the spool (%s); keeping frames in memory", self.name, error)
+        self._spool_error = str(error)
+        assert self._spool is not None
+        self._stats.update_output(self.name, spool_error=self._spool_error, spooled=len(self._spool))
+
+    def _spool_writable(self) -> None:
+        _LOG.info("output %s: spool writable again", self.name)
+        self._spool_error = None
+        self._stats.update_output(self.name, spool_error=None)
+
     @property
     def pending(self) -> int:
-        """Frames queued and not yet delivered (those being sent stay queued until the server has them)."""
-        return len(self._queue)
+        """Frames accepted and not yet delivered (those being sent stay counted until the server has them)."""
+        return len(self._queue) + (len(self._spool) if self._spool is not None else 0)
+
+    @property
+    def kept(self) -> int:
+        """Frames the spool keeps for a later delivery (0 without a spool)."""
+        return len(self._spool) if self._spool is not None else 0
 
     def accepts(self, kind: str) -> bool:
         """Whether this output takes records of ``kind`` (frames: every output)."""
@@ -294,6 +373,10 @@ class OutputWorker:
                 if lane.units:
                     lane.last_error = error_reason(error)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
     def request_stop(self, deadline: float) -> None:
         """Start stopping: keep delivering until ``deadline`` (monotonic), then close."""
         self._deadline = deadline
@@ -304,8 +387,9 @@ class OutputWorker:
     def stop(self, timeout: float) -> bool:
         """Deliver what can be delivered within ``timeout`` seconds, then close.  True if the thread ended.
 
-        A thread stuck in a delivery (a server that accepts and never answers) is abandoned, but its queue
-        is moved to the spool first, so that a restart replays it: nothing accepted is lost to a slow server.
+        A thread stuck in a delivery (a server that accepts and never answers) is abandoned; what it had not
+        delivered is in the spool (written ahead; a queue the spool could not take is tried once more and
+        fsynced), so that a restart replays it: nothing accepted is lost to a slow server.
         """
         if not self._stop.is_set():
             self.request_stop(time.monotonic() + max(0.0, timeout - 0.5))
@@ -323,16 +407,16 @@ class OutputWorker:
         return True
 
     def _rescue(self) -> int:
-        """From the stopping thread: move the queue to the spool and sync it; how many frames were moved."""
-        if self._spool is None or not self._spool_lock.acquire(timeout=1.0):
+        """From the stopping thread: what memory still holds to the spool, and the spool fsynced; how many frames
+        the spool keeps."""
+        if self._spool is None or not self._spool_lock.acquire(timeout=0.5):
             return 0
         try:
-            before = len(self._spool)
             self._to_spool()
             self._spool.sync()
-            return len(self._spool) - before
-        except OSError:  # already logged and counted by _to_spool
-            return 0
+            return len(self._spool)
+        except OSError:  # already logged and counted by _to_spool, or a dying card: nothing more to do here
+            return len(self._spool)
         finally:
             self._spool_lock.release()
 
@@ -355,14 +439,17 @@ class OutputWorker:
         elif state == "up":
             _LOG.info("output %s up", self.name)
 
+    def _spooled(self) -> bool:
+        return self._spool is not None and len(self._spool) > 0
+
     def _head(self) -> list[Frame] | None:
-        """The oldest queued frames, left in the queue until delivered: up to ``batch_size`` for a
-        :class:`BatchOutput`, else one.  Waits for a frame or a record: ``[]`` when records wait, None once
-        stopping with nothing queued."""
+        """The oldest frames of the in-memory queue, left there until delivered: up to ``batch_size`` for a
+        :class:`BatchOutput`, else one.  Waits for a frame or a record: ``[]`` when records or spooled frames
+        wait, None once stopping with nothing left."""
         n = self._batch_size if self._batch is not None else 1
         with self._cond:
             while not self._queue:
-                if self._records_waiting():
+                if self._records_waiting() or self._spooled():
                     return []
                 if self._stop.is_set():
                     return None
@@ -373,24 +460,51 @@ class OutputWorker:
         return self._stop.is_set() and time.monotonic() >= self._deadline
 
     def _pause(self, seconds: float) -> None:
-        """Wait before retrying; with a spool, frames arriving meanwhile go to disk at once (kill -9 safe)."""
+        """Wait before retrying.  Frames the spool could not take are tried again meanwhile; a probing output
+        ends the pause once its server, silent at first, answers."""
         deadline = time.monotonic() + seconds
+        probe = self._probe if seconds > PROBE_EVERY else None
+        next_probe = 0.0
+        silent = False  # the server was seen not answering during this pause
         while not self._stop.is_set():
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            now = time.monotonic()
+            if now >= deadline:
                 return
-            if self._spool is None:
-                self._stop.wait(remaining)
-                continue
-            with self._cond:
-                if not self._queue:
-                    self._cond.wait(min(remaining, 0.5))
-            self._to_spool()
+            if probe is not None and now >= next_probe:
+                if not probe():
+                    silent = True
+                elif silent:
+                    _LOG.info("output %s: the server answers again; retrying now", self.name)
+                    return
+                else:
+                    probe = None  # it answers, yet the delivery failed (a token, a bucket...): the whole backoff
+                next_probe = time.monotonic() + PROBE_EVERY
+            wait = min(deadline, next_probe if probe is not None else deadline) - time.monotonic()
+            if self._spool is None or not self._queue or self._spool_error is not None:  # never spin on a full disk
+                self._stop.wait(min(max(0.0, wait), 0.5))
+            if self._spool is not None:
+                self._to_spool()
+                self._stats.update_output(self.name, spooled=len(self._spool))
+
+    def _sync(self) -> None:
+        """The syncer thread: fsync the records that stay unconsumed for ``fsync_interval`` (an outage, a hung
+        server), never waiting on the network nor holding the spool lock while the card writes."""
+        assert self._spool is not None
+        step = min(1.0, max(0.05, self._spool.fsync_interval / 4))
+        failed = False
+        while not self._done.wait(step):
             with self._spool_lock:
-                self._spool.sync_if_due()  # the last records of a burst reach the card too (power cuts)
+                paths = self._spool.sync_due()
+            try:
+                fsync_paths(paths)
+                failed = False
+            except OSError as e:
+                if not failed:
+                    _LOG.error("output %s: cannot fsync the spool: %s", self.name, e)
+                failed = True
 
     def _to_spool(self) -> None:
-        """Move every queued frame to the end of the spool, in order.  A full disk keeps them in memory."""
+        """Move the frames waiting in memory to the end of the spool, in order.  A full disk keeps them in memory."""
         assert self._spool is not None
         with self._spool_lock:
             with self._cond:
@@ -399,22 +513,21 @@ class OutputWorker:
             if not frames:
                 return
             done = over = 0
+            entries: list[tuple[Frame, tuple[int, int]]] = []
             try:
                 for frame in frames:
-                    self._spool.append(frame)
+                    entries.append((frame, self._spool.append(frame)))
                     done += 1
                 if self._spool_error is not None:
-                    _LOG.info("output %s: spool writable again", self.name)
-                    self._spool_error = None
+                    self._spool_writable()
             except OSError as e:
-                if self._spool_error is None:
-                    _LOG.error("output %s: cannot write the spool (%s); keeping frames in memory", self.name, e)
-                self._spool_error = str(e)
+                self._spool_failed(e)
                 with self._cond:  # back at the front, oldest first; the queue bound still applies
                     self._queue.extendleft(reversed(frames[done:]))
                     over = max(0, len(self._queue) - self._queue_size)
                     for _ in range(over):
                         self._queue.popleft()
+            self._cache_frames(entries)
             if over:
                 self._stats.update_output(self.name, dropped=over)
             self._stats.update_output(
@@ -452,30 +565,48 @@ class OutputWorker:
         if delivered > refused:
             self._stats.update_output(self.name, sent=delivered - refused, last_sent_at=time.time())
 
+    def _spool_batch(self) -> tuple[Batch, bool]:
+        """The oldest spooled frames: from the memory copy when it holds them all (True), else read back."""
+        assert self._spool is not None
+        with self._spool_lock:
+            pending = len(self._spool)
+            with self._cond:
+                while len(self._cache) > pending:  # consumed, or dropped by the spool's bound
+                    self._cache.popleft()
+                entries = list(itertools.islice(self._cache, self._batch_size)) if len(self._cache) == pending else []
+            if entries:
+                return self._spool.batch([f for f, _ in entries], [end for _, end in entries]), True
+            return self._spool.peek(self._batch_size), False
+
+    def _consumed(self, batch: Batch, count: int | None, cached: bool) -> int:
+        """Commit what the server has (``count``: the first frames only); how many frames the spool keeps."""
+        assert self._spool is not None
+        with self._spool_lock:
+            self._spool.commit(batch, count, keep=cached)
+            left = len(self._spool)
+            with self._cond:
+                while len(self._cache) > left:
+                    self._cache.popleft()
+        self._stats.update_output(self.name, spooled=left)
+        if not left and self._backlog:
+            self._backlog = False
+            _LOG.info("output %s: spool replayed", self.name)
+        return left
+
     def _replay(self) -> None:
         """Send the oldest spooled frames; raises like ``send`` (after committing what was delivered)."""
         assert self._spool is not None
-        self._to_spool()  # newer frames queue behind the spool, so the order is kept
-        with self._spool_lock:
-            batch = self._spool.peek(self._batch_size)
+        self._to_spool()  # frames that waited in memory go behind the spool, so the order is kept
+        batch, cached = self._spool_batch()
         try:
             refused = self._deliver(batch.frames)
         except PartialDelivery as e:
-            with self._spool_lock:
-                self._spool.commit(batch, e.delivered)
-                left = len(self._spool)
+            self._consumed(batch, e.delivered, cached)
             self._count(e.delivered)
-            self._stats.update_output(self.name, spooled=left)
             raise e.cause from e
         # Counters first, as soon as the server has the frames: the commit below does file I/O.
         self._count(len(batch.frames), refused)
-        self._stats.update_output(self.name, spooled=max(0, len(self._spool) - len(batch.frames) - batch.skipped))
-        with self._spool_lock:
-            self._spool.commit(batch)
-            left = len(self._spool)
-        self._stats.update_output(self.name, spooled=left)
-        if not left:
-            _LOG.info("output %s: spool replayed", self.name)
+        self._consumed(batch, None, cached)
 
     def _send_queued(self, frames: list[Frame]) -> None:
         """Deliver frames from the head of the queue and pop them; raises like ``send`` after popping what went
@@ -512,21 +643,23 @@ class OutputWorker:
                 try:
                     if self._records_waiting():
                         self._send_records()  # telemetry first: it never waits behind spooled frames
-                    if self._spool is not None and len(self._spool):
+                    if self._spooled():
                         self._replay()
                     else:
                         head = self._head()
                         if head is None:
                             break
+                        if not head:
+                            continue  # records or spooled frames arrived: sent at the top of the loop
                         frames = head
-                        if frames:
-                            self._send_queued(frames)
+                        self._send_queued(frames)
                 except Exception as e:
                     if frames or not self._records_waiting():
                         self._stats.update_output(self.name, failed=1)
                     self._set_state("failing", e)
                     if self._spool is not None:
-                        self._to_spool()  # the failed frame (still at the head) and every later one
+                        self._to_spool()  # frames waiting in memory, if the disk takes them now
+                        self._backlog = self._backlog or self._spooled()
                     elif not self.output.durable:
                         self._pop_failed(frames)  # best effort: a frame that could not leave now is worthless
                     if self._stop.is_set():
@@ -544,6 +677,7 @@ class OutputWorker:
                         self._to_spool()  # nothing accepted is lost across a restart
                     finally:
                         self._spool.close()
+            self._done.set()
             try:
                 self.output.close()
             except Exception:
@@ -578,14 +712,17 @@ class Fanout:
 
     def __init__(self, workers: list[OutputWorker]) -> None:
         self.workers = workers
+        # Durable outputs first: by the time a best-effort one sends a frame (a multicast datagram someone may
+        # see), the frame is on disk for every durable one.
+        self._submit_order = sorted(workers, key=lambda w: not w.output.durable)
 
     def start(self) -> None:
         for w in self.workers:
             w.start()
 
     def submit(self, frame: Frame) -> None:
-        """From the reader: a frame for every output (never blocks)."""
-        for w in self.workers:
+        """From the reader: a frame for every output (never blocks on the network)."""
+        for w in self._submit_order:
             w.submit(frame)
 
     def publish(self, record: Record) -> None:
@@ -594,10 +731,17 @@ class Fanout:
             if w.accepts(record.kind):
                 w.submit_record(record)
 
+    def request_stop(self, deadline: float) -> None:
+        """Every worker starts stopping at once: delivering what it holds until ``deadline`` (monotonic)."""
+        for w in self.workers:
+            w.request_stop(deadline)
+
     def stop(self, timeout: float) -> None:
-        """Stop every worker in parallel within ``timeout`` seconds in total."""
+        """Stop every worker in parallel within ``timeout`` seconds in total (draining until 0.5 s before, unless
+        :meth:`request_stop` set an earlier deadline)."""
         deadline = time.monotonic() + timeout
         for w in self.workers:  # all of them start draining at once
-            w.request_stop(deadline - 0.5)
+            if not w.stopping:
+                w.request_stop(deadline - 0.5)
         for w in self.workers:
             w.stop(max(0.1, deadline - time.monotonic()))

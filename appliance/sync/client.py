@@ -10,6 +10,12 @@ Any network or protocol failure closes the connection and starts again after a c
 upload was cut resumes where the server's copy stops, once the client has checked that the server's prefix
 hash matches its own file's.  Symlinks, devices and names the protocol refuses are skipped (logged), never
 followed.
+
+The server is a peer like any other: every reply is checked for the fields and types the protocol gives it
+before it is used, a malformed one is a :class:`ProtocolError` (the connection is dropped and retried, never a
+crash), and a listing declared larger than :data:`MAX_LISTING` bytes is refused before a byte of it is read.
+A server that answers "server busy" (or anything but "authentication refused") is retried after the backoff;
+only a refused login is an :class:`AuthError`.
 """
 
 from __future__ import annotations
@@ -46,17 +52,59 @@ QUIET: Final = 0.1  # seconds without inotify events before a batch is processed
 MAX_BATCH_WAIT: Final = 1.0  # ...but never later than this after the first event
 PING_INTERVAL: Final = 60.0  # an idle connection says it is alive this often (the server closes silent ones)
 REPLY_TIMEOUT: Final = 120.0  # seconds for a reply (the server may hash a large file first)
+MAX_LISTING: Final = 64 * 1024 * 1024  # bytes of a "list" payload: 100,000 files of long names fit
+AUTH_REFUSED: Final = "authentication refused"
 
 
 class AuthError(ApplianceError):
     """The server refused the name or token: retrying at once cannot help."""
 
 
+def _error(reply: dict[str, Any]) -> str:
+    """The server's reason, as one short printable line (it goes to the log)."""
+    text = str(reply.get("error", "no reason given"))[:200]
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
 def _ok(reply: dict[str, Any], what: str) -> bool:
     if reply.get("ok") is True:
         return True
-    _LOG.warning("sync: the server refused %s: %s", what, reply.get("error", "no reason given"))
+    _LOG.warning("sync: the server refused %s: %s", what, _error(reply))
     return False
+
+
+def _int(reply: dict[str, Any], key: str, default: int | None = None) -> int:
+    """A non-negative integer field of a reply; ProtocolError otherwise."""
+    value = reply.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(f"bad {key!r} in the server's reply: {str(value)[:40]!r}")
+    return value
+
+
+def _listing(raw: bytes) -> tuple[dict[str, tuple[int, str]], set[str]]:
+    """The server's ``list`` payload, checked: ``{"files": {path: [size, sha256]}, "dirs": [path]}``."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise ProtocolError("the listing is not JSON") from None
+    files = doc.get("files") if isinstance(doc, dict) else None
+    dirs = doc.get("dirs") if isinstance(doc, dict) else None
+    if not isinstance(files, dict) or not isinstance(dirs, list):
+        raise ProtocolError("the listing has no files object and dirs list")
+    out: dict[str, tuple[int, str]] = {}
+    for path, entry in files.items():
+        if (
+            not isinstance(entry, list)
+            or len(entry) != 2
+            or not isinstance(entry[0], int)
+            or isinstance(entry[0], bool)
+            or not isinstance(entry[1], str)
+        ):
+            raise ProtocolError(f"bad listing entry for {path[:80]!r}")
+        out[path] = (entry[0], entry[1])
+    if not all(isinstance(d, str) for d in dirs):
+        raise ProtocolError("a directory of the listing is not a string")
+    return out, set(dirs)
 
 
 class SyncClient:
@@ -107,8 +155,14 @@ class SyncClient:
             raise
         if reply.get("ok") is not True:
             conn.close()
-            raise AuthError(str(reply.get("error", "refused")))
-        self.max_file = int(reply.get("max_file", 0))
+            if reply.get("error") == AUTH_REFUSED:
+                raise AuthError(AUTH_REFUSED)
+            raise ProtocolError(f"the server did not log us in: {_error(reply)}")  # "server busy": retried
+        try:
+            self.max_file = _int(reply, "max_file", 0)
+        except ProtocolError:
+            conn.close()
+            raise
         return conn
 
     def run(self, once: bool = False) -> int:
@@ -288,12 +342,12 @@ class SyncClient:
             reply = self._request(conn, {"op": "put", "path": rel, "size": size})
             if not _ok(reply, f"put {rel}"):
                 return
-            offset = int(reply.get("offset", 0))
+            offset = _int(reply, "offset", 0)
             start = 0
             h = hashlib.sha256()
             if 0 < offset <= size:
                 prefix, got = sha256_file_prefix(f, offset)
-                if got == offset and prefix.hexdigest() == reply.get("sha256"):
+                if got == offset and prefix.hexdigest() == reply.get("sha256"):  # a non-string never matches
                     start, h = offset, prefix
             if start:
                 self.resumed += 1
@@ -325,11 +379,12 @@ class SyncClient:
     def _reconcile(self, conn: Connection) -> None:
         """Make the server's copy identical to the local tree (the full scan done on every connection)."""
         reply = self._request(conn, {"op": "list"})
-        if reply.get("ok") is not True or not isinstance(reply.get("size"), int):
-            raise ProtocolError(f"list failed: {reply.get('error')}")
-        listing = json.loads(conn.recv_exact(reply["size"]))
-        self.remote_files = {p: (int(v[0]), str(v[1])) for p, v in listing["files"].items()}
-        self.remote_dirs = set(listing["dirs"])
+        if reply.get("ok") is not True:
+            raise ProtocolError(f"list failed: {_error(reply)}")
+        size = _int(reply, "size")
+        if size > MAX_LISTING:
+            raise ProtocolError(f"the server declared a listing of {size} bytes (at most {MAX_LISTING})")
+        self.remote_files, self.remote_dirs = _listing(conn.recv_exact(size))
         local_files: dict[str, tuple[Path, os.stat_result]] = {}
         local_dirs: set[str] = set()
         for top, dnames, fnames in os.walk(self.directory):

@@ -28,7 +28,17 @@ class SyncServerConfig:
     )
     tls_cert: str = opt("", 'Certificate chain file for TLS ("" = plain TCP).')
     tls_key: str = opt("", "Private key of tls_cert.")
-    max_connections: int = opt(64, "Connections served at once; further ones are refused.", lo=1, hi=4096)
+    max_connections: int = opt(
+        64, 'Connections served at once (logged in or not); further ones are told "server busy".', lo=1, hi=4096
+    )
+    max_pending: int = opt(
+        16,
+        "Connections at once that have not logged in yet (at most max_connections): the rest stays for clients. "
+        "When full, a newcomer from an address holding fewer takes the slot of the oldest one from the address "
+        'holding the most, else it is told "server busy".',
+        lo=1,
+        hi=4096,
+    )
     max_file_mb: float = opt(1024.0, "Largest file a client may declare (MB).", lo=0.001, hi=1_000_000)
     max_tree_mb: float = opt(10240.0, "Largest tree a client may store (MB).", lo=0.001, hi=100_000_000)
     max_files: int = opt(100_000, "Most files and directories a client may store.", lo=1, hi=100_000_000)

@@ -57,7 +57,11 @@ def check_path(path: object) -> tuple[str, ...]:
     characters, over-long names or paths, excessive depth."""
     if not isinstance(path, str) or not path:
         raise ProtocolError("path must be a non-empty string")
-    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+    try:
+        path.encode("utf-8")  # a lone surrogate ("\udc80") would become a name that is not UTF-8 on disk
+    except UnicodeEncodeError:
+        raise ProtocolError(f"path is not valid Unicode: {path[:80]!r}") from None
+    if len(path.encode("utf-8")) > MAX_PATH_BYTES:
         raise ProtocolError(f"path longer than {MAX_PATH_BYTES} bytes")
     if path.startswith("/"):
         raise ProtocolError(f"absolute path refused: {path[:80]!r}")
@@ -69,7 +73,7 @@ def check_path(path: object) -> tuple[str, ...]:
     for part in parts:
         if part in ("", ".", ".."):
             raise ProtocolError(f"path component {part!r} refused: {path[:80]!r}")
-        if len(part.encode("utf-8", "surrogatepass")) > 255:
+        if len(part.encode("utf-8")) > 255:
             raise ProtocolError("path component longer than 255 bytes")
     return parts
 
@@ -118,7 +122,7 @@ class Connection:
             self._buf += data
         try:
             msg = json.loads(line)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: "[[[[..." nested too deep
             raise ProtocolError(f"not a JSON message: {line[:60]!r}") from None
         if not isinstance(msg, dict):
             raise ProtocolError("a message must be a JSON object")

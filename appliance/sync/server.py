@@ -8,6 +8,20 @@ One thread per connection (a handful of appliances per household or a small flee
 ``max_connections``; every socket has a timeout, so a silent or vanished peer (abrupt disconnect) frees its
 thread; a client that logs in again supersedes its previous connection at once.  Each connection may make at most
 ``max_requests_per_second`` requests (a token bucket); a flood is cut off.
+
+Before logging in, a connection is *pending*, and strangers are bounded apart from clients:
+
+- at most ``max_pending`` pending connections (never more than ``max_connections``), so logged-in clients keep
+  the rest of the slots; when they are all taken, a newcomer from an address holding fewer takes the slot of the
+  oldest pending connection of the address holding the most (:class:`appliance.netserver.SourcePool`, the rule
+  every listening socket of the appliance follows), else that of the oldest connection not logged in after a
+  second (a real client logs in within milliseconds), else it is told ``server busy``;
+- the TLS handshake and the hello have ``HELLO_TIMEOUT`` seconds *in all* from the accept, not per read: the
+  accept loop shuts down any pending connection past its deadline, so a client dripping a byte every few seconds
+  holds its slot for 10 s at most;
+- a wrong token is answered only after a delay that doubles with each failure from the same address (0.5 s up to
+  8 s, :class:`appliance.netserver.Throttle`), and that address's next hello waits for the delay to end, however
+  many connections it opens.
 """
 
 from __future__ import annotations
@@ -22,9 +36,11 @@ import ssl
 import stat
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from appliance.netserver import SourcePool, Throttle
 from appliance.sync.config import SyncServerConfig
 from appliance.sync.protocol import VERSION, Connection, ProtocolError, check_name, check_path
 from appliance.sync.tree import PARTIAL, Refused, Tree
@@ -34,8 +50,21 @@ __all__ = ["Refused", "SyncServer", "load_tokens"]
 
 _LOG = logging.getLogger(__name__)
 
-HELLO_TIMEOUT: Final = 10.0  # seconds a new connection has to log in
-AUTH_FAIL_DELAY: Final = 0.5  # seconds before answering a wrong token: slows guessing
+HELLO_TIMEOUT: Final = 10.0  # seconds a new connection has to log in (TLS handshake and hello, in all)
+SLOW_HELLO: Final = 1.0  # with every pending slot taken, a connection not logged in by then gives its slot
+REAP_INTERVAL: Final = 0.25  # how often the accept loop looks for pending connections past their deadline
+BUSY: Final = b'{"ok":false,"error":"server busy"}\n'
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A connection not logged in yet: its socket (for the reaper) and its deadline."""
+
+    sock: socket.socket
+    source: str
+    accepted: float
+    deadline: float
+    evicted: bool = False
 
 
 def load_tokens(path: Path) -> dict[str, str]:
@@ -90,7 +119,9 @@ class SyncServer:
         self._client_locks: dict[str, threading.Lock] = {}
         self._active: dict[str, Connection] = {}
         self._trees: dict[str, Tree] = {}
-        self._slots = threading.BoundedSemaphore(cfg.max_connections)
+        self._connections = 0  # threads serving a connection, pending or logged in (under _lock)
+        self._pending: SourcePool[_Pending] = SourcePool(min(cfg.max_pending, cfg.max_connections))
+        self._throttle = Throttle(initial=0.5, maximum=8.0)
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
         self._tls: ssl.SSLContext | None = None
@@ -109,7 +140,7 @@ class SyncServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.cfg.bind, self.cfg.port))
         sock.listen(64)
-        sock.settimeout(0.5)
+        sock.settimeout(REAP_INTERVAL)
         self._sock = sock
         self.port = sock.getsockname()[1]
         self._thread = threading.Thread(target=self._accept_loop, name="sync-accept", daemon=True)
@@ -143,7 +174,9 @@ class SyncServer:
 
     def _accept_loop(self) -> None:
         assert self._sock is not None
+        last_busy_log = -60.0
         while not self._stop.is_set():
+            self._reap(time.monotonic())
             try:
                 sock, peer = self._sock.accept()
             except TimeoutError:
@@ -154,25 +187,66 @@ class SyncServer:
                 _LOG.warning("sync-server: accept failed: %s", e)
                 time.sleep(0.1)
                 continue
-            if not self._slots.acquire(blocking=False):
-                _LOG.warning("sync-server: refused %s: %d connections already", peer[0], self.cfg.max_connections)
+            source = str(peer[0])
+            now = time.monotonic()
+            pending = _Pending(sock, source, now, now + HELLO_TIMEOUT)
+            if not self._admit_pending(pending):
+                if now - last_busy_log >= 60:  # a flood of refusals is one line a minute
+                    last_busy_log = now
+                    _LOG.warning("sync-server: refused %s: server busy (%d connections)", source, self._connections)
                 with contextlib.suppress(OSError):
-                    sock.sendall(b'{"ok":false,"error":"server busy"}\n')
+                    sock.setblocking(False)
+                    sock.send(BUSY)
                 sock.close()
                 continue
-            threading.Thread(target=self._serve, args=(sock, peer), name=f"sync-{peer[0]}", daemon=True).start()
+            threading.Thread(target=self._serve, args=(pending, peer), name=f"sync-{peer[0]}", daemon=True).start()
+
+    def _admit_pending(self, pending: _Pending) -> bool:
+        """Find a slot for a new connection, displacing a greedier address's pending one if need be."""
+        with self._lock:
+            full = self._connections >= self.cfg.max_connections or len(self._pending) >= self._pending.limit
+            if full:
+                victim = self._pending.victim(pending.source)
+                if victim is None and len(self._pending):  # else the oldest that is slow to log in, any address
+                    oldest = min(self._pending, key=lambda p: p.accepted)
+                    victim = oldest if pending.accepted - oldest.accepted >= SLOW_HELLO else None
+                if victim is None:
+                    return False
+                self._drop_pending(victim, evicted=True)
+                _LOG.info("sync-server: %s gives its pending slot to %s", victim.source, pending.source)
+            self._connections += 1
+            self._pending.add(pending, pending.source)
+            return True
+
+    def _drop_pending(self, pending: _Pending, evicted: bool) -> None:
+        """(Under _lock.) Take ``pending`` out of the pool and cut its socket: its thread ends on its own, and
+        an evicted one no longer counts."""
+        self._pending.discard(pending)
+        if evicted:
+            pending.evicted = True
+            self._connections -= 1
+        with contextlib.suppress(OSError):
+            pending.sock.shutdown(socket.SHUT_RDWR)
+
+    def _reap(self, now: float) -> None:
+        """Cut pending connections past their deadline (the hello deadline is for the whole exchange)."""
+        with self._lock:
+            late = [p for p in self._pending if p.deadline <= now]
+            for p in late:
+                self._drop_pending(p, evicted=False)
 
     # --- one connection ----------------------------------------------------------------------------------
-    def _serve(self, sock: socket.socket, peer: tuple[Any, ...]) -> None:
+    def _serve(self, pending: _Pending, peer: tuple[Any, ...]) -> None:
+        sock = pending.sock
         who = f"{peer[0]}:{peer[1]}"
         name: str | None = None
         conn: Connection | None = None
         try:
-            sock.settimeout(HELLO_TIMEOUT)
+            sock.settimeout(max(0.01, pending.deadline - time.monotonic()))
             if self._tls is not None:
                 sock = self._tls.wrap_socket(sock, server_side=True)
             conn = Connection(sock)
-            name = self._login(conn, who)
+            name = self._login(conn, who, pending)
             if name is None:
                 return
             sock.settimeout(self.cfg.idle_timeout)
@@ -186,18 +260,21 @@ class SyncServer:
             _LOG.info("sync-server: %s (%s) gone: %s", who, name or "not logged in", e)
         except OSError as e:
             _LOG.warning("sync-server: %s (%s): %s", who, name or "not logged in", e)
+        except Exception:  # a bug: this connection only, logged to be fixed
+            _LOG.exception("sync-server: %s (%s): unexpected error", who, name or "not logged in")
         finally:
             if conn is not None:
                 conn.close()
             else:
                 sock.close()
-            if name is not None:
-                with self._lock:
-                    if self._active.get(name) is conn:
-                        del self._active[name]
-            self._slots.release()
+            with self._lock:
+                if name is not None and self._active.get(name) is conn:
+                    del self._active[name]
+                self._pending.discard(pending)
+                if not pending.evicted:
+                    self._connections -= 1
 
-    def _login(self, conn: Connection, who: str) -> str | None:
+    def _login(self, conn: Connection, who: str, pending: _Pending) -> str | None:
         msg = conn.recv()
         if msg.get("op") != "hello" or msg.get("v") != VERSION:
             raise ProtocolError(f"expected hello version {VERSION}")
@@ -209,13 +286,26 @@ class SyncServer:
             _LOG.error("sync-server: tokens file unusable, keeping the previous tokens: %s", e)
         with self._lock:
             expected = self._tokens.get(name)
-        ok = isinstance(token, str) and expected is not None and hmac.compare_digest(token.encode(), expected.encode())
+            wait = self._throttle.wait(pending.source, time.monotonic())
+        if wait > 0:  # this address failed recently: its next try is examined only once the delay is over
+            self._stop.wait(min(wait, max(0.0, pending.deadline - time.monotonic())))
+        ok = (
+            isinstance(token, str)
+            and expected is not None
+            and hmac.compare_digest(token.encode("utf-8", "surrogatepass"), expected.encode())
+        )
         if not ok:
-            _LOG.warning("sync-server: %s: authentication refused for client %r", who, name)
-            time.sleep(AUTH_FAIL_DELAY)
+            with self._lock:
+                delay = self._throttle.failed(pending.source, time.monotonic())
+            _LOG.warning("sync-server: %s: authentication refused for client %r (answered in %.1f s)", who, name, delay)
+            self._stop.wait(min(delay, max(0.0, pending.deadline - time.monotonic())))
             conn.send({"ok": False, "error": "authentication refused"})
             return None
         with self._lock:
+            if pending.evicted or pending not in self._pending:
+                raise ConnectionError("displaced or too late before logging in")
+            self._pending.discard(pending)
+            self._throttle.succeeded(pending.source)
             previous = self._active.get(name)
             self._active[name] = conn
             lock = self._client_locks.setdefault(name, threading.Lock())

@@ -66,7 +66,7 @@ def receive(cfg: SyncServerConfig, conn: Connection, tree: Tree, msg: dict[str, 
         if data.get("op") != "data":
             raise ProtocolError("expected data after put")
         start = data.get("offset")
-        if start not in (0, offset):
+        if not isinstance(start, int) or isinstance(start, bool) or start not in (0, offset):
             raise ProtocolError(f"data offset must be 0 or {offset}")
         h = prefix if start else hashlib.sha256()
         out = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o640)

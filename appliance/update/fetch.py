@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urljoin, urlsplit, urlunsplit
+from urllib.parse import urljoin
+
+from appliance.redaction import redact_url
 
 __all__ = ["BOOT_GLOB", "ChannelEntry", "DownloadError", "boot_bundles", "download", "read_channel", "redact"]
 
@@ -31,17 +33,7 @@ class DownloadError(Exception):
     """The download failed; the message names the URL redacted."""
 
 
-def redact(url: str) -> str:
-    """``url`` without its user name, password and query (where tokens usually hide)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        if parts.port is not None:
-            host = f"{host}:{parts.port}"
-    except ValueError:
-        return "<invalid URL>"
-    netloc = f"***@{host}" if (parts.username or parts.password) else host
-    return urlunsplit((parts.scheme, netloc, parts.path, "***" if parts.query else "", ""))
+redact = redact_url  # the one helper (appliance.redaction); the name the update code has always used
 
 
 @dataclass(frozen=True)

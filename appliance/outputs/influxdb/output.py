@@ -6,11 +6,11 @@ timestamps (the meter's DATE when sane, else the reception time: :func:`applianc
 are written with ``precision=s``.
 
 Division of labour.  The :class:`~appliance.outputs.base.OutputWorker` owns the queue, the on-disk spool, the
-ordered replay in batches (``batch_size``) and the capped exponential backoff.  So the client is used in
-SYNCHRONOUS mode only: every write either succeeds or raises here, at once.  influxdb-client's batching mode
-would hide failures in a background thread (errors only reach callbacks), retry on its own schedule, and
-``close()`` it waits up to ``max_close_wait`` (5 minutes by default) for a dead server.  urllib3 retries are off
-too (``retries=False``): one attempt per write, the worker decides what happens next.
+ordered replay in batches (``batch_size``) and the capped exponential backoff.  So every write is one request of
+the client's ``WriteService`` that succeeds or raises here: influxdb-client's write API would, in batching mode,
+hide failures in a background thread (errors only reach callbacks), retry on its own schedule, and wait up to
+``max_close_wait`` (5 minutes by default) in ``close()`` for a dead server.  urllib3 retries are off too
+(``retries=False``): one attempt per write, the worker decides what happens next.
 
 What a failed write does (the worker's spool keeps every frame that is retried, in order):
 
@@ -36,15 +36,28 @@ basic authentication understand; InfluxDB 2.x and 3.x tokens never contain a col
 
 Time bounds: a connection attempt gives up after ``min(timeout, 2 s)``, a write after ``timeout`` seconds
 without an answer; :meth:`InfluxOutput.close` only drops pooled sockets and returns at once.
+
+One write in doubt at a time.  A server that accepts a request and does not answer (a hung process, a stalled
+disk) may still execute it later: victoria-metrics, SIGSTOPped for a minute, executed every retry it had been
+sent once resumed, and kept each copy (it does not deduplicate by default).  So a write that got no answer within
+``timeout`` is not abandoned: its request stays open (up to :data:`PENDING_MAX`) and the output sends nothing
+else until it is settled.  The next call waits for it (``timeout`` again); once it is answered, the frames it
+carried count as delivered if the server took them (they lead the next batch, which is the same spooled frames
+plus newer ones) and are not sent again.  Only when the server answers ``/ping`` but still not that write after
+another ``timeout`` is it given up and resent, the one case where a batch can be stored twice (besides a stop or
+a crash while a write is in doubt).  :meth:`InfluxOutput.probe` is the cheap ``/ping`` the worker uses to notice
+that a server is back before its backoff ends.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from appliance.checks.results import to_lines
@@ -57,13 +70,23 @@ from appliance.records import CHECK, HEALTH, TARIFF, CheckRun, HealthSample, Rec
 from appliance.tariff.lines import tariff_lines
 from appliance.tic import Frame
 
-__all__ = ["CONNECT_TIMEOUT", "InfluxError", "InfluxOutput", "frame_lines", "make_client"]
+__all__ = [
+    "CONNECT_TIMEOUT",
+    "PENDING_MAX",
+    "PROBE_TIMEOUT",
+    "InfluxError",
+    "InfluxOutput",
+    "frame_lines",
+    "make_client",
+]
 
 _LOG = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT: Final = 2.0  # seconds: a host that does not answer SYN is down; no need to wait the full timeout
 MAX_LINE: Final = 64 * 1024  # one line per frame over HTTP (no datagram limit); every parser accepts 64 kB lines
 REJECT_LOG_INTERVAL: Final = 60.0  # at most one log line a minute about refused frames (the count is in stats)
+PENDING_MAX: Final = 600.0  # seconds a write without an answer is kept open, waiting for the server to execute it
+PROBE_TIMEOUT: Final = 1.0  # seconds /ping may take when the output checks whether the server is back
 _DATA_REJECTED: Final = frozenset({400, 413, 422})
 
 
@@ -81,18 +104,22 @@ def make_client(cfg: InfluxConfig) -> Any:
     """
     from influxdb_client.client.influxdb_client import InfluxDBClient
 
+    from appliance.outputs.influxdb.bounded import bound_replies
+
     token = cfg.token.get() if cfg.token is not None else ""
     timeout_ms = int(cfg.timeout * 1000)
     kwargs: dict[str, Any] = {"verify_ssl": cfg.verify_tls, "retries": False, "auth_basic": ":" in token}
     if cfg.ca_file:
         kwargs["ssl_ca_cert"] = cfg.ca_file
-    return InfluxDBClient(
-        url=cfg.url.rstrip("/"),
-        token=token,  # "" sends no Authorization header, like None: the client only tests its truth
-        org=cfg.org or "-",  # InfluxDB 1.8 and 3.x ignore org, but the client insists on one
-        timeout=(min(timeout_ms, int(CONNECT_TIMEOUT * 1000)), timeout_ms),
-        debug=False,
-        **kwargs,
+    return bound_replies(  # a reply's body is read up to 64 kB, whatever the server sends
+        InfluxDBClient(
+            url=cfg.url.rstrip("/"),
+            token=token,  # "" sends no Authorization header, like None: the client only tests its truth
+            org=cfg.org or "-",  # InfluxDB 1.8 and 3.x ignore org, but the client insists on one
+            timeout=(min(timeout_ms, int(CONNECT_TIMEOUT * 1000)), timeout_ms),
+            debug=False,
+            **kwargs,
+        )
     )
 
 
@@ -106,6 +133,16 @@ class InfluxError(ApplianceError):
         super().__init__(message)
         self.status = status
         self.reason = reason
+
+
+@dataclass(slots=True)
+class _Write:
+    """One POST running in a thread of its own: the bodies it carries and, once ``done``, its outcome."""
+
+    bodies: list[bytes | None]
+    started: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None  # InfluxError or _DataRejected; None once done: the server took it
 
 
 class _DataRejected(ApplianceError):
@@ -153,8 +190,9 @@ class InfluxOutput:
         self.url = cfg.url.rstrip("/")
         self.rejected = 0  # frames the server refused for their content (dropped, never retried)
         self._client: Any = None
-        self._write_api: Any = None
         self._precision: Any = None
+        self._pending: _Write | None = None  # the write in doubt: sent, not answered within timeout
+        self._taken: list[bytes | None] | None = None  # bodies of a write in doubt that the server took later
         self._rejected_unlogged = 0
         self._insecure_logged = False
         self._last_reject_log = -REJECT_LOG_INTERVAL
@@ -162,16 +200,11 @@ class InfluxOutput:
     # --- lifecycle -----------------------------------------------------------------------------------------
     def _connect(self) -> None:
         """Create the client (no network traffic)."""
-        from influxdb_client.client.write_api import WriteOptions, WriteType
         from influxdb_client.domain.write_precision import WritePrecision
 
         if not self.cfg.verify_tls and self.url.startswith("https://"):
             self._quiet_insecure()
         self._client = make_client(self.cfg)
-        # SYNCHRONOUS: no background thread, errors raised here; the batching knobs are set anyway so that no
-        # code path of the client can ever retry on its own or wait minutes in close().
-        options = WriteOptions(write_type=WriteType.synchronous, max_retries=0, max_close_wait=1_000)
-        self._write_api = self._client.write_api(write_options=options)
         self._precision = WritePrecision.S
 
     def _quiet_insecure(self) -> None:
@@ -207,17 +240,35 @@ class InfluxOutput:
             why = _reason(e, self.cfg.timeout)
             raise InfluxError(f"InfluxDB {self.url} unreachable: {why}", reason=why) from None
 
+    def probe(self) -> bool:
+        """Whether the server answers ``/ping`` now (any HTTP status), within :data:`PROBE_TIMEOUT`; never raises.
+
+        The worker asks while it backs off, so that the first write follows the server's return within about a
+        second instead of waiting for the end of the backoff (up to 30 s)."""
+        return self._answers_ping(PROBE_TIMEOUT)
+
+    def _answers_ping(self, timeout: float) -> bool:
+        from influxdb_client.service.ping_service import PingService
+
+        try:
+            if self._client is None:
+                self._connect()
+            ms = int(timeout * 1000)
+            PingService(self._client.api_client).get_ping(_request_timeout=(ms, ms))  # type: ignore[no-untyped-call]
+        except Exception as e:
+            status = getattr(e, "status", None)
+            return isinstance(status, int) and status > 0  # an HTTP error is an answer: the server is there
+        return True
+
     def close(self) -> None:
         """Drop the client and its pooled sockets; never raises, never waits on the server."""
-        write_api, client = self._write_api, self._client
-        self._write_api = self._client = None
-        for obj in (write_api, client):
-            if obj is None:
-                continue
-            try:
-                obj.close()
-            except Exception as e:  # pragma: no cover - closing sockets does not fail in practice
-                _LOG.debug("influxdb: error while closing: %s", e)
+        client, self._client = self._client, None
+        if client is None:
+            return
+        try:
+            client.close()  # idle pooled sockets only: a write in doubt keeps its own until it is answered
+        except Exception as e:  # pragma: no cover - closing sockets does not fail in practice
+            _LOG.debug("influxdb: error while closing: %s", e)
 
     # --- records (RecordOutput) ---------------------------------------------------------------------------
     def encode(self, record: Record) -> list[str]:
@@ -262,9 +313,10 @@ class InfluxOutput:
     def _write_all(self, bodies: list[bytes | None], bad: int, what: str) -> None:
         """:meth:`_write`, then the outcome as the worker expects it: :class:`PartialDelivery` when a retryable
         error cut the bisection short, :class:`Rejected` when some (``bad`` already) were refused."""
-        done = [0]
+        skip = self._settle(bodies)
+        done = [skip]
         try:
-            bad += self._write(bodies, done)
+            bad += self._write(bodies[skip:], done)
         except InfluxError as e:
             if done[0]:
                 raise PartialDelivery(done[0], e) from e
@@ -272,16 +324,54 @@ class InfluxOutput:
         if bad:
             raise Rejected(bad, f"InfluxDB {self.url} refused {bad} of {len(bodies)} {what}")
 
+    def _settle(self, bodies: list[bytes | None]) -> int:
+        """Settle the write in doubt before anything else is sent; how many leading ``bodies`` it delivered.
+
+        Raises :class:`InfluxError` while it stays unanswered and the server does not answer ``/ping`` either
+        (still hung, or gone).  A server that answers ``/ping`` but not that write for another ``timeout`` has
+        lost it (or will never finish it): it is given up, and its frames are sent again."""
+        req = self._pending
+        if req is not None:
+            timeout = self.cfg.timeout
+            if not req.done.wait(timeout):
+                age = time.monotonic() - req.started
+                if not self._answers_ping(PROBE_TIMEOUT):
+                    why = f"no answer within {timeout:g} s"
+                    raise InfluxError(
+                        f"InfluxDB {self.url} unreachable: {why} (a write sent {age:.0f} s ago is still unanswered: "
+                        "nothing else is sent until it is)",
+                        reason=why,
+                    )
+                if not req.done.wait(timeout):
+                    _LOG.warning(
+                        "InfluxDB %s answers /ping but not a write sent %.0f s ago: sending its %d frame(s) again "
+                        "(stored twice if the server still executes it)",
+                        self.url,
+                        age,
+                        len(req.bodies),
+                    )
+                    self._pending = None
+                    return 0
+            self._pending = None
+            if req.error is None:
+                self._taken = req.bodies  # a 4xx/5xx or a reset: not taken, sent again below
+        taken = self._taken
+        if taken is not None and bodies[: len(taken)] == taken:
+            # The same frames lead this batch (the spool resends from where it was): they are in the database.
+            # Identical bodies are identical points, so a match can never skip anything the server lacks.
+            self._taken = None
+            return len(taken)
+        return 0
+
     def _write(self, bodies: list[bytes | None], done: list[int]) -> int:
         """Write ``bodies`` (one per frame; None: not writable, b"": nothing to write); return how many the
         server refused.  ``done[0]`` counts the frames dealt with, so a retryable error part-way is a partial
         delivery."""
-        payload = b"\n".join(b for b in bodies if b)
-        if not payload:
+        if not any(bodies):
             done[0] += len(bodies)
             return 0
         try:
-            self._post(payload)
+            self._post(bodies)
         except _DataRejected as e:
             n = sum(1 for b in bodies if b)
             if n == 1:
@@ -293,25 +383,59 @@ class InfluxOutput:
         done[0] += len(bodies)
         return 0
 
-    def _post(self, payload: bytes) -> None:
-        """One POST /api/v2/write; raises :class:`InfluxError` or :class:`_DataRejected`."""
-        if self._write_api is None:
+    def _post(self, bodies: list[bytes | None]) -> None:
+        """One POST /api/v2/write of ``bodies``, in a thread, waited for ``timeout`` s; raises
+        :class:`InfluxError` or :class:`_DataRejected`.  Unanswered, it becomes the write in doubt."""
+        if self._client is None:
             self._connect()
+        req = _Write(bodies)
+        payload = b"\n".join(b for b in bodies if b)
+        api = self._client.api_client  # the thread keeps its own reference: close() may drop the client meanwhile
+        threading.Thread(target=self._send, args=(api, req, payload), name="influxdb-write", daemon=True).start()
+        timeout = self.cfg.timeout
+        if not req.done.wait(timeout):
+            self._pending = req
+            why = f"no answer within {timeout:g} s"
+            raise InfluxError(
+                f"InfluxDB {self.url} unreachable: {why} (the write stays open: nothing else is sent until it is "
+                "answered)",
+                reason=why,
+            )
+        if req.error is not None:
+            raise req.error
+
+    def _send(self, api: Any, req: _Write, payload: bytes) -> None:
+        """The request itself (in its own thread): connect within ``min(timeout, 2 s)``, then wait up to
+        :data:`PENDING_MAX` for the answer, so that a hung server's late answer is still seen."""
+        from influxdb_client.service.write_service import WriteService
+
+        connect_ms = int(min(self.cfg.timeout, CONNECT_TIMEOUT) * 1000)
         try:
-            self._write_api.write(
-                bucket=self.cfg.bucket, org=self.cfg.org or "-", record=payload, write_precision=self._precision
+            # the generated service has no annotations
+            WriteService(api).post_write(  # type: ignore[no-untyped-call]
+                org=self.cfg.org or "-",
+                bucket=self.cfg.bucket,
+                body=payload,
+                precision=self._precision,
+                content_type="text/plain; charset=utf-8",
+                _request_timeout=(connect_ms, int(PENDING_MAX * 1000)),
             )
         except Exception as e:
-            status = getattr(e, "status", None)
-            if not (isinstance(status, int) and status):
-                resp = getattr(e, "response", None)
-                status = getattr(resp, "status", None)
-            if isinstance(status, int) and status:
-                if status in _DATA_REJECTED:
-                    raise _DataRejected(f"{status} {_status_text(status)}: {_body_message(e)}", status) from None
-                raise self._http_error(e, status) from None
-            why = _reason(e, self.cfg.timeout)
-            raise InfluxError(f"InfluxDB {self.url} unreachable: {why}", reason=why) from None
+            req.error = self._write_error(e)
+        finally:
+            req.done.set()
+
+    def _write_error(self, e: BaseException) -> ApplianceError:
+        status = getattr(e, "status", None)
+        if not (isinstance(status, int) and status):
+            resp = getattr(e, "response", None)
+            status = getattr(resp, "status", None)
+        if isinstance(status, int) and status:
+            if status in _DATA_REJECTED:
+                return _DataRejected(f"{status} {_status_text(status)}: {_body_message(e)}", status)
+            return self._http_error(e, status)
+        why = _reason(e, PENDING_MAX)
+        return InfluxError(f"InfluxDB {self.url} unreachable: {why}", reason=why)
 
     def _http_error(self, exc: BaseException, status: int) -> InfluxError:
         detail = _body_message(exc)

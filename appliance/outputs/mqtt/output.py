@@ -19,6 +19,11 @@ meter seen so far and the last update state (the running version, ``<base>/bridg
 broker restarted without persistence has lost the retained ones.  When HA announces
 ``online``, discovery is published again.  The password never reaches a log: it lives in a
 :class:`~appliance.config.Secret` until handed to paho.
+
+While the worker backs off after a failure it asks :meth:`MqttOutput.probe` every second whether the broker
+answers: one MQTT CONNECT with an empty client id and no credentials, on a socket of its own (TLS as configured),
+whose answer (a CONNACK, even a refusal, or the broker closing the connection) proves the broker alive; then
+DISCONNECT.  A TCP connection alone would not do: the kernel completes it for a hung broker too.
 """
 
 from __future__ import annotations
@@ -45,10 +50,11 @@ from appliance.records import CHECK, TARIFF, UPDATE, CheckRun, Record, TariffRec
 from appliance.tariff.lines import record_periods
 from appliance.tic import Frame
 
-__all__ = ["TIMEOUT", "MqttError", "MqttOutput"]
+__all__ = ["PROBE_TIMEOUT", "TIMEOUT", "MqttError", "MqttOutput", "answers_connect"]
 
 _LOG = logging.getLogger(__name__)
 TIMEOUT = 3.0  # seconds: connect, each acknowledgement; the service gives outputs 4 s to stop
+PROBE_TIMEOUT = 1.0  # seconds a probe waits for the broker's answer to its CONNECT
 
 
 class MqttError(ApplianceError, ConnectionError):
@@ -205,6 +211,15 @@ class MqttOutput:
             if isinstance(e, MqttError):
                 raise
             raise MqttError(f"MQTT publish failed: {type(e).__name__}: {e}") from e
+
+    def probe(self) -> bool:
+        """Whether the broker answers an MQTT CONNECT now (within :data:`PROBE_TIMEOUT`); never raises."""
+        cfg = self.cfg
+        try:
+            context = _tls_context(cfg) if cfg.tls else None
+        except (OSError, ssl.SSLError, ValueError):
+            return False
+        return answers_connect(cfg.host, cfg.port, cfg.protocol == "5", context, PROBE_TIMEOUT)
 
     def close(self) -> None:
         """Publish ``offline`` (a clean stop sends no last will) and disconnect, within about 2 s."""
@@ -504,6 +519,48 @@ class MqttOutput:
             stopper.join(0.5)
             if stopper.is_alive():
                 _LOG.warning("MQTT network thread did not stop; abandoning it")
+
+
+def _tls_context(cfg: MqttConfig) -> ssl.SSLContext:
+    """The TLS settings paho gets from ``tls_set``: the CA file (else the system's), a client certificate."""
+    context = ssl.create_default_context(cafile=cfg.ca_file or None)
+    if cfg.cert_file:
+        context.load_cert_chain(cfg.cert_file, cfg.key_file or None)
+    return context
+
+
+def answers_connect(host: str, port: int, v5: bool, context: ssl.SSLContext | None, timeout: float) -> bool:
+    """Whether an MQTT broker answers a CONNECT (clean, empty client id, no credentials) within ``timeout`` s.
+
+    Any answer counts, a refused login as much as a CONNACK, and so does the broker closing the connection or a
+    TLS alert: only a broker that says nothing at all (hung, or not there) makes this False.
+    """
+    level, props = (5, b"\x00") if v5 else (4, b"")
+    body = b"\x00\x04MQTT" + bytes((level, 0x02)) + b"\x00\x0a" + props + b"\x00\x00"
+    connect = bytes((0x10, len(body))) + body
+    deadline = time.monotonic() + timeout
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as raw:
+            sock: socket.socket = raw
+            if context is not None:
+                raw.settimeout(max(0.01, deadline - time.monotonic()))
+                try:
+                    sock = context.wrap_socket(raw, server_hostname=host)
+                except ssl.SSLError:
+                    return True  # the broker's TLS layer answered (a certificate it refuses...)
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            sock.sendall(connect)
+            try:
+                sock.recv(4)  # a CONNACK, whatever its code; b"": closed by the broker, an answer too
+            except (ssl.SSLError, ConnectionResetError):
+                return True  # refused by a live broker (a TLS alert, a reset)
+            try:
+                sock.sendall(b"\xe0\x00")  # DISCONNECT: the broker logs a clean goodbye
+            except OSError:
+                pass
+            return True
+    except (OSError, ValueError):  # refused, unreachable, no answer in time
+        return False
 
 
 def _json(obj: dict[str, Any]) -> bytes:

@@ -105,6 +105,12 @@ class _Pending:
     total: int
     started: float
     parts: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    size: int = 0  # bytes of the datagrams held
+
+
+def _scalar(value: Any) -> bool:
+    """A part's ``mode``, ``meter`` or ``seq`` may key a dict: a string, an integer or null, nothing else."""
+    return value is None or isinstance(value, str | int)
 
 
 class JsonReassembler:
@@ -112,10 +118,13 @@ class JsonReassembler:
 
     ``feed`` returns the frames a datagram completes: a whole frame at once, a part only with the last missing
     one.  Parts are grouped by sender (``source``, e.g. the ``recvfrom`` address), mode, meter, ``seq`` and part
-    count.  A frame still incomplete after ``max_age`` seconds, or when more than ``max_pending`` frames are
-    incomplete, is dropped and counted in :attr:`dropped`: UDP loses datagrams, and a lost part must not pin
-    memory.  Datagrams that are not a JSON object, or carry a malformed ``part``, are counted in
-    :attr:`invalid` and ignored, never raised: a listener must survive anything arriving on its port.
+    count.  A frame still incomplete after ``max_age`` seconds (:meth:`expire`, which the caller also runs on a
+    timer, so memory is released while nothing arrives), or when more than ``max_pending`` frames are incomplete or
+    their datagrams hold more than ``max_bytes``, is dropped and counted in :attr:`dropped`: UDP loses datagrams,
+    and a lost part must not pin memory.  Datagrams that are not a JSON object (nested too deep included), carry
+    a malformed ``part`` (more than ``max_parts``), or a ``mode``/``meter``/``seq`` that is not a string, an
+    integer or null, are counted in :attr:`invalid` and ignored, never raised: a listener must survive anything
+    arriving on its port.
 
     >>> r = JsonReassembler()
     >>> frame = {"mode": "standard", "meter": "1", "values": {"EAST": 12345678, "SINSTS": 4564}, "invalid": []}
@@ -126,11 +135,22 @@ class JsonReassembler:
     True
     """
 
-    def __init__(self, max_age: float = 5.0, max_pending: int = 8, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        max_age: float = 5.0,
+        max_pending: int = 8,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        max_bytes: int = 1_000_000,
+        max_parts: int = 64,
+    ) -> None:
         self.max_age = max_age
         self.max_pending = max_pending
+        self.max_bytes = max_bytes  # a three-phase frame is ~4 kB in 3 parts: a megabyte is 250 frames
+        self.max_parts = max_parts
         self._clock = clock
         self._pending: collections.OrderedDict[Hashable, _Pending] = collections.OrderedDict()
+        self._bytes = 0
         self.completed = 0
         self.dropped = 0
         self.invalid = 0
@@ -140,12 +160,17 @@ class JsonReassembler:
         """Frames waiting for missing parts."""
         return len(self._pending)
 
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of the datagrams held for them."""
+        return self._bytes
+
     def feed(self, datagram: bytes, source: Hashable = None) -> list[dict[str, Any]]:
         """Feed one datagram; return the frame objects it completes (usually zero or one)."""
-        self._expire()
+        self.expire()
         try:
             obj = json.loads(datagram)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             self.invalid += 1
             return []
         if not isinstance(obj, dict):
@@ -159,37 +184,46 @@ class JsonReassembler:
             not isinstance(part, list)
             or len(part) != 2
             or not all(isinstance(x, int) and not isinstance(x, bool) for x in part)
-            or not 1 <= part[0] <= part[1] <= 10_000
+            or not 1 <= part[0] <= part[1] <= self.max_parts
         ):
             self.invalid += 1
             return []
+        mode, meter, seq = obj.get("mode"), obj.get("meter"), obj.get("seq")
+        if not (_scalar(mode) and _scalar(meter) and _scalar(seq)):
+            self.invalid += 1
+            return []
         index, total = part
-        seq = obj.get("seq")
-        key = (source, obj.get("mode"), obj.get("meter"), seq if isinstance(seq, Hashable) else None, total)
+        key = (source, mode, meter, seq, total)
         entry = self._pending.get(key)
         if entry is not None and index in entry.parts:
             # The same part again: without a seq (or after a sender restart) this is the next frame, and the
             # old one will never complete.
-            del self._pending[key]
-            self.dropped += 1
+            self._drop(key)
             entry = None
         if entry is None:
             entry = self._pending[key] = _Pending(total, self._clock())
         entry.parts[index] = obj
+        entry.size += len(datagram)
+        self._bytes += len(datagram)
         if len(entry.parts) == entry.total:
             del self._pending[key]
+            self._bytes -= entry.size
             self.completed += 1
             return [merge_json_parts(list(entry.parts.values()))]
-        while len(self._pending) > self.max_pending:
-            self._pending.popitem(last=False)
-            self.dropped += 1
+        while self._pending and (len(self._pending) > self.max_pending or self._bytes > self.max_bytes):
+            self._drop(next(iter(self._pending)))  # the oldest first (even the one just fed, if alone too big)
         return []
 
-    def _expire(self) -> None:
+    def _drop(self, key: Hashable) -> None:
+        entry = self._pending.pop(key)
+        self._bytes -= entry.size
+        self.dropped += 1
+
+    def expire(self) -> None:
+        """Drop the frames incomplete for ``max_age`` seconds (run on every datagram, and on a timer)."""
         limit = self._clock() - self.max_age
         while self._pending:
             key, entry = next(iter(self._pending.items()))
             if entry.started >= limit:
                 break
-            del self._pending[key]
-            self.dropped += 1
+            self._drop(key)
