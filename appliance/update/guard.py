@@ -172,6 +172,21 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def sync_filesystem(path: Path) -> None:
+    """Write back everything of the file system holding ``path`` (``syncfs(2)``, else ``sync(2)``): a release's
+    thousands of files reach the disk before a link names them, so a power cut after the switch never leaves
+    ``current`` pointing at files whose data was still in the page cache."""
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
 def write_json(path: Path, doc: dict[str, Any]) -> None:
     """Replace ``path`` atomically and durably (temporary file, fsync, rename, fsync of the directory)."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -248,6 +248,7 @@ class Updater:
             "manifest_sha256": m.digest,
             "packages": m.packages,
         }
+        g.sync_filesystem(release)  # the venv on the disk before release.json says it is whole
         g.write_json(release / "release.json", record)
 
     def _run(self, argv: list[str], what: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
