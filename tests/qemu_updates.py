@@ -142,7 +142,7 @@ class Ledger:
         return found
 
     def report(self, vm: set[int], mqtt: set[int]) -> list[dict[str, Any]]:
-        """Per step: frames sent, delivered to each server, and the numbers missing at victoria-metrics."""
+        """Per step: frames sent, delivered to each server, and the numbers missing at each."""
         rows = []
         for step in self.steps:
             sent = set(step.sent())
@@ -153,6 +153,7 @@ class Ledger:
                     "victoria-metrics": len(sent & vm),
                     "mqtt": len(sent & mqtt),
                     "missing": sorted(sent - vm),
+                    "missing on mqtt": sorted(sent - mqtt),
                     "restarts": step.restarts,
                     **step.notes,
                 }
