@@ -670,6 +670,10 @@ def _updates(
     assert not any(r.startswith(v3) for r in d["releases"].split("|")), d["releases"]
     status = json.loads(d["status"])
     assert status["version"] == v1 and status["health"]["state"] == "up"
+    # The guard's rollback is the last update, for /status and MQTT (its files readable under the unit's umask).
+    assert status["update"]["last_update"]["phase"] == "rolled-back", status["update"]
+    assert status["update"]["last_update"]["to"].startswith(f"{v3}-"), status["update"]
+    wait_until(lambda: _update_state(guest).get("last_update", {}).get("to", "").startswith(f"{v3}-"), 60)
     step.last = feed.sent
     _delivered_after(guest, ledger, step.last)
 

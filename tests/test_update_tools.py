@@ -20,7 +20,7 @@ from appliance.commands.doctor import check_reboot
 from appliance.commands.update import in_window
 from appliance.stats import Stats
 from appliance.update.bundle import build_bundle, public_pem
-from appliance.update.guard import Paths, write_json
+from appliance.update.guard import Paths, append_history, write_json
 from appliance.update.install import compare_versions
 from appliance.update.migrate import MIGRATIONS, MigrationError, dump_toml, migrate
 from appliance.update.reboot import UpdateReporter, pending_reboot
@@ -277,3 +277,17 @@ def test_install_as_another_user_is_refused_clearly() -> None:
     assert result.returncode == 2, result.stderr
     assert "Permission denied" in result.stderr and "run it as root" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_state_files_stay_readable_under_the_units_umask(tmp_path: Path) -> None:
+    """The guard runs under teleinfo.service's UMask=0077 as root; the service (user teleinfo) must still read the
+    transaction, or /status and MQTT lose the last update after a rollback done at a boot (seen under QEMU)."""
+    paths = Paths(tmp_path)
+    old = os.umask(0o077)
+    try:
+        write_json(paths.transaction, {"phase": "rolled-back", "to": "0.2.0-abc"})
+        append_history(paths, {"phase": "rolled-back"})
+    finally:
+        os.umask(old)
+    assert paths.transaction.stat().st_mode & 0o777 == 0o644
+    assert paths.history.stat().st_mode & 0o777 == 0o644

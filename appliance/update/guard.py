@@ -188,12 +188,15 @@ def sync_filesystem(path: Path) -> None:
 
 
 def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Replace ``path`` atomically and durably (temporary file, fsync, rename, fsync of the directory)."""
+    """Replace ``path`` atomically and durably (temporary file, fsync, rename, fsync of the directory).  World
+    readable whatever the umask: the guard runs under the service unit's ``UMask=0077``, and the service (another
+    user) reads the transaction for its ``/status`` and MQTT update section."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
+        os.fchmod(fd, 0o644)
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -254,6 +257,7 @@ def append_history(paths: Paths, entry: dict[str, Any]) -> None:
     lines = [*lines[-(HISTORY_KEEP - 1) :], json.dumps(entry, sort_keys=True)]
     tmp = paths.history.with_name(".history.tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.chmod(tmp, 0o644)  # as write_json: readable whatever the umask
     os.replace(tmp, paths.history)
 
 
