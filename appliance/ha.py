@@ -64,6 +64,7 @@ __all__ = [
     "tariff_discovery_payload",
     "tariff_discovery_topic",
     "tariff_state_topic",
+    "update_topic",
     "usable_labels",
 ]
 
@@ -126,6 +127,16 @@ def availability_topic(base: str, client_id: str) -> str:
     'teleinfo/bridge/teleinfo-pi_2/status'
     """
     return f"{base}/bridge/{_SAFE_ID.sub('_', client_id)}/status"
+
+
+def update_topic(base: str, client_id: str) -> str:
+    """``<base>/bridge/<client id>/update``: the appliance's running version, release, last update and pending
+    reboot (retained JSON, docs/UPDATES.md); per appliance, like :func:`availability_topic`.
+
+    >>> update_topic("teleinfo", "teleinfo-pi")
+    'teleinfo/bridge/teleinfo-pi/update'
+    """
+    return f"{base}/bridge/{_SAFE_ID.sub('_', client_id)}/update"
 
 
 def discovery_topic(prefix: str, meter: str) -> str:
@@ -352,9 +363,19 @@ def usable_labels(mode: str, values: Mapping[str, object]) -> set[str]:
 
 
 def device(meter: str, mode: str | None) -> dict[str, Any]:
-    """The ``dev`` block of every discovery message about ``meter`` (the same in each, so none overwrites another)."""
+    """The ``dev`` block of every discovery message about ``meter`` (the same in each, so none overwrites another).
+
+    ``sw`` (HA's ``sw_version``, shown on the device page) is the running appliance's version: the software that
+    reads this meter, which an update changes (the new process publishes discovery again when it connects)."""
     model = {"standard": "Linky (TIC standard)", "historique": "Linky (TIC historique)"}.get(mode or "", "Linky")
-    return {"ids": [f"linky_{meter}"], "name": f"Linky {meter}", "mf": "Enedis", "mdl": model, "sn": meter}
+    return {
+        "ids": [f"linky_{meter}"],
+        "name": f"Linky {meter}",
+        "mf": "Enedis",
+        "mdl": model,
+        "sn": meter,
+        "sw": __version__,
+    }
 
 
 def discovery_payload(

@@ -25,12 +25,24 @@ from appliance.stats import StatsSnapshot
 if TYPE_CHECKING:
     from appliance.tariff.engine import TariffEngine
 
-__all__ = ["CHECK", "FRAME", "HEALTH", "TARIFF", "CheckRun", "HealthSample", "Record", "TariffRecord"]
+__all__ = [
+    "CHECK",
+    "FRAME",
+    "HEALTH",
+    "TARIFF",
+    "UPDATE",
+    "CheckRun",
+    "HealthSample",
+    "Record",
+    "TariffRecord",
+    "UpdateState",
+]
 
 FRAME: Final = "frame"
 CHECK: Final = "check"
 HEALTH: Final = "health"
 TARIFF: Final = "tariff"
+UPDATE: Final = "update"
 
 
 class Record(Protocol):
@@ -91,3 +103,21 @@ class TariffRecord:
     def to_json(self) -> dict[str, Any]:
         """The snapshot, as published on MQTT and served to the live page."""
         return dict(self.snapshot)
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateState:
+    """What runs and what is pending (docs/UPDATES.md): the running ``version``, the ``release`` directory,
+    ``last_update`` (phase, target, reason, end) and pending reboots, as :class:`appliance.update.reboot.
+    UpdateReporter` sees them; published at start and whenever one of them changes.  MQTT retains it on
+    ``<base>/bridge/<client id>/update``."""
+
+    kind: ClassVar[str] = UPDATE
+
+    at: float
+    version: str
+    section: Mapping[str, Any]  # the update section of /status
+
+    def to_json(self) -> dict[str, Any]:
+        """``{version, release, last_update, reboot_required, reboot_reasons, at}``."""
+        return {"version": self.version, **self.section, "at": self.at}

@@ -42,7 +42,7 @@ from appliance.sources import Source, build_source
 from appliance.stats import Stats
 from appliance.systemd import Notifier
 from appliance.tic import Frame
-from appliance.update.reboot import start_reporter
+from appliance.update.reboot import UpdateReporter, start_reporter
 
 if TYPE_CHECKING:
     from appliance.checks.scheduler import CheckScheduler
@@ -145,6 +145,7 @@ class Service:
         self.sampler: HealthSampler | None = None  # the appliance's counters, as records (appliance.metrics)
         self.journal: Journal | None = None
         self.tariff: TariffFeed | None = None  # energy and costs per period (appliance.tariff.feed)
+        self.updates: UpdateReporter | None = None  # the running release and pending reboots (appliance.update)
 
     # --- control -----------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -330,7 +331,8 @@ class Service:
         self._start_tariff()
         self._start_checks()
         self._start_journal()
-        updates = start_reporter(self.stats)  # /status: the running release, pending reboots (appliance.update)
+        # /status and MQTT: the running version and release, the last update, pending reboots (appliance.update)
+        updates = self.updates = start_reporter(self.stats, self.publish)
         self._open_source()
         # Everything start-up made (modules, configuration, servers) lives as long as the process: out of the
         # collector's sight, a full collection no longer walks it, so none pauses the reader for long.
@@ -361,6 +363,7 @@ class Service:
         finally:
             self._notifier.stopping()
             updates.stop()
+            self.updates = None
             self._shutdown()
         return 0
 
@@ -455,6 +458,8 @@ class Service:
             before = {w.name for w in self.fanout.workers} if self.fanout else set()
             self._stop_outputs(2.0)
             self._start_outputs()
+            if self.updates is not None:  # the new outputs hold nothing yet
+                self.updates.publish_again()
             assert self.fanout is not None
             for name in before - {w.name for w in self.fanout.workers}:
                 self.stats.remove_output(name)

@@ -14,15 +14,18 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from appliance.simulator import PARIS, MeterSimulator
 
+from .meterframes import historique_frame
 from .mosquitto import Mosquitto, Subscriber
 from .util import wait_until
 
+NUMBERED_BASE = 10_000_000  # TicFeed(numbered=True): frame n carries BASE = NUMBERED_BASE + n
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # systemd's colours on the console
 GUEST_HOST = "10.0.2.100"  # the address the guest's outputs use; QEMU relays it to the host's loopback
 GUEST_IP = "10.0.2.15"  # QEMU user networking's address for the guest
@@ -30,10 +33,20 @@ HEALTH_PORT = 9990  # the guest's health port in guest_config(): not the default
 
 
 class TicFeed:
-    """The simulated meter on the host, writing historic-mode frames into the QEMU chardev's unix socket."""
+    """The simulated meter on the host, writing historic-mode frames into the QEMU chardev's unix socket, one every
+    0.5 s, across QEMU restarts (it connects again when the socket is back).
 
-    def __init__(self, path: Path) -> None:
+    ``numbered``: frame ``n`` (1, 2, ...) is the BASE contract meter :data:`tests.meterframes.METER` with the index
+    ``BASE = NUMBERED_BASE + n`` Wh, so the frames that reached a server say which were lost; :attr:`sent` is the
+    last ``n`` handed to the socket in full.  Otherwise, the simulator's realistic stream.
+
+    QEMU's UARTs apply back-pressure: while no program in the guest has the port open (a service restart), QEMU
+    stops reading the socket, and what the feed writes then waits in the socket instead of being lost, as it
+    would be on a real line."""
+
+    def __init__(self, path: Path, numbered: bool = False) -> None:
         self.path = path
+        self.numbered = numbered
         self.sent = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -42,14 +55,26 @@ class TicFeed:
         self._thread.start()
         return self
 
+    def _frames(self) -> Iterator[bytes]:
+        if self.numbered:
+            n = 0
+            while True:
+                n += 1
+                yield historique_frame({"BASE": NUMBERED_BASE + n}, 500 + n % 1000)
+        for frame in MeterSimulator(mode="historique", start=datetime.now(tz=PARIS)).frames():
+            yield frame.data
+
     def _run(self) -> None:
-        frames = MeterSimulator(mode="historique", start=datetime.now(tz=PARIS)).frames()
+        frames = self._frames()
+        pending: bytes | None = None  # a frame the last connection did not take in full: sent again, whole
         while not self._stop.is_set():
             try:
                 with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
                     sock.connect(str(self.path))
                     while not self._stop.wait(0.5):
-                        sock.sendall(next(frames).data)
+                        pending = pending or next(frames)
+                        sock.sendall(pending)
+                        pending = None
                         self.sent += 1
             except OSError:
                 self._stop.wait(0.2)  # QEMU not listening yet, or gone
@@ -131,32 +156,60 @@ class Guest:
     subscriber: Subscriber | None = None
     started: float = 0.0
     relays: list[int] = field(default_factory=list)
+    numbered: bool = False  # the meter's frames numbered (TicFeed)
+    topics: tuple[str, ...] = ("teleinfo/+/state",)  # what the test's MQTT subscriber records
 
     def start(self) -> Guest:
-        self.subscriber = Subscriber(self.broker.port, ["teleinfo/+/state"])
+        self.subscriber = Subscriber(self.broker.port, list(self.topics))
+        self._power_on()
+        self.feed = TicFeed(self.tic_sock, self.numbered).start()
+        return self
+
+    def _power_on(self) -> None:
         self.started = time.monotonic()
         self.qemu = subprocess.Popen(
             self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
         )
-        self.feed = TicFeed(self.tic_sock).start()
-        return self
+
+    def power_cut(self) -> None:
+        """Kill QEMU at once (SIGKILL): what the guest had not written to its disk is lost, as in a power cut
+        (what it had written is in the host's page cache: the disk file keeps it)."""
+        assert self.qemu is not None
+        self.qemu.kill()
+        self.qemu.wait(30)
+        if self.qemu.stderr is not None:
+            self.qemu.stderr.close()
+        wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in self.relays), 15)
+        self.relays = []
+
+    def power_on(self, argv: list[str]) -> None:
+        """Boot the same disk again (``argv``: its console may be a new file); the meter and the subscriber go on."""
+        self.argv = argv
+        self._power_on()
+
+    def states(self) -> list[tuple[str, bytes, bool, float]]:
+        """The meter's state messages received so far (topic, payload, retained, arrival time)."""
+        assert self.subscriber is not None
+        with self.subscriber._lock:
+            return [m for m in self.subscriber.messages if m[0].endswith("/state")]
 
     def log(self) -> str:
         text = self.console.read_text(errors="replace") if self.console.exists() else ""
         return ANSI.sub("", text)
 
     def first_frame(self, timeout: float = 600.0) -> float:
-        """Seconds from QEMU's start to the first frame on MQTT."""
+        """Seconds from QEMU's (last) start to the first frame on MQTT after it."""
         assert self.subscriber is not None and self.qemu is not None
+        since = self.started
 
         def published() -> bool:
             assert self.qemu is not None
             if self.qemu.poll() is not None:
                 raise AssertionError(f"QEMU exited: {self.qemu.stderr.read().decode() if self.qemu.stderr else ''}")
-            return bool(self.subscriber and self.subscriber.messages)
+            return any(at > since for *_, at in self.states())
 
         wait_until(published, timeout, interval=0.2)
-        return float(self.subscriber.messages[0][3]) - self.started
+        return next(at for *_, at in self.states() if at > since) - since
 
     def ssh(self, command: str, user: str = "root", timeout: float = 120) -> str:
         """A command in the guest, with the key custom.toml authorized; its standard output."""
@@ -166,6 +219,15 @@ class Guest:
              f"{user}@127.0.0.1", command],
             capture_output=True, text=True, timeout=timeout, check=False,
         ).stdout.strip()  # fmt: skip
+
+    def put(self, source: Path, target: str, timeout: float = 300) -> None:
+        """Copy a host file into the guest (scp as root)."""
+        subprocess.run(
+            ["scp", "-q", "-i", str(self.key), "-P", str(self.ssh_port), "-o", "BatchMode=yes",
+             "-o", "ConnectTimeout=30", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+             "-o", "LogLevel=ERROR", str(source), f"root@127.0.0.1:{target}"],
+            check=True, timeout=timeout,
+        )  # fmt: skip
 
     def facts(self, script: str, timeout: float = 300) -> dict[str, str]:
         """Run a shell script in the guest that prints ``name=value`` lines (one SSH round trip for many
@@ -298,7 +360,8 @@ def raspi3b_argv(kernel: Path, initrd: Path, dtb: Path, cmdline: str, disk: Path
 def direct_argv(arch: str, kernel: Path, initrd: Path, append: str, disk: Path, net: str, console: Path,
                 tic_sock: Path) -> list[str]:  # fmt: skip
     """QEMU's generic machines with the kernel booted directly: q35 (amd64; the meter on the second 16550, ttyS1)
-    or virt (arm64; QEMU 7.2's virt has one PL011, the console: the meter on a PCI 16550, ttyS0)."""
+    or virt (arm64; QEMU 7.2's virt has one PL011, the console: the meter on a PCI 16550, ttyS0).  ``disk`` (a
+    copy of the card, :func:`card_copy`) is written to, so it persists across a power cut and the next boot."""
     machine = ["qemu-system-x86_64", "-M", "q35", "-cpu", "max"]
     tic = ["-serial", "chardev:tic"]
     if arch == "arm64":
@@ -308,7 +371,7 @@ def direct_argv(arch: str, kernel: Path, initrd: Path, append: str, disk: Path, 
         *machine, "-accel", "tcg", "-smp", "2", "-m", "1024", "-display", "none", "-no-reboot",
         "-monitor", "none", "-nodefaults",
         "-kernel", str(kernel), "-initrd", str(initrd), "-append", append,
-        "-drive", f"file={disk},format=raw,if=none,id=hd,snapshot=on", "-device", "virtio-blk-pci,drive=hd",
+        "-drive", f"file={disk},format=raw,if=none,id=hd", "-device", "virtio-blk-pci,drive=hd",
         "-netdev", net, "-device", "virtio-net-pci,netdev=n0,romfile=",
         "-chardev", f"file,id=con,path={console}", "-serial", "chardev:con",
         "-chardev", f"socket,id=tic,path={tic_sock},server=on,wait=off", *tic,

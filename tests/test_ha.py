@@ -380,7 +380,7 @@ def test_data_format_section_4_matches_the_code() -> None:
     doc = (Path(__file__).resolve().parent.parent / "docs" / "DATA_FORMAT.md").read_text(encoding="utf-8")
     section = doc[doc.index("## 4. MQTT") : doc.index("## 5.")]
     example = json.loads(section[section.index("```json") + 7 : section.index("```", section.index("```json") + 7)])
-    example["o"]["sw"] = __version__
+    example["o"]["sw"] = example["dev"]["sw"] = __version__
     meter = example["dev"]["sn"]
     labels = [c["name"].rsplit("(", 1)[1].rstrip(")") for c in example["cmps"].values()]
     assert example == ha.discovery_payload(

@@ -3,7 +3,8 @@
 Covered: states and retained discovery reach a subscriber; MQTT 3.1.1 and 5; TLS with a test CA (server
 verification, client certificates, wrong CA, TLS/plain mismatches); password authentication (and a wrong
 password: a clear error with the broker's reason code, counted, no crash, the password in no log); discovery
-published again on Home Assistant's birth message and after a reconnect; a broker killed and restarted
+published again on Home Assistant's birth message and after a reconnect; the update state (running version,
+release, pending reboot) retained and published again; a broker killed and restarted
 mid-stream (every frame arrives, in order, through the worker and its spool); ``teleinfo run`` killed with
 SIGKILL (subscribers get ``offline`` at once); unreachable brokers (clear log line, no hang; in a network
 namespace of its own, since a DNS query or a SYN to a foreign address must never leave this machine).
@@ -28,15 +29,18 @@ from typing import Any
 
 import pytest
 
+from appliance import __version__
 from appliance.config import Secret, parse_config
 from appliance.outputs.base import OutputWorker, PartialDelivery
 from appliance.outputs.mqtt.config import MqttConfig
 from appliance.outputs.mqtt.output import MqttError, MqttOutput
 from appliance.outputs.spool import Spool
+from appliance.records import UpdateState
 from appliance.simulator import PARIS, MeterSimulator
 from appliance.stats import Stats
 from appliance.tariff.periods import PERIOD_NAMES
 from appliance.tic import Decoder, Frame
+from appliance.update.guard import Paths, write_json
 
 from .ha_rules import Entity, check_discovery
 from .mosquitto import LOOPBACK, Mosquitto, Subscriber, TestCA
@@ -251,6 +255,29 @@ def test_discovery_again_on_home_assistant_birth(broker: Mosquitto, subscriber: 
         assert subscriber.on(discovery_topic(frame))[1] == subscriber.on(discovery_topic(frame))[0]
     finally:
         out.close()
+
+
+def test_update_state_retained_and_published_again_on_reconnection(broker: Mosquitto, subscriber: Subscriber) -> None:
+    """The running version and pending reboot (docs/UPDATES.md): retained on the appliance's bridge topic, and
+    published again by every new connection (a broker restarted without persistence lost it)."""
+    frame = make_frames(1)[0]
+    out = MqttOutput(cfg_for(broker))
+    section = {"release": "9.9.9-abcd1234", "reboot_required": True, "reboot_reasons": ["kernel 6.1.0-99 installed"]}
+    try:
+        out.deliver(out.encode(UpdateState(1.5, "9.9.9", section)))
+        assert out.update_topic == "teleinfo/bridge/test-appliance/update"
+        wait_until(lambda: len(subscriber.on(out.update_topic)) == 1, 5)
+        assert json.loads(subscriber.on(out.update_topic)[0]) == {"version": "9.9.9", **section, "at": 1.5}
+        out.close()
+        out.send(frame)  # a new connection
+        wait_until(lambda: len(subscriber.on(out.update_topic)) == 2, 5)
+        assert subscriber.on(out.update_topic)[1] == subscriber.on(out.update_topic)[0]
+        disc = json.loads(subscriber.on(discovery_topic(frame))[0])
+        assert disc["dev"]["sw"] == __version__  # HA's sw_version: the software reading this meter
+    finally:
+        out.close()
+    with Subscriber(broker.port, [out.update_topic]) as late:
+        wait_until(lambda: len(late.on(out.update_topic)) == 1, 5)
 
 
 @pytest.mark.slow
@@ -519,6 +546,38 @@ def test_service_killed_subscribers_get_offline_at_once(broker: Mosquitto, tmp_p
         assert arrived - killed < 5
     with Subscriber(broker.port, [avail]) as late:  # and it is retained
         wait_until(lambda: late.on(avail) == [b"offline"], 5)
+
+
+@pytest.mark.slow
+def test_service_publishes_its_version_release_and_pending_reboot(broker: Mosquitto, tmp_path: Path) -> None:
+    """``teleinfo run`` on a system with a release layout (under TELEINFO_ROOT) and a pending reboot: the update
+    state is retained at start, follows the end of an update, and discovery's device carries the version."""
+    root = tmp_path / "root"
+    paths = Paths(root)
+    (paths.releases / "0.1.0-image").mkdir(parents=True)
+    os.symlink("releases/0.1.0-image", paths.current)
+    (root / "run").mkdir()
+    (root / "run" / "reboot-required").write_text("*** System restart required ***\n")
+    (root / "run" / "reboot-required.pkgs").write_text("linux-image-6.1.0-99-arm64\n")
+    topic = "teleinfo/bridge/svc-under-test/update"
+    with Subscriber(broker.port, ["teleinfo/#", "homeassistant/#"]) as sub:
+        svc = Service(run_argv(service_config(tmp_path, LOOPBACK, broker.port)), env={"TELEINFO_ROOT": str(root)})
+        try:
+            discovered = lambda: any(t.startswith("homeassistant/device/") for t, *_ in sub.messages)  # noqa: E731
+            wait_until(lambda: sub.on(topic) and discovered(), 20)
+            state = json.loads(sub.on(topic)[-1])
+            assert state["version"] == __version__ and state["release"] == "0.1.0-image"
+            assert state["reboot_required"] is True
+            assert state["reboot_reasons"] == ["updates need a reboot (linux-image-6.1.0-99-arm64)"]
+            disc = next(json.loads(p) for t, p, *_ in sub.messages if t.startswith("homeassistant/device/"))
+            assert disc["dev"]["sw"] == __version__
+            write_json(paths.transaction, {"phase": "rolled-back", "to": "0.2.0-abc", "reason": "READY not received"})
+            wait_until(lambda: json.loads(sub.on(topic)[-1]).get("last_update", {}).get("phase") == "rolled-back", 10)
+            assert len(sub.on(topic)) == 2  # published when something changed, not at every look
+        finally:
+            svc.stop()
+    with Subscriber(broker.port, [topic]) as late:  # retained
+        wait_until(lambda: late.on(topic) and json.loads(late.on(topic)[0])["last_update"]["to"] == "0.2.0-abc", 5)
 
 
 @pytest.mark.slow

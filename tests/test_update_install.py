@@ -152,9 +152,18 @@ def snapshot(root: Path) -> dict[str, str]:
 
 def test_healthy_release_is_committed(kit: Kit, system: Path, service: Supervisor) -> None:
     wait_until(lambda: _up_on(system, V1), timeout=60)
-    outcome = _updater(system, service).install(kit.bundle(V2), source="test")
-    assert _up_on(system, V2)
     paths = Paths(system)
+    files = [p for p in paths.release(f"{V1}-image").rglob("*") if p.is_file() and not p.is_symlink()]
+    running = {p: p.stat().st_ino for p in files}
+    updater = _updater(system, service)
+    outcome = updater.install(kit.bundle(V2), source="test")
+    assert _up_on(system, V2)
+    # Only the appliance was new: the other packages were hard-linked from the running release, which pip never
+    # wrote into (same files, same inodes), and the new release's scripts name the new release.
+    assert any(f"unchanged packages reused from {V1}-image" in m for m in updater.messages), updater.messages
+    assert {p: p.stat().st_ino for p in running if p.exists()} == running
+    new = paths.release(outcome.release)
+    assert (new / "bin" / "teleinfo").read_text().startswith(f"#!{new}/bin/python")
     assert link_name(paths.current) == outcome.release and outcome.release.startswith(f"{V2}-")
     assert link_name(paths.previous) == f"{V1}-image"
     assert (paths.bin / "teleinfo").resolve().is_relative_to(paths.release(outcome.release))
@@ -256,9 +265,13 @@ def test_configuration_schema_change_is_migrated(kit: Kit, system: Path, service
 
 
 def _kill_when(root: Path, bundle: Path, ready: str) -> None:
-    """Run the installer in its own process; SIGKILL it once ``ready`` (a phase, or "building") is reached."""
+    """Run the installer in its own process group; SIGKILL the group (the installer and the cp or pip it runs, as a
+    power cut or systemd's stop of teleinfo-update.service does) once ``ready`` (a phase, or "building") is
+    reached."""
     paths = Paths(root)
-    proc = subprocess.Popen([sys.executable, "-m", "tests.update_driver", str(root), str(bundle)], cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.update_driver", str(root), str(bundle)], cwd=REPO, start_new_session=True
+    )
     try:
 
         def reached() -> bool:
@@ -269,7 +282,7 @@ def _kill_when(root: Path, bundle: Path, ready: str) -> None:
 
         wait_until(reached, timeout=120, interval=0.05)
     finally:
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(10)
 
 

@@ -20,7 +20,7 @@ from appliance.commands.doctor import check_reboot
 from appliance.commands.update import in_window
 from appliance.stats import Stats
 from appliance.update.bundle import build_bundle, public_pem
-from appliance.update.guard import Paths, write_json
+from appliance.update.guard import Paths, append_history, write_json
 from appliance.update.install import compare_versions
 from appliance.update.migrate import MIGRATIONS, MigrationError, dump_toml, migrate
 from appliance.update.reboot import UpdateReporter, pending_reboot
@@ -95,6 +95,36 @@ def test_update_section_of_status_follows_the_files(tmp_path: Path) -> None:
         while stats.snapshot().sections["update"].get("last_update") != {"phase": "trial", "to": "0.2.0-abc"}:
             assert time.monotonic() < deadline
             time.sleep(0.02)
+    finally:
+        reporter.stop()
+
+
+def test_reporter_publishes_the_update_state_when_it_changes(tmp_path: Path) -> None:
+    """The update section also travels the fan-out (MQTT retains it): at start, on a change, and again on demand
+    (outputs rebuilt by a reload); never for a look that found nothing new."""
+    from appliance import __version__
+    from appliance.records import UpdateState
+
+    published: list[UpdateState] = []
+    paths = Paths(tmp_path)
+    paths.releases.mkdir(parents=True)
+    os.symlink("releases/0.1.0-image", paths.current)
+    reporter = UpdateReporter(Stats(), tmp_path, poll=0.05, publish=published.append).start()  # type: ignore[arg-type]
+    try:
+        assert [(r.version, dict(r.section)) for r in published] == [
+            (__version__, {"release": "0.1.0-image", "reboot_required": False, "reboot_reasons": []})
+        ]
+        time.sleep(0.3)  # several looks, nothing changed
+        assert len(published) == 1
+        write_json(paths.transaction, {"phase": "committed", "to": "0.1.0-image"})
+        deadline = time.monotonic() + 5
+        while len(published) < 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert published[1].section["last_update"] == {"phase": "committed", "to": "0.1.0-image"}
+        assert published[1].to_json()["version"] == __version__
+        reporter.publish_again()
+        assert published[2].section == published[1].section
     finally:
         reporter.stop()
 
@@ -247,3 +277,17 @@ def test_install_as_another_user_is_refused_clearly() -> None:
     assert result.returncode == 2, result.stderr
     assert "Permission denied" in result.stderr and "run it as root" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_state_files_stay_readable_under_the_units_umask(tmp_path: Path) -> None:
+    """The guard runs under teleinfo.service's UMask=0077 as root; the service (user teleinfo) must still read the
+    transaction, or /status and MQTT lose the last update after a rollback done at a boot (seen under QEMU)."""
+    paths = Paths(tmp_path)
+    old = os.umask(0o077)
+    try:
+        write_json(paths.transaction, {"phase": "rolled-back", "to": "0.2.0-abc"})
+        append_history(paths, {"phase": "rolled-back"})
+    finally:
+        os.umask(old)
+    assert paths.transaction.stat().st_mode & 0o777 == 0o644
+    assert paths.history.stat().st_mode & 0o777 == 0o644

@@ -171,13 +171,31 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def sync_filesystem(path: Path) -> None:
+    """Write back everything of the file system holding ``path`` (``syncfs(2)``, else ``sync(2)``): a release's
+    thousands of files reach the disk before a link names them, so a power cut after the switch never leaves
+    ``current`` pointing at files whose data was still in the page cache."""
+    import ctypes
+
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
+        if syncfs is None or syncfs(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
 def write_json(path: Path, doc: dict[str, Any]) -> None:
-    """Replace ``path`` atomically and durably (temporary file, fsync, rename, fsync of the directory)."""
+    """Replace ``path`` atomically and durably (temporary file, fsync, rename, fsync of the directory).  World
+    readable whatever the umask: the guard runs under the service unit's ``UMask=0077``, and the service (another
+    user) reads the transaction for its ``/status`` and MQTT update section."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     data = (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
+        os.fchmod(fd, 0o644)
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -240,6 +258,7 @@ def append_history(paths: Paths, entry: dict[str, Any]) -> None:
     lines = [*lines[-(HISTORY_KEEP - 1) :], json.dumps(entry, sort_keys=True)]
     tmp = paths.history.with_name(".history.tmp")
     tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    os.chmod(tmp, 0o644)  # as write_json: readable whatever the umask
     os.replace(tmp, paths.history)
 
 

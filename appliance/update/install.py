@@ -43,7 +43,7 @@ from typing import Any
 
 from appliance.schema import Config
 from appliance.update import guard as g
-from appliance.update.bundle import BundleError, Manifest, load_public_keys, verify_and_extract
+from appliance.update.bundle import APPLIANCE, BundleError, Manifest, load_public_keys, verify_and_extract
 from appliance.update.control import ServiceControl, health_address, probe, spooled
 from appliance.update.guard import Lock, Paths
 
@@ -121,6 +121,28 @@ def seed_release(paths: Paths, name: str, source: str) -> dict[str, Any]:
     if not paths.bin.is_symlink():
         g.set_link(paths.bin, "current/bin")
     return record
+
+
+def _pinned(line: str) -> tuple[str, str]:
+    """``(normalised name, version)`` of a ``pip freeze`` line ``Name==version``."""
+    name, _, version = line.partition("==")
+    return name.strip().lower().replace("_", "-"), version.strip()
+
+
+def _relocate(release: Path, old: Path) -> None:
+    """Point a copied virtualenv's scripts and ``pyvenv.cfg`` at ``release`` instead of ``old``: each file naming
+    ``old`` is written anew (never modified in place: it is a hard link to the running release's file)."""
+    before, after = str(old).encode(), str(release).encode()
+    for path in [release / "pyvenv.cfg", *sorted((release / "bin").iterdir())]:
+        if path.is_symlink() or not path.is_file():
+            continue
+        data = path.read_bytes()
+        if before not in data:
+            continue
+        tmp = path.with_name(f".{path.name}.relocated")
+        tmp.write_bytes(data.replace(before, after))
+        os.chmod(tmp, path.stat().st_mode & 0o7777)
+        os.replace(tmp, path)
 
 
 class Updater:
@@ -238,7 +260,7 @@ class Updater:
             shutil.rmtree(release, ignore_errors=True)
             release.mkdir(parents=True)
             os.replace(staging, release / "bundle")
-            self._venv(release, m)
+            self._venv(release, m, current)
         self._migrate_config(release, m, current)
         record = {
             "name": m.release_name,
@@ -248,6 +270,7 @@ class Updater:
             "manifest_sha256": m.digest,
             "packages": m.packages,
         }
+        g.sync_filesystem(release)  # the venv on the disk before release.json says it is whole
         g.write_json(release / "release.json", record)
 
     def _run(self, argv: list[str], what: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
@@ -262,9 +285,11 @@ class Updater:
             raise UpdateError(f"{what} failed (exit {result.returncode}): " + " | ".join(tail))
         return result
 
-    def _venv(self, release: Path, m: Manifest) -> None:
+    def _venv(self, release: Path, m: Manifest, current: str) -> None:
         t0 = time.monotonic()
-        self._run([self.python, "-m", "venv", str(release)], "creating the virtualenv")
+        reused = self._clone(release, m, current)
+        if reused is None:
+            self._run([self.python, "-m", "venv", str(release)], "creating the virtualenv")
         wheels = release / "bundle" / "wheels"
         self._run(
             [
@@ -286,10 +311,45 @@ class Updater:
         )
         freeze = self._run([str(release / "bin" / "python"), "-m", "pip", "freeze", "--all"], "pip freeze")
         (release / "installed.txt").write_text(freeze.stdout)
+        installed = dict(_pinned(line) for line in freeze.stdout.splitlines() if "==" in line)
+        wrong = {n: installed.get(n) for n, v in m.packages.items() if n != APPLIANCE and installed.get(n) != v}
+        if wrong:
+            raise UpdateError(f"the new release's packages differ from the manifest's: {wrong}")
         version = self._run([str(release / "bin" / "teleinfo"), "--version"], "the new release's teleinfo --version")
         if version.stdout.split()[-1:] != [m.version]:
             raise UpdateError(f"the new release says {version.stdout.strip()!r}, the manifest {m.version}")
-        self.say(f"release {m.release_name} installed in {time.monotonic() - t0:.1f} s (pip --no-index)")
+        how = f"pip --no-index, unchanged packages reused from {reused}" if reused else "pip --no-index"
+        self.say(f"release {m.release_name} installed in {time.monotonic() - t0:.1f} s ({how})")
+
+    def _clone(self, release: Path, m: Manifest, current: str) -> str | None:
+        """Start the new virtualenv as a hard-linked copy of the running release's, so pip installs only the
+        packages whose version changed (usually the appliance alone: seconds instead of minutes on a Pi, and
+        little written to the card).  Safe for the running release: pip and Python never write into an installed
+        file, they unlink, rename or create (and the scripts with the release's path are rewritten as new
+        files).  Not when the appliance's version is the same (pip would keep the running code): the caller then
+        makes a fresh virtualenv, as it does when this fails.  Returns the release copied, or None."""
+        old = self.paths.release(current)
+        record = release_record(self.paths, current) or {}
+        if record.get("version") == m.version or not (old / "pyvenv.cfg").is_file():
+            return None
+        try:
+            for name in ("pyvenv.cfg", "bin", "include", "lib", "lib64"):
+                if (old / name).exists() or (old / name).is_symlink():
+                    subprocess.run(
+                        ["cp", "-a", "--link", str(old / name), str(release / name)],
+                        check=True, capture_output=True, timeout=300,
+                    )  # fmt: skip
+            _relocate(release, old)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.say(f"could not reuse {current}'s packages ({exc}): a fresh virtualenv")
+            for name in ("pyvenv.cfg", "bin", "include", "lib", "lib64"):
+                path = release / name
+                if path.is_symlink() or path.is_file():
+                    path.unlink()
+                else:
+                    shutil.rmtree(path, ignore_errors=True)
+            return None
+        return current
 
     def _migrate_config(self, release: Path, m: Manifest, current: str) -> None:
         """The new release migrates and validates the running configuration; refused with its reasons."""

@@ -19,8 +19,12 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from appliance.records import Record
 
 __all__ = ["UpdateReporter", "pending_reboot", "release_info", "start_reporter"]
 
@@ -85,12 +89,25 @@ def release_info(root: Path = Path("/")) -> dict[str, Any]:
 class UpdateReporter:
     """Keeps the ``update`` section of :class:`~appliance.stats.Stats` fresh (the running release, the last
     update, pending reboots) from a daemon thread, since updates happen while the service runs: the release and
-    the transaction when their files change (a stat every ``poll`` s), pending reboots every ``interval`` s."""
+    the transaction when their files change (a stat every ``poll`` s), pending reboots every ``interval`` s.
 
-    def __init__(self, stats: Any, root: Path = Path("/"), interval: float = 60.0, poll: float = 2.0) -> None:
+    With ``publish`` (the service's fan-out), the section also travels as an :class:`~appliance.records.
+    UpdateState` record with the running version: at start, whenever it changes, and on :meth:`publish_again`
+    (outputs rebuilt by a reload)."""
+
+    def __init__(
+        self,
+        stats: Any,
+        root: Path = Path("/"),
+        interval: float = 60.0,
+        poll: float = 2.0,
+        publish: Callable[[Record], None] | None = None,
+    ) -> None:
         from appliance.update.guard import Paths
 
         self._stats = stats
+        self._publish = publish
+        self._published: dict[str, Any] | None = None
         self._root = root
         self._paths = Paths(root)
         self._interval = interval
@@ -116,7 +133,22 @@ class UpdateReporter:
         self._seen = self._marks()
         doc = {**release_info(self._root), "reboot_required": bool(self._reasons), "reboot_reasons": self._reasons}
         self._stats.set_extra("update", doc)
+        if doc != self._published:
+            self._send(doc)
         return doc
+
+    def _send(self, doc: dict[str, Any]) -> None:
+        if self._publish is not None:
+            from appliance import __version__
+            from appliance.records import UpdateState
+
+            self._published = doc
+            self._publish(UpdateState(time.time(), __version__, doc))
+
+    def publish_again(self) -> None:
+        """Publish the current section again (the outputs were rebuilt and hold nothing)."""
+        if self._published is not None:
+            self._send(self._published)
 
     def start(self) -> UpdateReporter:
         self.refresh()
@@ -138,6 +170,6 @@ class UpdateReporter:
                 self._stats.set_extra("update", {"error": f"{type(e).__name__}: {e}"[:200]})
 
 
-def start_reporter(stats: Any) -> UpdateReporter:
+def start_reporter(stats: Any, publish: Callable[[Record], None] | None = None) -> UpdateReporter:
     """The reporter the service runs: the system under ``$TELEINFO_ROOT`` (tests), else ``/``."""
-    return UpdateReporter(stats, Path(os.environ.get("TELEINFO_ROOT") or "/")).start()
+    return UpdateReporter(stats, Path(os.environ.get("TELEINFO_ROOT") or "/"), publish=publish).start()

@@ -15,7 +15,8 @@ at-least-once delivery (an acknowledgement lost with the connection).
 
 Each connection sets a retained last will ``offline`` on the availability topic, publishes ``online`` there,
 subscribes to Home Assistant's birth topic (``<discovery_prefix>/status``) and publishes the discovery of every
-meter seen so far, since a broker restarted without persistence has lost the retained ones.  When HA announces
+meter seen so far and the last update state (the running version, ``<base>/bridge/<client id>/update``), since a
+broker restarted without persistence has lost the retained ones.  When HA announces
 ``online``, discovery is published again.  The password never reaches a log: it lives in a
 :class:`~appliance.config.Secret` until handed to paho.
 
@@ -42,7 +43,7 @@ from appliance.lazy import loaded
 from appliance.outputs.base import PartialDelivery
 from appliance.outputs.mqtt.client import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion, ReasonCode, mqtt
 from appliance.outputs.mqtt.config import MqttConfig
-from appliance.records import CHECK, TARIFF, CheckRun, Record, TariffRecord
+from appliance.records import CHECK, TARIFF, UPDATE, CheckRun, Record, TariffRecord, UpdateState
 from appliance.tariff.lines import record_periods
 from appliance.tic import Frame
 
@@ -103,9 +104,9 @@ class MqttOutput:
 
     name = "mqtt"
     durable = True
-    # The latest result of each self-check (docs/DATA_FORMAT.md section 5) and the tariff record (section 7),
-    # retained.
-    accepts = frozenset({CHECK, TARIFF})
+    # The latest result of each self-check (docs/DATA_FORMAT.md section 5), the tariff record (section 7) and
+    # the running version and pending reboot (docs/UPDATES.md), retained.
+    accepts = frozenset({CHECK, TARIFF, UPDATE})
 
     def __init__(self, cfg: MqttConfig, timeout: float = TIMEOUT) -> None:
         self.cfg = cfg
@@ -113,6 +114,8 @@ class MqttOutput:
         self.client_id = cfg.client_id or f"teleinfo-{socket.gethostname()}"
         self.availability_topic = ha.availability_topic(cfg.base_topic, self.client_id)
         self.ha_status_topic = f"{cfg.discovery_prefix}/status"
+        self.update_topic = ha.update_topic(cfg.base_topic, self.client_id)
+        self._update: _Message | None = None  # the last update state delivered, published again by new connections
         self._conn: _Connection | None = None
         # _meters and _tariffs: read by the paho thread (HA birth), written by the worker and (tariffs) by encode.
         self._lock = threading.Lock()
@@ -166,8 +169,11 @@ class MqttOutput:
     def encode(self, record: Record) -> list[_Message]:
         """A check run: its ``{status, at, results}`` retained on ``<base>/checks/<check>``.  A tariff record: the
         record retained on ``<base>/<meter>/tariff``, after its Home Assistant discovery when the entities it
-        calls for changed.  QoS 1 at least: the latest one must arrive."""
+        calls for changed.  An update state: retained on ``<base>/bridge/<client id>/update`` (once delivered,
+        kept to be published again by the next connection).  QoS 1 at least: the latest one must arrive."""
         qos = max(1, self.cfg.qos)
+        if isinstance(record, UpdateState):
+            return [_Message(self.update_topic, _json(record.to_json()), qos, retain=True)]
         if isinstance(record, CheckRun):
             topic = f"{self.cfg.base_topic}/checks/{record.check}"
             return [_Message(topic, _json(record.to_json()), qos, retain=True)]
@@ -194,6 +200,10 @@ class MqttOutput:
             infos = [self._publish(conn, m) for m in units]
             for info in infos:
                 self._acknowledged(conn, info)
+            for m in units:
+                if m.topic == self.update_topic:
+                    with self._lock:
+                        self._update = m  # what the next connection publishes again
         except (MqttError, OSError, ValueError, RuntimeError) as e:
             if conn is not None:
                 self._conn = None
@@ -283,6 +293,13 @@ class MqttOutput:
             qos=max(1, self.cfg.qos),
         )
         return _Message(ha.tariff_discovery_topic(self.cfg.discovery_prefix, meter), _json(payload), 1, retain=True)
+
+    def _retained_again(self) -> list[_Message]:
+        """What a new connection publishes again (a broker restarted without persistence lost it): discovery and
+        the last update state."""
+        with self._lock:
+            update = [self._update] if self._update is not None else []
+        return update + self._all_discovery()
 
     def _all_discovery(self) -> list[_Message]:
         if not self.cfg.discovery:
@@ -451,7 +468,7 @@ class MqttOutput:
         for topic, qos in sub_topics:
             client.subscribe(topic, qos)
         client.publish(self.availability_topic, b"online", qos=1, retain=True)
-        for m in self._all_discovery():
+        for m in self._retained_again():
             client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
         _LOG.info(
             "connected to MQTT broker %s (MQTT %s%s) as %s",
