@@ -41,7 +41,6 @@ import argparse
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -55,6 +54,7 @@ if str(REPO) not in sys.path:  # `python bench/disk_writes.py` puts only bench/ 
     sys.path.insert(0, str(REPO))
 
 from tests.servers import VictoriaMetrics  # noqa: E402
+from tests.util import stop_process  # noqa: E402
 
 
 def proc_io(pid: int) -> dict[str, int]:
@@ -101,13 +101,7 @@ class Service:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         self._thread.join(5)
 
 

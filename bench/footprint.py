@@ -52,7 +52,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import socket
 import statistics
 import subprocess
@@ -95,6 +94,7 @@ from appliance.config import parse_config  # noqa: E402
 from appliance.lineproto import parse_line  # noqa: E402
 from tests.mosquitto import Mosquitto  # noqa: E402
 from tests.ptyutil import PtyMeter  # noqa: E402
+from tests.util import stop_process  # noqa: E402
 
 START_TIMEOUT = 30.0
 TARGET_CPU_PCT = 0.3
@@ -563,13 +563,7 @@ def run_one(
             res.rss_kb.append(status_kb(proc.pid, "VmRSS"))
             res.threads = status_kb(proc.pid, "Threads")
         finally:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
             res.returncode = proc.returncode
             receiver.stopping.set()
             receiver.join()

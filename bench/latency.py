@@ -74,6 +74,7 @@ from appliance.outputs.multicast.receiver import open_receiver  # noqa: E402
 from appliance.schema import Config  # noqa: E402
 from appliance.simulator import PARIS, MeterSimulator, SimFrame  # noqa: E402
 from tests.ptyutil import PtyMeter  # noqa: E402
+from tests.util import stop_process  # noqa: E402
 
 GROUP = "239.255.97.13"  # not the appliance's default group: a concurrent test run cannot mix its datagrams in
 LOOPBACK = "127.0.0.1"
@@ -544,13 +545,7 @@ def run_one(
                 v.stopping.set()
             if pages:
                 say(f"  viewers: {', '.join(f'{v.events} events' for v in pages)}")
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_process(proc)
             result.returncode = proc.returncode
             receiver.stopping.set()
             receiver.join()

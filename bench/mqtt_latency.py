@@ -30,7 +30,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -64,6 +63,7 @@ from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 from appliance.config import parse_config  # noqa: E402
 from tests.mosquitto import Mosquitto  # noqa: E402
 from tests.ptyutil import PtyMeter  # noqa: E402
+from tests.util import stop_process  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 TARGET_P99_MS = 10.0
@@ -196,13 +196,7 @@ def run(seconds: float, work: Path, say: Any, feed: str = "usb") -> dict[str, An
                     raise RuntimeError(f"writing the pty failed: {writer.error!r}")
                 time.sleep(0.5)  # the last frames' messages
             finally:
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+                stop_process(proc)
             log_text = log_path.read_text(encoding="utf-8", errors="replace")
     finally:
         sub.close()
