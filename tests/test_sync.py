@@ -29,9 +29,10 @@ import pytest
 from pytest_mock import MockerFixture
 
 from appliance.sync.config import SyncServerConfig
-from appliance.sync.protocol import Connection, ProtocolError, check_path
+from appliance.sync.protocol import ProtocolError, check_path
 from appliance.sync.server import SyncServer, load_tokens
 
+from .syncraw import Raw
 from .util import free_port, stop_process, wait_until
 
 TOKEN = "tok-{}-0123456789abcdef"
@@ -322,36 +323,6 @@ def test_kill9_of_client_then_server_mid_upload_resumes_and_converges(tmp_path: 
 
 
 # --- hostile clients ---------------------------------------------------------------------------------------------
-class Raw:
-    """A client speaking the raw protocol."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-        self.conn = Connection(self.sock)
-
-    def ask(self, msg: dict[str, Any]) -> dict[str, Any]:
-        self.conn.send(msg)
-        return self.conn.recv()
-
-    def hello(self, name: str, token: str) -> dict[str, Any]:
-        return self.ask({"op": "hello", "v": 1, "name": name, "token": token})
-
-    def closed(self) -> bool:
-        """True once the server has closed the connection (after its error reply, if any)."""
-        try:
-            while True:
-                self.conn.recv()
-        except (ConnectionError, OSError, ProtocolError):
-            return True
-
-    def put(self, path: str, data: bytes, sha: str | None = None) -> dict[str, Any]:
-        r = self.ask({"op": "put", "path": path, "size": len(data)})
-        if r.get("ok") is not True:
-            return r
-        self.conn.send({"op": "data", "offset": 0}, data)
-        return self.ask({"op": "commit", "sha256": sha or hashlib.sha256(data).hexdigest()})
-
-
 @pytest.fixture
 def inproc(tmp_path: Path) -> Iterator[SyncServer]:
     tokens_file(tmp_path / "tokens", ["alice", "bob"])

@@ -27,6 +27,7 @@ from appliance.sync.config import SyncServerConfig
 from appliance.sync.protocol import Connection, ProtocolError
 from appliance.sync.server import SyncServer
 
+from .syncraw import Raw
 from .util import wait_until
 
 TOKEN = "tok-{}-0123456789abcdef"
@@ -54,31 +55,6 @@ def make_server(tmp_path: Path) -> Iterator[Callable[..., SyncServer]]:
     yield make
     for server in servers:
         server.stop()
-
-
-class Raw:
-    """The raw protocol, from ``source`` (another loopback address is another machine for the server)."""
-
-    def __init__(self, port: int, source: str = "127.0.0.1", timeout: float = 5.0) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.settimeout(timeout)
-        self.sock.bind((source, 0))
-        self.sock.connect(("127.0.0.1", port))
-        self.conn = Connection(self.sock)
-
-    def ask(self, msg: dict[str, Any]) -> dict[str, Any]:
-        self.conn.send(msg)
-        return self.conn.recv()
-
-    def hello(self, name: str, token: str) -> dict[str, Any]:
-        return self.ask({"op": "hello", "v": 1, "name": name, "token": token})
-
-    def closed(self) -> bool:
-        try:
-            while True:
-                self.conn.recv()
-        except (ConnectionError, OSError, ProtocolError):
-            return True
 
 
 def no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
