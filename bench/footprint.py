@@ -758,6 +758,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         contenders.append(teleinfo2mqtt(checkout))
     if args.only:
         contenders = [c for c in contenders if c.key in args.only]
+    if not contenders:
+        print(f"nothing to run: --only {' '.join(args.only)} and that contender was skipped", file=sys.stderr)
+        return 2
     frames, measured = make_frames(seconds, 1, "HCHP")
     # The meter is already talking when the port opens: the feed starts in the middle of frame 0.
     pieces = schedule(frames, "usb")
