@@ -331,8 +331,12 @@ class Subscriber:
             raise RuntimeError("the subscriber could not subscribe")
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        self.messages.append((time.monotonic_ns(), bytes(msg.payload)))
-        self.first.set()
+        payload = bytes(msg.payload)
+        self.messages.append((time.monotonic_ns(), payload))
+        # The first *frame* starts the measured window, not any message on these topics: teleinfo2mqtt also
+        # publishes ``teleinfo/status`` (after each frame) and, with Tempo on, ``teleinfo/tempo``.
+        if not self.first.is_set() and _mqtt_signature(payload) is not None:
+            self.first.set()
 
     def reset(self) -> None:
         self.messages = []
@@ -417,8 +421,12 @@ def latencies(
 
 
 def _mqtt_signature(data: bytes) -> tuple[Any, ...] | None:
+    """The frame signature a state message carries; None for anything else (status, availability, Tempo)."""
     values = mqtt_values(data)
-    return None if values is None else signature_of_values(values)
+    if values is None:
+        return None
+    sig = signature_of_values(values)
+    return None if all(v is None for v in sig) else sig
 
 
 def _datagram_signature(data: bytes) -> tuple[Any, ...] | None:
