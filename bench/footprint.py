@@ -28,8 +28,12 @@ at the same pace, publishing to the same local mosquitto, measured by the same c
   scripts do.  It validates less and publishes less (no discovery, no availability, no state kept), so it is a
   floor, not an equal;
 * **teleinfo2mqtt** (Node.js, run when ``node`` and a checkout with its ``node_modules`` are given by
-  ``--teleinfo2mqtt DIR`` or ``$TELEINFO2MQTT``; it is not on the npm registry, so without a checkout it is
-  skipped with a message): ``TIC_MODE=standard``, ``EMIT_INTERVAL=0`` (every frame), MQTT only.
+  ``--teleinfo2mqtt DIR`` or ``$TELEINFO2MQTT``: ``git clone`` of the upstream GitHub repository
+  fmartinou/teleinfo2mqtt, then ``npm ci --omit=dev`` in its ``app/``; without one it is skipped with a
+  message): ``TIC_MODE=standard``, ``EMIT_INTERVAL=0`` (every frame), discovery on, the Tempo lookups
+  (an internet API) off, MQTT only.  It publishes a frame as ``{LABEL: {raw, value[, timestamp]}}`` on
+  ``teleinfo/<ADSC>``, and in standard mode only when the next frame's ``ADSC`` line arrives (its end of frame
+  is the next one's start), so its ETX -> MQTT time includes the meter's silence between frames.
 
 Figures per run: CPU share of one core over the measured window (``/proc/<pid>/task/*/schedstat``, nanoseconds,
 every thread), RSS (median of one ``VmRSS`` sample a second) and its peak (``VmHWM``), ETX -> MQTT message and
@@ -263,6 +267,8 @@ def classic() -> Contender:
 
 def teleinfo2mqtt(checkout: Path) -> Contender:
     def command(device: str, broker: int, port: int, work: Path) -> tuple[list[str], dict[str, str], Path]:
+        # The variables of its app/config/index.js.  TEMPO_ENABLED=false: with it on, it polls an internet API
+        # (app/tempo/Tempo.js) at start and every TEMPO_INTERVAL_MINUTE; the bench reaches only 127.0.0.1.
         env = {
             "SERIAL": device,
             "TIC_MODE": "standard",
@@ -270,7 +276,11 @@ def teleinfo2mqtt(checkout: Path) -> Contender:
             "MQTT_BASE_TOPIC": "teleinfo",
             "EMIT_INTERVAL": "0",
             "HASS_DISCOVERY": "true",
+            "HASS_DISCOVERY_PREFIX": "homeassistant",
+            "TEMPO_ENABLED": "false",
             "LOG_LEVEL": "error",
+            "LOG_FORMAT": "text",
+            "HASSIO_ADDON": "false",  # not /data/options.json, whatever the calling shell exports
         }
         app = checkout / "app" if (checkout / "app" / "index.js").exists() else checkout
         return ["node", "index.js"], env, app
@@ -282,15 +292,18 @@ def find_teleinfo2mqtt(option: str | None) -> tuple[Path | None, str]:
     """The checkout to run, or None and why not."""
     where = option or os.environ.get("TELEINFO2MQTT")
     if not where:
-        return None, "no checkout given (--teleinfo2mqtt DIR or $TELEINFO2MQTT; it is not on the npm registry)"
+        return None, (
+            "no checkout given (--teleinfo2mqtt DIR or $TELEINFO2MQTT: git clone of fmartinou/teleinfo2mqtt from "
+            "GitHub, then npm ci --omit=dev in its app/)"
+        )
     if shutil.which("node") is None:
         return None, "node is not installed"
     root = Path(where).expanduser()
     app = root / "app" if (root / "app" / "index.js").exists() else root
     if not (app / "index.js").exists():
         return None, f"{root}: no index.js (nor app/index.js)"
-    if not (app / "node_modules").is_dir():
-        return None, f"{app}: no node_modules (run npm ci there first)"
+    if not (app / "node_modules" / "serialport").is_dir():
+        return None, f"{app}: no node_modules/serialport (run npm ci --omit=dev there first)"
     return root, ""
 
 
@@ -318,8 +331,12 @@ class Subscriber:
             raise RuntimeError("the subscriber could not subscribe")
 
     def _on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
-        self.messages.append((time.monotonic_ns(), bytes(msg.payload)))
-        self.first.set()
+        payload = bytes(msg.payload)
+        self.messages.append((time.monotonic_ns(), payload))
+        # The first *frame* starts the measured window, not any message on these topics: teleinfo2mqtt also
+        # publishes ``teleinfo/status`` (after each frame) and, with Tempo on, ``teleinfo/tempo``.
+        if not self.first.is_set() and _mqtt_signature(payload) is not None:
+            self.first.set()
 
     def reset(self) -> None:
         self.messages = []
@@ -404,8 +421,12 @@ def latencies(
 
 
 def _mqtt_signature(data: bytes) -> tuple[Any, ...] | None:
+    """The frame signature a state message carries; None for anything else (status, availability, Tempo)."""
     values = mqtt_values(data)
-    return None if values is None else signature_of_values(values)
+    if values is None:
+        return None
+    sig = signature_of_values(values)
+    return None if all(v is None for v in sig) else sig
 
 
 def _datagram_signature(data: bytes) -> tuple[Any, ...] | None:
@@ -745,6 +766,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         contenders.append(teleinfo2mqtt(checkout))
     if args.only:
         contenders = [c for c in contenders if c.key in args.only]
+    if not contenders:
+        print(f"nothing to run: --only {' '.join(args.only)} and that contender was skipped", file=sys.stderr)
+        return 2
     frames, measured = make_frames(seconds, 1, "HCHP")
     # The meter is already talking when the port opens: the feed starts in the middle of frame 0.
     pieces = schedule(frames, "usb")
