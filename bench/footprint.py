@@ -195,7 +195,8 @@ def ours(teleinfo: Path | None, page: bool = True) -> Contender:
         runtime = Path(tempfile.mkdtemp(prefix="footprint-run-", dir="/dev/shm"))
         env["RUNTIME_DIRECTORY"] = str(runtime)
         RUNTIME_DIRS.append(runtime)
-        return [*head, "run", "--config", str(cfg), "--no-view"], env, REPO if teleinfo is None else work
+        env["TELEINFO_CONFIG"] = str(cfg)  # as the unit gives it: a bare `teleinfo run`, as ExecStart= runs it
+        return [*head, "run"], env, REPO if teleinfo is None else work
 
     how = "deployed venv" if teleinfo is not None else "this interpreter"
     how += "" if page else ", no page/tariff"
