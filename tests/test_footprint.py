@@ -113,3 +113,48 @@ def test_the_page_and_the_tariff_engine_leave_out_what_they_do_not_need() -> Non
         f"print(json.dumps([n for n in {unused!r} if n in sys.modules]))\n"
     )
     assert got == []
+
+
+#: What a bare ``teleinfo run`` (the unit's command line) must never run: the parser and what it pulls in, and
+#: inspect (dataclasses' docstring writer) with its helpers; platform and base64 only paho's import asks for.
+NOT_IN_THE_SERVICE = ("argparse", "gettext", "locale", "shutil", "bz2", "lzma", "inspect", "ast", "dis")
+NOT_IN_THE_SERVICE += ("platform", "base64")
+
+
+def test_the_units_bare_run_command_needs_no_parser() -> None:
+    """The modules ``teleinfo run`` (no option) goes through, with MQTT, multicast, the serial source, the page
+    and the tariff engine, as the appliance runs them: none of the modules above really runs."""
+    got = child(
+        "import json\n"
+        "from appliance.cli import main\n"
+        "from appliance.commands.run import UNIT_OPTIONS, run\n"
+        "import appliance.service, appliance.console, appliance.logs, appliance.systemd\n"
+        "import appliance.outputs.mqtt.output, appliance.outputs.multicast.output\n"
+        "import appliance.sources.serial.source, appliance.web.server, appliance.web.feed, appliance.tariff.feed\n"
+        "from appliance.lazy import loaded\n"
+        f"print(json.dumps([n for n in {NOT_IN_THE_SERVICE!r} if loaded(n) is not None]))\n"
+    )
+    assert got == []
+
+
+def test_the_bare_run_options_are_what_the_parser_gives() -> None:
+    """``UNIT_OPTIONS`` stands for a parsed bare ``teleinfo run``: the same values, option for option."""
+    from appliance.cli import build_parser
+    from appliance.commands.run import UNIT_OPTIONS, RunOptions
+
+    assert RunOptions.parsed(build_parser("run").parse_args(["run"])) == UNIT_OPTIONS
+    flags = build_parser("run").parse_args(["run", "--simulate", "--sim-mode", "historique", "--no-view"])
+    assert RunOptions.parsed(flags) == RunOptions(simulate=True, sim_mode="historique", no_view=True)
+
+
+def test_every_dataclass_of_ours_has_a_docstring() -> None:
+    """dataclasses runs inspect only to give a class without a docstring one (appliance/__init__.py)."""
+    import ast
+
+    bare = []
+    for path in sorted((REPO / "appliance").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and ast.get_docstring(node) is None:
+                if any("dataclass" in ast.unparse(d) for d in node.decorator_list):
+                    bare.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert bare == []

@@ -61,6 +61,8 @@ _REASONS: Final = {
 
 @dataclass(eq=False, slots=True)
 class _Conn(Connection):
+    """One health client, and whether it spoke HTTP or the plain agent protocol."""
+
     phase: str = "peek"  # peek -> [http] -> answered (closing)
 
 
