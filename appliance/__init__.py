@@ -8,7 +8,11 @@ from appliance.lazy import defer
 
 __version__ = "0.1.0"
 
-# dataclasses imports inspect (with ast, dis and tokenize: about 0.4 MiB resident) only to write a signature into
-# the docstring of a class that has none; every class of ours has one, so the service never needs inspect. The
-# stand-in runs the real module on first use, for whoever does need it (appliance.lazy).
-defer("inspect")
+# Standard modules that modules we use import but the service never uses: a stand-in runs the real module on
+# first use, for whoever does need it (appliance.lazy). About 0.9 MiB resident less for months:
+# - inspect (with ast, dis, tokenize): dataclasses runs it only to write a signature into the docstring of a
+#   class that has none; every class of ours has one (tests/test_footprint.py checks it);
+# - sysconfig: zoneinfo asks it where the zone files are, unless $PYTHONTZPATH says it (the unit sets it);
+# - stringprep: the idna codec, which every name lookup of a str host runs, needs it for non-ASCII names only.
+for _name in ("inspect", "sysconfig", "stringprep"):
+    defer(_name)

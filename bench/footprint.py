@@ -165,14 +165,15 @@ directory = {json.dumps(str(state))}
 
 
 def unit_environment() -> dict[str, str]:
-    """The memory settings of systemd/teleinfo.service (``Environment=MALLOC_...``): the service runs with them
-    on the appliance (its other variables name the appliance's paths, which the bench replaces)."""
+    """The memory and interpreter settings of systemd/teleinfo.service (``Environment=MALLOC_...`` and
+    ``PYTHON...``): the service runs with them on the appliance (its other variables name the appliance's paths,
+    which the bench replaces)."""
     env: dict[str, str] = {}
     for line in (REPO / "systemd" / "teleinfo.service").read_text(encoding="utf-8").splitlines():
         if line.startswith("Environment="):
             for word in line.removeprefix("Environment=").split():
                 key, _, value = word.partition("=")
-                if key.startswith("MALLOC_"):
+                if key.startswith(("MALLOC_", "PYTHON")):
                     env[key] = value.strip('"')
     return env
 

@@ -7,6 +7,7 @@ that interpreter loaded, never on a time or a memory figure (those are bench/foo
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +20,17 @@ REPO = Path(__file__).resolve().parent.parent
 OPENSSL = ("ssl", "hashlib", "hmac", "urllib.request", "http.client", "email")
 
 
-def child(code: str) -> object:
-    """Run ``code`` in a new interpreter; it prints one JSON value, returned here."""
+def child(code: str, env: dict[str, str] | None = None) -> object:
+    """Run ``code`` in a new interpreter (with ``env`` added to the environment); it prints one JSON value,
+    returned here."""
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+        [sys.executable, "-c", code],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -118,21 +126,34 @@ def test_the_page_and_the_tariff_engine_leave_out_what_they_do_not_need() -> Non
 #: What a bare ``teleinfo run`` (the unit's command line) must never run: the parser and what it pulls in, and
 #: inspect (dataclasses' docstring writer) with its helpers; platform and base64 only paho's import asks for.
 NOT_IN_THE_SERVICE = ("argparse", "gettext", "locale", "shutil", "bz2", "lzma", "inspect", "ast", "dis")
-NOT_IN_THE_SERVICE += ("platform", "base64")
+NOT_IN_THE_SERVICE += ("platform", "base64", "ipaddress", "sysconfig", "stringprep")
+
+
+def unit_setting(name: str) -> str:
+    """The value systemd/teleinfo.service gives the variable ``name`` (``Environment=NAME=value``)."""
+    unit = (REPO / "systemd" / "teleinfo.service").read_text(encoding="utf-8")
+    return next(line.split("=", 2)[2] for line in unit.splitlines() if line.startswith(f"Environment={name}="))
 
 
 def test_the_units_bare_run_command_needs_no_parser() -> None:
     """The modules ``teleinfo run`` (no option) goes through, with MQTT, multicast, the serial source, the page
-    and the tariff engine, as the appliance runs them: none of the modules above really runs."""
+    and the tariff engine, as the appliance runs them, with the unit's $PYTHONTZPATH, and a host name looked up:
+    none of the modules above really runs."""
     got = child(
-        "import json\n"
+        "import json, pathlib, sys\n"
+        f"given = [n for n in {NOT_IN_THE_SERVICE!r} if n in sys.modules]  # the interpreter's own (3.11.7's\n"
+        "# urllib.parse, which pathlib imports, imports ipaddress; Debian's 3.11.2 does not)\n"
         "from appliance.cli import main\n"
         "from appliance.commands.run import UNIT_OPTIONS, run\n"
         "import appliance.service, appliance.console, appliance.logs, appliance.systemd\n"
         "import appliance.outputs.mqtt.output, appliance.outputs.multicast.output\n"
         "import appliance.sources.serial.source, appliance.web.server, appliance.web.feed, appliance.tariff.feed\n"
+        "import socket, zoneinfo\n"
+        "zoneinfo.ZoneInfo('Europe/Paris')\n"
+        "socket.getaddrinfo('localhost', 1883)\n"
         "from appliance.lazy import loaded\n"
-        f"print(json.dumps([n for n in {NOT_IN_THE_SERVICE!r} if loaded(n) is not None]))\n"
+        f"print(json.dumps([n for n in {NOT_IN_THE_SERVICE!r} if loaded(n) is not None and n not in given]))\n",
+        env={"PYTHONTZPATH": unit_setting("PYTHONTZPATH")},
     )
     assert got == []
 
