@@ -4,7 +4,7 @@ Reads the Linky meter's customer information output (TIC, *télé-information cl
 into typed readings and publishes them.  The pure protocol code lives in :mod:`appliance.tic`.
 """
 
-from appliance.lazy import defer
+from appliance.lazy import defer, forward
 
 __version__ = "0.1.0"
 
@@ -13,6 +13,8 @@ __version__ = "0.1.0"
 # - inspect (with ast, dis, tokenize): dataclasses runs it only to write a signature into the docstring of a
 #   class that has none; every class of ours has one (tests/test_footprint.py checks it);
 # - sysconfig: zoneinfo asks it where the zone files are, unless $PYTHONTZPATH says it (the unit sets it);
-# - stringprep: the idna codec, which every name lookup of a str host runs, needs it for non-ASCII names only.
+# - stringprep: the idna codec, which every name lookup of a str host runs, needs it for non-ASCII names only;
+# - urllib.parse: pathlib imports it for Path.as_uri() only, paho for websockets and proxies.
 for _name in ("inspect", "sysconfig", "stringprep"):
     defer(_name)
+defer("urllib.parse", {"quote_from_bytes": forward("urllib.parse", "quote_from_bytes")})
