@@ -133,6 +133,7 @@ def test_the_page_and_the_tariff_engine_leave_out_what_they_do_not_need() -> Non
 #: inspect (dataclasses' docstring writer) with its helpers; platform and base64 only paho's import asks for.
 NOT_IN_THE_SERVICE = ("argparse", "gettext", "locale", "shutil", "bz2", "lzma", "inspect", "ast", "dis")
 NOT_IN_THE_SERVICE += ("platform", "base64", "ipaddress", "sysconfig", "stringprep", "urllib.parse")
+NOT_IN_THE_SERVICE += ("traceback", "linecache", "tokenize", "textwrap")
 
 
 def unit_setting(name: str) -> str:
@@ -186,3 +187,23 @@ def test_every_dataclass_of_ours_has_a_docstring() -> None:
                 if any("dataclass" in ast.unparse(d) for d in node.decorator_list):
                     bare.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
     assert bare == []
+
+
+def test_an_exception_is_still_logged_whole_when_traceback_runs_late() -> None:
+    """traceback is deferred (appliance/__init__.py): the first exception logged runs it, and is logged whole."""
+    got = child(
+        "import io, json, logging\n"
+        "import appliance\n"
+        "from appliance.lazy import loaded\n"
+        "before = loaded('traceback') is None\n"
+        "out = io.StringIO()\n"
+        "logging.basicConfig(stream=out)\n"
+        "try:\n"
+        "    1 / 0\n"
+        "except ZeroDivisionError:\n"
+        "    logging.getLogger('t').exception('failed')\n"
+        "text = out.getvalue()\n"
+        "print(json.dumps([before, 'Traceback (most recent call last)' in text, 'ZeroDivisionError' in text]))\n",
+        bare=True,
+    )
+    assert got == [True, True, True]
