@@ -192,8 +192,8 @@ def test_every_dataclass_of_ours_has_a_docstring() -> None:
 def test_an_exception_is_still_logged_whole_when_traceback_runs_late() -> None:
     """traceback is deferred (appliance/__init__.py): the first exception logged runs it, and is logged whole."""
     got = child(
+        "import appliance  # first, as the console script does\n"
         "import io, json, logging\n"
-        "import appliance\n"
         "from appliance.lazy import loaded\n"
         "before = loaded('traceback') is None\n"
         "out = io.StringIO()\n"
