@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import shutil
 import socket
 import time
 from typing import TextIO
@@ -66,6 +65,8 @@ class LiveView:
             self._out.flush()
 
     def render(self) -> str:
+        import shutil  # only when a terminal view draws: the service under systemd never imports it
+
         cols, rows = shutil.get_terminal_size((100, 40))
         s = self._stats.snapshot()
         src = s.source

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import sys
 import threading
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-__all__ = ["defer", "loaded"]
+__all__ = ["defer", "forward", "loaded"]
 
 _LOCK = threading.RLock()
 
@@ -37,6 +38,18 @@ class _Deferred(ModuleType):
     """A module's stand-in: the real module is imported on the first attribute its namespace does not have."""
 
     def __getattr__(self, attr: str) -> Any:
+        spec = self.__spec__
+        if attr == "__path__" and spec is not None and spec.submodule_search_locations is None:
+            # ``from m import name`` asks whether m is a package first: a plain module is not, and need not run
+            raise AttributeError(f"module {self.__name__!r} has no attribute '__path__'")
+        real = self._run()
+        try:
+            return getattr(real, attr)
+        except AttributeError:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {attr!r}") from None
+
+    def _run(self) -> ModuleType:
+        """The real module, imported now if it has not been (its namespace then copied into the stand-in)."""
         name = self.__name__
         with _LOCK:
             if sys.modules.get(name) is self:
@@ -50,11 +63,20 @@ class _Deferred(ModuleType):
                 parent, _, child = name.rpartition(".")
                 if parent:
                     setattr(sys.modules[parent], child, real)
-            real = sys.modules[name]
-        try:
-            return getattr(real, attr)
-        except AttributeError:
-            raise AttributeError(f"module {name!r} has no attribute {attr!r}") from None
+            return sys.modules[name]
+
+
+def forward(module: str, attr: str) -> Callable[..., Any]:
+    """A placeholder for a function that ``from module import attr`` binds before the module runs: calling it
+    runs the module, then its real function (the binding keeps the placeholder, which keeps forwarding)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        stand_in = sys.modules[module]
+        real = stand_in._run() if isinstance(stand_in, _Deferred) else stand_in
+        return getattr(real, attr)(*args, **kwargs)
+
+    call.__name__ = call.__qualname__ = attr
+    return call
 
 
 def defer(name: str, placeholders: dict[str, Any] | None = None) -> ModuleType | None:

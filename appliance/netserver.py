@@ -194,6 +194,8 @@ class SourcePool(Generic[T]):
 
 @dataclass(slots=True)
 class _Penalty:
+    """One address's failed attempts and the time before which it is not heard again."""
+
     failures: int
     until: float
     last: float
@@ -247,6 +249,8 @@ C = TypeVar("C", bound=Connection)
 
 @dataclass(slots=True)
 class _Refused:
+    """A connection over the limit: told why, then closed at its deadline."""
+
     sock: socket.socket
     deadline: float
     data: bytearray

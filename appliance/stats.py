@@ -124,6 +124,8 @@ class OutputStats:
 
 @dataclass(slots=True)
 class _SourceStats:
+    """What the source last said of itself, for the health line and the live view."""
+
     state: str = "starting"  # starting | open | no_data | lost | closed
     detail: str = ""
     mode: str | None = None

@@ -169,14 +169,15 @@ directory = {json.dumps(str(state))}
 
 
 def unit_environment() -> dict[str, str]:
-    """The memory settings of systemd/teleinfo.service (``Environment=MALLOC_...``): the service runs with them
-    on the appliance (its other variables name the appliance's paths, which the bench replaces)."""
+    """The memory and interpreter settings of systemd/teleinfo.service (``Environment=MALLOC_...`` and
+    ``PYTHON...``): the service runs with them on the appliance (its other variables name the appliance's paths,
+    which the bench replaces)."""
     env: dict[str, str] = {}
     for line in (REPO / "systemd" / "teleinfo.service").read_text(encoding="utf-8").splitlines():
         if line.startswith("Environment="):
             for word in line.removeprefix("Environment=").split():
                 key, _, value = word.partition("=")
-                if key.startswith("MALLOC_"):
+                if key.startswith(("MALLOC_", "PYTHON")):
                     env[key] = value.strip('"')
     return env
 
@@ -199,7 +200,8 @@ def ours(teleinfo: Path | None, page: bool = True) -> Contender:
         runtime = Path(tempfile.mkdtemp(prefix="footprint-run-", dir="/dev/shm"))
         env["RUNTIME_DIRECTORY"] = str(runtime)
         RUNTIME_DIRS.append(runtime)
-        return [*head, "run", "--config", str(cfg), "--no-view"], env, REPO if teleinfo is None else work
+        env["TELEINFO_CONFIG"] = str(cfg)  # as the unit gives it: a bare `teleinfo run`, as ExecStart= runs it
+        return [*head, "run"], env, REPO if teleinfo is None else work
 
     how = "deployed venv" if teleinfo is not None else "this interpreter"
     how += "" if page else ", no page/tariff"

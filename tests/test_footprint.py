@@ -7,8 +7,10 @@ that interpreter loaded, never on a time or a memory figure (those are bench/foo
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -19,10 +21,22 @@ REPO = Path(__file__).resolve().parent.parent
 OPENSSL = ("ssl", "hashlib", "hmac", "urllib.request", "http.client", "email")
 
 
-def child(code: str) -> object:
-    """Run ``code`` in a new interpreter; it prints one JSON value, returned here."""
+def child(code: str, env: dict[str, str] | None = None, bare: bool = False) -> object:
+    """Run ``code`` in a new interpreter (with ``env`` added to the environment); it prints one JSON value,
+    returned here.  ``bare``: without the site module, as an installed console script starts (a development
+    install's .pth files import pathlib and more before any code of ours runs); the packages stay importable."""
+    argv = [sys.executable, "-c", code]
+    if bare:
+        argv.insert(1, "-S")
+        env = {**(env or {}), "PYTHONPATH": os.pathsep.join([str(REPO), sysconfig.get_paths()["purelib"]])}
     out = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True
+        argv,
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -113,3 +127,83 @@ def test_the_page_and_the_tariff_engine_leave_out_what_they_do_not_need() -> Non
         f"print(json.dumps([n for n in {unused!r} if n in sys.modules]))\n"
     )
     assert got == []
+
+
+#: What a bare ``teleinfo run`` (the unit's command line) must never run: the parser and what it pulls in, and
+#: inspect (dataclasses' docstring writer) with its helpers; platform and base64 only paho's import asks for.
+NOT_IN_THE_SERVICE = ("argparse", "gettext", "locale", "shutil", "bz2", "lzma", "inspect", "ast", "dis")
+NOT_IN_THE_SERVICE += ("platform", "base64", "ipaddress", "sysconfig", "stringprep", "urllib.parse")
+NOT_IN_THE_SERVICE += ("traceback", "linecache", "tokenize", "textwrap")
+
+
+def unit_setting(name: str) -> str:
+    """The value systemd/teleinfo.service gives the variable ``name`` (``Environment=NAME=value``)."""
+    unit = (REPO / "systemd" / "teleinfo.service").read_text(encoding="utf-8")
+    return next(line.split("=", 2)[2] for line in unit.splitlines() if line.startswith(f"Environment={name}="))
+
+
+def test_the_units_bare_run_command_needs_no_parser() -> None:
+    """The modules ``teleinfo run`` (no option) goes through, with MQTT, multicast, the serial source, the page
+    and the tariff engine, as the appliance runs them, with the unit's $PYTHONTZPATH, and a host name looked up:
+    none of the modules above really runs."""
+    got = child(
+        "import json, sys\n"
+        f"given = [n for n in {NOT_IN_THE_SERVICE!r} if n in sys.modules]  # the interpreter's own (3.11.7's\n"
+        "# urllib.parse, which pathlib imports, imports ipaddress; Debian's 3.11.2 does not)\n"
+        "from appliance.cli import main\n"
+        "from appliance.commands.run import UNIT_OPTIONS, run\n"
+        "import appliance.service, appliance.console, appliance.logs, appliance.systemd\n"
+        "import appliance.outputs.mqtt.output, appliance.outputs.multicast.output\n"
+        "import appliance.sources.serial.source, appliance.web.server, appliance.web.feed, appliance.tariff.feed\n"
+        "import socket, zoneinfo\n"
+        "zoneinfo.ZoneInfo('Europe/Paris')\n"
+        "socket.getaddrinfo('localhost', 1883)\n"
+        "from appliance.lazy import loaded\n"
+        f"print(json.dumps([n for n in {NOT_IN_THE_SERVICE!r} if loaded(n) is not None and n not in given]))\n",
+        env={"PYTHONTZPATH": unit_setting("PYTHONTZPATH")},
+        bare=True,
+    )
+    assert got == []
+
+
+def test_the_bare_run_options_are_what_the_parser_gives() -> None:
+    """``UNIT_OPTIONS`` stands for a parsed bare ``teleinfo run``: the same values, option for option."""
+    from appliance.cli import build_parser
+    from appliance.commands.run import UNIT_OPTIONS, RunOptions
+
+    assert RunOptions.parsed(build_parser("run").parse_args(["run"])) == UNIT_OPTIONS
+    flags = build_parser("run").parse_args(["run", "--simulate", "--sim-mode", "historique", "--no-view"])
+    assert RunOptions.parsed(flags) == RunOptions(simulate=True, sim_mode="historique", no_view=True)
+
+
+def test_every_dataclass_of_ours_has_a_docstring() -> None:
+    """dataclasses runs inspect only to give a class without a docstring one (appliance/__init__.py)."""
+    import ast
+
+    bare = []
+    for path in sorted((REPO / "appliance").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and ast.get_docstring(node) is None:
+                if any("dataclass" in ast.unparse(d) for d in node.decorator_list):
+                    bare.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}")
+    assert bare == []
+
+
+def test_an_exception_is_still_logged_whole_when_traceback_runs_late() -> None:
+    """traceback is deferred (appliance/__init__.py): the first exception logged runs it, and is logged whole."""
+    got = child(
+        "import appliance  # first, as the console script does\n"
+        "import io, json, logging\n"
+        "from appliance.lazy import loaded\n"
+        "before = loaded('traceback') is None\n"
+        "out = io.StringIO()\n"
+        "logging.basicConfig(stream=out)\n"
+        "try:\n"
+        "    1 / 0\n"
+        "except ZeroDivisionError:\n"
+        "    logging.getLogger('t').exception('failed')\n"
+        "text = out.getvalue()\n"
+        "print(json.dumps([before, 'Traceback (most recent call last)' in text, 'ZeroDivisionError' in text]))\n",
+        bare=True,
+    )
+    assert got == [True, True, True]

@@ -853,3 +853,26 @@ def test_a_journal_on_a_full_disk_makes_health_and_status_degraded(
         journal.close()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+@pytest.mark.parametrize(
+    ("target", "path"),
+    [
+        ("/health", "/health"),
+        ("/health?verbose=1#x", "/health"),
+        ("/status/", "/status/"),
+        ("http://teleinfo.local:8080/health", "/health"),
+        ("HTTP://[::1]:8080/status?x", "/status"),
+        ("http://teleinfo.local", ""),
+        ("//teleinfo.local/health", "/health"),
+        ("/x://y", "/x://y"),
+        ("health", "health"),
+        ("//[", None),
+        ("http://[::1", None),
+        ("http://]::1[/health", None),
+    ],
+)
+def test_the_request_path_of_every_target_form(target: str, path: str | None) -> None:
+    from appliance.health.server import request_path
+
+    assert request_path(target) == path

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import argparse
+
     from appliance.schema import Config
 
 
@@ -31,6 +32,8 @@ def config_parent(what: str = "") -> argparse.ArgumentParser:
 
     ``what`` names the section the command uses, for its help line.
     """
+    import argparse
+
     parent = argparse.ArgumentParser(add_help=False)
     parent.add_argument(
         "--config",

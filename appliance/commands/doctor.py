@@ -71,6 +71,8 @@ PROBE_BYTES = 4096  # of an HTTP probe's body: only its status matters
 
 @dataclass
 class Result:
+    """One diagnostic: what was checked, how it went, and how to fix it."""
+
     check: str
     status: str  # ok | warn | FAIL | skip
     detail: str

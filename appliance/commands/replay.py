@@ -80,6 +80,8 @@ def register(sub: Any) -> None:
 
 @dataclass
 class _Totals:
+    """The counts a replay reports at the end and in its progress."""
+
     segments: int = 0
     frames: int = 0
     sent: int = 0

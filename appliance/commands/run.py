@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, fields, replace
+from typing import TYPE_CHECKING, Any
 
 from appliance.commands import config_parent
 from appliance.schema import Config
+
+if TYPE_CHECKING:
+    import argparse
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What ``teleinfo run`` was asked, as its parser defines it (the defaults are what an absent option gives).
+
+    The unit runs a bare ``teleinfo run``: :data:`UNIT_OPTIONS`, which :func:`appliance.cli.main` uses without
+    building a parser (why: :mod:`appliance.cli`). A test checks that the parser gives exactly these defaults."""
+
+    config: str | None = None
+    simulate: bool = False
+    sim_mode: str | None = None
+    sim_phases: int | None = None
+    sim_contract: str | None = None
+    sim_producer: bool = False
+    sim_errors: float | None = None
+    no_view: bool = False
+
+    @classmethod
+    def parsed(cls, args: argparse.Namespace) -> RunOptions:
+        """The options of a parsed ``run`` command line."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+#: ``teleinfo run`` with no option: what systemd/teleinfo.service starts.
+UNIT_OPTIONS = RunOptions()
 
 
 def register(sub: Any) -> None:
@@ -37,14 +65,14 @@ def register(sub: Any) -> None:
     g.add_argument("--sim-producer", action="store_true", help="the simulated meter also injects (standard)")
     g.add_argument("--sim-errors", type=float, metavar="RATE", help="fraction of frames corrupted on purpose")
     p.add_argument("--no-view", action="store_true", help="plain log lines even in a terminal")
-    p.set_defaults(func=run)
+    p.set_defaults(func=lambda args: run(RunOptions.parsed(args)))
 
 
-def _with_simulation(cfg: Config, args: argparse.Namespace) -> Config:
+def _with_simulation(cfg: Config, args: RunOptions) -> Config:
     from appliance.service import simulated
 
     sim = cfg.source.simulator
-    changes = {
+    changes: dict[str, Any] = {
         "mode": args.sim_mode,
         "phases": args.sim_phases,
         "contract": args.sim_contract,
@@ -56,7 +84,7 @@ def _with_simulation(cfg: Config, args: argparse.Namespace) -> Config:
     return simulated(cfg)
 
 
-def load(args: argparse.Namespace) -> Config:
+def load(args: RunOptions) -> Config:
     """The configuration ``run`` uses (also on SIGHUP): the file, then the command-line overrides."""
     from appliance.config import config_path, load_config
 
@@ -67,7 +95,7 @@ def load(args: argparse.Namespace) -> Config:
     return cfg
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: RunOptions) -> int:
     from appliance.config import ConfigError, config_path
     from appliance.console import LiveView
     from appliance.logs import setup_logging

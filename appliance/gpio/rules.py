@@ -135,6 +135,8 @@ def evaluate(cfg: GpioOutputConfig, frame: Frame, current: bool) -> bool | None:
 
 @dataclass
 class _Force:
+    """A manual override of one output, until a time."""
+
     on: bool
     until: float
 

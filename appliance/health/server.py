@@ -35,7 +35,6 @@ import logging
 import socket
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import urlsplit
 
 from appliance.health.config import HealthConfig
 from appliance.health.state import HealthState, evaluate, status_document
@@ -61,7 +60,29 @@ _REASONS: Final = {
 
 @dataclass(eq=False, slots=True)
 class _Conn(Connection):
+    """One health client, and whether it spoke HTTP or the plain agent protocol."""
+
     phase: str = "peek"  # peek -> [http] -> answered (closing)
+
+
+def request_path(target: str) -> str | None:
+    """The path a request target names, without its query and fragment; None if its authority is malformed.
+
+    The origin form (``/health?x``) is what HAProxy, curl and Nagios send; the absolute form
+    (``http://host/health``) and ``//host/health`` are taken too.  Split by hand, not with urllib.parse, which
+    would bring itself and ipaddress (0.5 MiB) into the service for this one split."""
+    target = target.partition("#")[0].partition("?")[0]
+    scheme, sep, rest = target.partition("://")
+    if sep and scheme[:1].isalpha() and all(c.isalnum() or c in "+-." for c in scheme):
+        authority_and_path = rest
+    elif target.startswith("//"):
+        authority_and_path = target[2:]
+    else:
+        return target
+    authority, slash, path = authority_and_path.partition("/")
+    if ("[" in authority) != ("]" in authority) or authority.find("[") > authority.find("]"):
+        return None
+    return slash + path
 
 
 def _classify(buf: bytes) -> str | None:
@@ -200,10 +221,10 @@ class HealthServer(SelectorServer[_Conn]):
         method, target = parts[0], parts[1]
         if method not in (b"GET", b"HEAD") or len(buf) > self.cfg.max_request_bytes:
             return self._http_error(400, b"bad request\n")
-        try:
-            path = urlsplit(target.decode("ascii", "replace")).path.rstrip("/") or "/"
-        except ValueError:  # "//[": an unterminated IPv6 authority
+        path = request_path(target.decode("ascii", "replace"))
+        if path is None:  # "//[": an unterminated IPv6 authority
             return self._http_error(400, b"bad request target\n")
+        path = path.rstrip("/") or "/"
         text = "text/plain; charset=us-ascii"
         if path in ("/", "/health"):
             state = self.state()

@@ -64,6 +64,8 @@ class LoadEvent:
 
 @dataclass(frozen=True, slots=True)
 class _DayPlan:
+    """One simulated day's consumption pattern, drawn once per day."""
+
     scale: float
     split: tuple[float, ...]
     events: tuple[LoadEvent, ...]

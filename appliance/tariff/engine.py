@@ -69,6 +69,8 @@ class Counters:
 
 @dataclass(slots=True)
 class _Register:
+    """The last accepted reading of one energy index, and a suspect one awaiting confirmation."""
+
     value: int
     at: float
     pending: tuple[int, float] | None = None  # a suspect reading waiting for the next one to decide

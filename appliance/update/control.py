@@ -20,6 +20,8 @@ __all__ = ["ServiceControl", "ServiceState", "Systemctl", "health_address", "pro
 
 @dataclass(frozen=True)
 class ServiceState:
+    """The service as the service manager sees it after an update."""
+
     ready: bool  # running, READY=1 received
     failed: bool  # the manager gave up on it (start limit, failed state)
     detail: str = ""

@@ -64,6 +64,8 @@ class RolledBack(UpdateError):
 
 @dataclass(frozen=True)
 class Outcome:
+    """What an install did: the release and version now current, and a message for the user."""
+
     release: str
     version: str
     message: str

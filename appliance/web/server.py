@@ -128,6 +128,8 @@ def _plain(status: int, text: str, extra: str = "", head_only: bool = False) -> 
 
 @dataclass(eq=False, slots=True)
 class _Conn(Connection):
+    """One page client; ``subscriber`` once it asked for the live event stream."""
+
     subscriber: bool = False
 
 

@@ -230,6 +230,8 @@ def remote_scans(
 
 @dataclass(frozen=True, slots=True)
 class _Local:
+    """This machine's own scan of a peer's address: the report, or why there is none."""
+
     report: ScanReport | None
     error: str | None
 

@@ -74,6 +74,8 @@ class _Meter:
 
 @dataclass(slots=True)
 class _Message:
+    """One MQTT publish, as queued for the connection."""
+
     topic: str
     payload: bytes
     qos: int

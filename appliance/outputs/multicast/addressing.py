@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import ipaddress
 import socket
 import struct
 from typing import Final
+
+from appliance.config import ipv4_packed
 
 __all__ = ["check_group", "interface_request", "is_ipv4", "membership_request"]
 
@@ -19,11 +20,7 @@ SIOCGIFADDR: Final = 0x8915  # Linux ioctl: an interface's primary IPv4 address
 
 
 def is_ipv4(value: str) -> bool:
-    try:
-        ipaddress.IPv4Address(value)
-    except ValueError:
-        return False
-    return True
+    return ipv4_packed(value) is not None
 
 
 def _interface_index(name: str) -> int:
@@ -71,9 +68,8 @@ def membership_request(group: str, interface: str = "0.0.0.0") -> bytes:  # noqa
 
 
 def check_group(group: str) -> None:
-    try:
-        addr = ipaddress.IPv4Address(group)
-    except ValueError:
-        raise ValueError(f"multicast group {group!r} is not an IPv4 address") from None
-    if not addr.is_multicast:
+    addr = ipv4_packed(group)
+    if addr is None:
+        raise ValueError(f"multicast group {group!r} is not an IPv4 address")
+    if not 224 <= addr[0] <= 239:
         raise ValueError(f"{group} is not a multicast group (224.0.0.0/4; use one in 239.255.0.0/16)")

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-from appliance.config import measurement_name, opt
+from appliance.config import ipv4_packed, measurement_name, opt
 
 __all__ = ["MulticastConfig"]
 
 
 def _multicast_group(value: str) -> str | None:
-    try:
-        addr = ipaddress.IPv4Address(value)
-    except ValueError:
+    addr = ipv4_packed(value)
+    if addr is None:
         return f"not an IPv4 address: {value!r}"
-    if not addr.is_multicast:
+    if not 224 <= addr[0] <= 239:
         return f"{value} is not a multicast address (224.0.0.0/4)"
-    if addr in ipaddress.IPv4Network("224.0.0.0/24"):
+    if addr[:3] == bytes((224, 0, 0)):
         return f"{value} is in 224.0.0.0/24, reserved for link-local control traffic"
     return None
 
@@ -26,11 +24,8 @@ def _multicast_group(value: str) -> str | None:
 def _interface(value: str) -> str | None:
     if not value:
         return None
-    try:
-        ipaddress.IPv4Address(value)
+    if ipv4_packed(value) is not None:
         return None
-    except ValueError:
-        pass
     if len(value) > 15 or not value.replace("-", "").replace("_", "").replace(".", "").isalnum():
         return f"neither an IPv4 address nor an interface name: {value!r}"
     return None

@@ -102,6 +102,8 @@ def merge_json_parts(parts: list[dict[str, Any]]) -> dict[str, Any]:
 
 @dataclass
 class _Pending:
+    """The parts of one split frame received so far, until all arrive or it expires."""
+
     total: int
     started: float
     parts: dict[int, dict[str, Any]] = dataclasses.field(default_factory=dict)
