@@ -84,6 +84,10 @@ def frame_time(frame: Frame) -> int:
     return int(received)
 
 
+#: The start of each line (measurement, meter and mode tags) lately written: one per meter.
+_HEADS: dict[tuple[str, str, str], str] = {}
+
+
 def escape_key(value: str) -> str:
     r"""A measurement name, tag key or tag value, escaped; never empty.
 
@@ -163,7 +167,13 @@ def frame_to_lines(
     fields = _fields(frame)
     if not fields:
         return []
-    head = f"{escape_key(measurement)},meter={escape_key(meter)},mode={frame.mode} "
+    head = _HEADS.get((measurement, meter, frame.mode))
+    if head is None:
+        if len(_HEADS) >= 64:
+            _HEADS.clear()
+        head = _HEADS[measurement, meter, frame.mode] = (
+            f"{escape_key(measurement)},meter={escape_key(meter)},mode={frame.mode} "
+        )
     tail = f" {frame_time(frame) * PRECISIONS[precision]}"
     whole = head + ",".join(fields) + tail
     if len(whole) <= max_line and whole.isascii():  # the usual case: one line (TIC data is ASCII)
