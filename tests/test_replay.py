@@ -261,6 +261,66 @@ def test_a_server_that_keeps_failing_ends_the_replay_through_the_outputs_worker(
         server.server_close()
 
 
+def test_a_server_that_fails_mid_way_leaves_exactly_the_delivered_segments_in_the_ledger(tmp_path: Path) -> None:
+    """Segments are decoded while earlier ones are still being written (the pipeline does not drain at each
+    segment), yet the ledger records a segment only once all its frames are delivered: when the server starts
+    failing mid-way, it holds exactly the segments the server took in full, and ``sent`` counts their frames."""
+    import http.server
+    import json
+
+    from appliance.commands.replay import _Delivery, _Ledger, _Totals, replay
+    from appliance.journal import read_segment
+    from appliance.outputs.influxdb.output import InfluxError, InfluxOutput
+
+    accepted: list[int] = []  # lines of each write the server took
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *_args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # /ping
+            self.send_response(204)
+            self.end_headers()
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            ok = len(accepted) < 10
+            if ok:
+                accepted.append(body.count(b"\n") + 1)
+            self.send_response(204 if ok else 503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    try:
+        j = Journal(JournalConfig(enabled=True), tmp_path / "j", "auto")
+        data, _ = simulated_day("historique", "BASE")
+        for t, d in data[: 2 * 60 * 6]:  # six hourly segments of 60 frames
+            j.append(d, t)
+        j.start()
+        j.close()
+        segments = sorted((read_segment(f) for f in segment_files(tmp_path / "j")), key=lambda s: s.seq)
+        assert len(segments) == 6
+        out = InfluxOutput(InfluxConfig(enabled=True, url=f"http://127.0.0.1:{server.server_address[1]}"))
+        out.open()
+        delivery = _Delivery(out, 20, give_up=1.0)  # 3 writes a segment, 4 writes in flight
+        ledger = _Ledger(tmp_path / "ledger.json", "target")
+        totals = _Totals()
+        with pytest.raises(InfluxError, match="gave up"):
+            replay(segments, delivery, ledger, mode=None, batch_size=20, totals=totals)
+        delivery.close()
+        assert sum(accepted) == 200  # ten writes of 20 frames: three segments and a third of the fourth
+        recorded = json.loads((tmp_path / "ledger.json").read_text())["targets"]["target"]
+        assert recorded.keys() == {f"{s.session}-{s.seq}" for s in segments[:3]}
+        assert all(recorded[f"{s.session}-{s.seq}"]["chunks"] == len(s.chunks) for s in segments[:3])
+        assert totals.sent == 180 and totals.segments == 3
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 class FakeClock:
     def __init__(self) -> None:
         self.now = 100.0

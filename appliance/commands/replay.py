@@ -13,9 +13,10 @@ segment still growing is replayed only from where the last run stopped.  ``--for
 
 Segments are read one at a time, in the order of their names (which begin with their start time), so a month
 of journal replays in the memory of one segment; while the server writes a batch the next ones are decoded
-(:class:`_Delivery` keeps a few batches in flight, and waits for all of a segment's before the ledger records
-it).  Progress is shown while it runs: a bar on a terminal, a line every ``PROGRESS_EVERY`` seconds otherwise
-(journald, a pipe).
+(:class:`_Delivery` keeps a few batches in flight).  A segment enters the ledger once every frame of it is
+delivered, while the next segments are decoded: waiting for each segment's last write before decoding the next
+one left the decoder idle at every segment boundary.  Progress is shown while it runs: a bar on a terminal, a
+line every ``PROGRESS_EVERY`` seconds otherwise (journald, a pipe).
 
 Exit status: 0 done, 1 some segments unreadable or the server failed (the ledger keeps what was delivered),
 2 bad arguments or configuration.
@@ -29,12 +30,14 @@ import json
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
 
 from appliance.commands import config_parent
+from appliance.errors import ApplianceError
 
 if TYPE_CHECKING:
     from appliance.journal import Segment
@@ -161,12 +164,20 @@ class _Delivery:
             out, self.stats, queue_size=self.window + batch_size, batch_size=batch_size, backoff_max=4.0
         )
         self.worker.start()
+        self.handed = 0  # frames handed over so far
 
     def send(self, frames: list[Frame]) -> None:
         """Hand ``frames`` over, in order; waits while more than the window is undelivered; raises
         :class:`InfluxError` when the server keeps failing."""
         self.worker.submit_many(frames)
+        self.handed += len(frames)
         self._wait(self.window)
+
+    @property
+    def settled(self) -> int:
+        """How many of the frames handed over are delivered (or refused): the first ``settled``, since the worker
+        delivers in order and keeps a frame in its queue until the server has it."""
+        return self.handed - self.worker.pending
 
     def flush(self) -> None:
         """Return once every frame handed over is delivered (or refused); raises like :meth:`send`."""
@@ -271,10 +282,14 @@ class _Replayer:
         self.decoder: Decoder | None = None
         self.previous: tuple[str, int] | None = None
         self.bytes_done = 0.0  # of the segment files consumed, for the progress
+        # Segments handed over and not yet delivered in full, oldest first: the frames handed over until their
+        # last one, their own frames, whether torn, and their ledger entry (key, chunks, digest) if any.
+        self._unsettled: deque[tuple[int, int, bool, tuple[str, int, str] | None]] = deque()
 
     def segment(self, seg: Segment, size: int = 0) -> None:
         """Replay one segment (``size``: its file's bytes, for the progress); raises InfluxError when the server
-        gives up.  The ledger records it once every frame of it is delivered."""
+        gives up.  The ledger records it once every frame of it is delivered, while the next segments are
+        decoded (:meth:`record_settled`; :meth:`finish` waits for the last ones)."""
         if self.decoder is None or self.previous != (seg.session, seg.seq - 1):
             self.decoder = self._decoder_cls(self.mode or seg.mode)
         self.previous = (seg.session, seg.seq)
@@ -300,21 +315,42 @@ class _Replayer:
                         out.send(batch)
                         handed += len(batch)
                         batch = []
+                        self.record_settled()
                         if progress is not None:
                             progress.update(totals.frames, self.bytes_done + size * i / chunks)
-        if out is not None:
-            if batch:
-                out.send(batch)
-                handed += len(batch)
-            out.flush()
-            totals.sent += handed
-        totals.segments += 1
-        totals.truncated += seg.truncated
-        if ledger is not None and len(seg.chunks) > done:
-            ledger.put(key, len(seg.chunks), _digest(seg.chunks))
+        if out is not None and batch:
+            out.send(batch)
+            handed += len(batch)
+        entry = (key, len(seg.chunks), _digest(seg.chunks)) if ledger is not None and len(seg.chunks) > done else None
+        self._unsettled.append((out.handed if out is not None else 0, handed, seg.truncated, entry))
+        self.record_settled()
         self.bytes_done += size
         if progress is not None:
             progress.update(totals.frames, self.bytes_done)
+
+    def record_settled(self) -> None:
+        """Count, and record in the ledger, the segments whose every frame is delivered (all of them when there
+        is no server)."""
+        settled = self.out.settled if self.out is not None else 0
+        totals, ledger, unsettled = self.totals, self.ledger, self._unsettled
+        while unsettled and unsettled[0][0] <= settled:
+            _, handed, truncated, entry = unsettled.popleft()
+            totals.sent += handed
+            totals.segments += 1
+            totals.truncated += truncated
+            if ledger is not None and entry is not None:
+                ledger.put(*entry)
+
+    def finish(self) -> None:
+        """Wait until every frame handed over is delivered, and record the last segments; raises like
+        :meth:`segment`, after recording those that were delivered."""
+        if self.out is not None:
+            try:
+                self.out.flush()
+            except ApplianceError:
+                self.record_settled()
+                raise
+        self.record_settled()
 
 
 def replay(
@@ -328,8 +364,13 @@ def replay(
 ) -> None:
     """Decode ``segments`` (sorted here) and send their frames; raises InfluxError when the server gives up."""
     replayer = _Replayer(out, ledger, mode=mode, batch_size=batch_size, totals=totals)
-    for seg in sorted(segments, key=lambda s: (s.chunks[0][0] if s.chunks else 0.0, s.session, s.seq)):
-        replayer.segment(seg)
+    try:
+        for seg in sorted(segments, key=lambda s: (s.chunks[0][0] if s.chunks else 0.0, s.session, s.seq)):
+            replayer.segment(seg)
+    except ApplianceError:  # the server gave up: the ledger keeps the segments it has
+        replayer.record_settled()
+        raise
+    replayer.finish()
 
 
 def replay_files(
@@ -349,18 +390,27 @@ def replay_files(
 
     replayer = _Replayer(out, ledger, mode=mode, batch_size=batch_size, totals=totals, progress=progress)
     ok = True
-    for f in sorted(files, key=lambda p: p.name):
-        try:
-            size = f.stat().st_size
-            seg = read_segment(f)
-        except (OSError, JournalError) as e:
-            _say(progress, err, f"teleinfo replay: skipped {f}: {e}")
-            totals.unreadable += 1
-            ok = False
-            continue
-        if seg.truncated:
-            _say(progress, err, f"teleinfo replay: {f}: torn tail (power cut during a write?): its last flush is lost")
-        replayer.segment(seg, size)
+    try:
+        for f in sorted(files, key=lambda p: p.name):
+            try:
+                size = f.stat().st_size
+                seg = read_segment(f)
+            except (OSError, JournalError) as e:
+                _say(progress, err, f"teleinfo replay: skipped {f}: {e}")
+                totals.unreadable += 1
+                ok = False
+                continue
+            if seg.truncated:
+                _say(
+                    progress,
+                    err,
+                    f"teleinfo replay: {f}: torn tail (power cut during a write?): its last flush is lost",
+                )
+            replayer.segment(seg, size)
+    except ApplianceError:  # the server gave up: the ledger keeps the segments it has
+        replayer.record_settled()
+        raise
+    replayer.finish()
     if progress is not None:
         progress.finish()
     return ok

@@ -6,7 +6,7 @@ validated with the label table, and are only handed validated data.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 __all__ = [
     "decode_optarif",
@@ -32,28 +32,51 @@ def parse_horodate(raw: bytes) -> tuple[str, bool] | None:
     ('2024-09-24T22:56:42+02:00', False)
     >>> parse_horodate(b" 250123060000")
     ('2025-01-23T06:00:00', False)
+    >>> parse_horodate(b"H250230120000") is None, parse_horodate(b"H250101126000") is None
+    (True, True)
     """
     if len(raw) != 13:
         return None
-    season = chr(raw[0])
-    offset = _OFFSETS.get(season)
-    digits = raw[1:]
-    if offset is None or not digits.isdigit():
+    # A standard frame has a dozen horodates and DATE changes every frame, but they share a few hours: the
+    # season, date and hour are checked once per hour seen (a memo), the minutes and seconds every time.
+    head = raw[:9]
+    hour = _HOURS.get(head)
+    if hour is None:
+        hour = _hour(head)
+        if len(_HOURS) >= _HOURS_MAX:
+            _HOURS.clear()
+        _HOURS[head] = hour
+    tail = raw[9:]
+    if hour is _NOT_A_DATE or not tail.isdigit() or tail[0] > 0x35 or tail[2] > 0x35:  # minutes, seconds < 60
         return None
-    # The calendar check datetime() would do, in integers (a standard frame has a dozen horodates).
-    v = int(digits)
-    v, second = divmod(v, 100)
-    v, minute = divmod(v, 100)
-    v, hour = divmod(v, 100)
+    prefix, offset, degraded = hour
+    t = tail.decode("ascii")
+    return f"{prefix}{t[0:2]}:{t[2:4]}{offset}", degraded
+
+
+_NOT_A_DATE: Final = ("", "", False)
+_HOURS: dict[bytes, tuple[str, str, bool]] = {}
+_HOURS_MAX: Final = 256  # entries of about 200 bytes: a few kB
+
+
+def _hour(head: bytes) -> tuple[str, str, bool]:
+    """``SAAMMJJhh`` -> (ISO 8601 up to the hour and its colon, the UTC offset, clock degraded), or
+    :data:`_NOT_A_DATE`."""
+    season = chr(head[0])
+    offset = _OFFSETS.get(season)
+    digits = head[1:]
+    if offset is None or not digits.isdigit():
+        return _NOT_A_DATE
+    # The calendar check datetime() would do, in integers.
+    v, hour = divmod(int(digits), 100)
     v, day = divmod(v, 100)
     year, month = divmod(v, 100)
-    if not (1 <= month <= 12 and hour < 24 and minute < 60 and second < 60):
-        return None
+    if not (1 <= month <= 12 and hour < 24):
+        return _NOT_A_DATE
     if not 1 <= day <= (29 if month == 2 and year % 4 == 0 else _MONTH_DAYS[month]):  # 2000-2099: every 4th year
-        return None
+        return _NOT_A_DATE
     d = digits.decode("ascii")
-    iso = f"20{d[0:2]}-{d[2:4]}-{d[4:6]}T{d[6:8]}:{d[8:10]}:{d[10:12]}{offset}"
-    return iso, season in "he"
+    return f"20{d[0:2]}-{d[2:4]}-{d[4:6]}T{d[6:8]}:", offset, season in "he"
 
 
 _CUT_OFF = (
