@@ -281,6 +281,69 @@ def test_worker_survives_and_reports_a_missing_interface() -> None:
     assert stats.output("multicast").state == "stopped"
 
 
+def test_reader_sends_directly_and_a_send_in_progress_never_holds_it_up() -> None:
+    """Once the worker delivered a frame, submit() sends the next ones itself (no hand-off); while the worker's
+    thread is inside a send (what it does when the socket buffer is full: wait for room), submit() queues instead
+    of waiting, and the worker delivers those frames, in order, once it can."""
+    group, port = unique_group()
+    stats = Stats()
+    out = MulticastOutput(config(group, port, format="json"))
+    worker = OutputWorker(out, stats, queue_size=10)
+    frames = sim_frames(6, mode="historique")
+    with open_receiver(group, port, LOOPBACK) as r:
+        worker.start()
+        try:
+            assert worker.submit(frames[0])  # the first goes through the worker: it opens the socket
+            wait_until(lambda: stats.output("multicast").state == "up", 5)
+            assert not worker.submit(frames[1])  # sent by the caller itself: the worker was not woken
+            assert stats.output("multicast").sent == 2
+            with out._lock:  # the worker's thread in the middle of a send, holding the socket
+                done = threading.Event()
+                submitter = threading.Thread(target=lambda: [worker.submit(f) for f in frames[2:5]] and done.set())
+                submitter.start()
+                submitter.join(10)  # a hang detector: submit() must not wait for the send in progress
+                assert done.is_set()
+                assert stats.output("multicast").queued == 3 and stats.output("multicast").sent == 2
+            wait_until(lambda: stats.output("multicast").sent == 5, 5)  # the worker delivers what was queued
+            wait_until(lambda: stats.output("multicast").queued == 0 and worker._direct_ok, 5)
+            assert not worker.submit(frames[5])  # and the caller sends directly again
+            got = [json.loads(d) for d in drain(r)]
+        finally:
+            assert worker.stop(3)
+    assert got == [json.loads(f.json_bytes()) for f in frames]  # every frame once, in order
+    assert stats.output("multicast").failed == 0
+
+
+def test_direct_send_that_fails_goes_to_the_worker() -> None:
+    """An error met by the direct send (here: the socket closed under it) is not the reader's to handle: the frame
+    goes to the worker, which meets the error, counts and reports it (best effort: that frame is dropped), reopens
+    for the next frame, and hands direct sending back to the reader once it delivered."""
+    group, port = unique_group()
+    stats = Stats()
+    out = MulticastOutput(config(group, port))
+    worker = OutputWorker(out, stats, queue_size=10, backoff_initial=0.01, backoff_max=0.02)
+    frames = sim_frames(4, mode="historique")
+    o = stats.output
+    with open_receiver(group, port, LOOPBACK) as r:
+        worker.start()
+        try:
+            worker.submit(frames[0])
+            wait_until(lambda: o("multicast").state == "up", 5)
+            assert out._sock is not None
+            out._sock.close()  # sendto now fails with EBADF
+            assert out.send_now(frames[1]) is False  # nothing sent, no exception for the reader
+            assert worker.submit(frames[1])  # handed to the worker
+            wait_until(lambda: o("multicast").failed == 1, 5)
+            assert "Bad file descriptor" in (o("multicast").last_error or "")
+            assert worker.submit(frames[2])  # the worker's again until it delivered
+            wait_until(lambda: o("multicast").sent == 2 and o("multicast").state == "up", 5)
+            assert not worker.submit(frames[3])  # direct again
+            got = drain(r)
+        finally:
+            assert worker.stop(3)
+    assert len(got) == 3 and o("multicast").sent == 3
+
+
 def test_bad_group_and_port_are_value_errors() -> None:
     with pytest.raises(ValueError, match="not a multicast group"):
         open_receiver("10.1.2.3", 4242, LOOPBACK)
@@ -624,6 +687,100 @@ def test_worker_counts_send_failures_and_recovers(netns: str) -> None:
     vanished = report["vanished"]
     assert vanished["failed"] == 2 and vanished["state"] == "failing" and "x0" in vanished["error"]
     assert report["back"] == {"sent": 2, "failed": 2, "state": "up"}
+
+
+FULL_BUFFER = """
+import json, socket, subprocess, sys, tempfile, time
+from pathlib import Path
+from appliance.outputs.base import Fanout, OutputWorker
+from appliance.outputs.mqtt.config import MqttConfig
+from appliance.outputs.mqtt.output import MqttOutput
+from appliance.outputs.multicast.config import MulticastConfig
+from appliance.outputs.multicast.output import SEND_TIMEOUT, MulticastOutput
+from appliance.stats import Stats
+from appliance.tic import Frame
+from tests.mosquitto import Mosquitto, Subscriber
+from tests.util import wait_until
+
+def ip(*args):
+    subprocess.run(["ip", *args], check=True)
+
+def frame(i):
+    return Frame("historique", {"ADCO": "012345678901", "PAPP": i}, received_at=time.time())
+
+ip("link", "add", "x0", "type", "veth", "peer", "name", "x1")
+ip("addr", "add", "198.51.100.9/24", "dev", "x0")
+ip("link", "set", "x0", "up")
+ip("link", "set", "x1", "up")
+# 8 kbit/s out of x0, and a queue long enough to hold more than the socket's buffer: that buffer fills for real
+subprocess.run(["tc", "qdisc", "add", "dev", "x0", "root", "tbf", "rate", "8kbit", "burst", "1600", "limit", "4000000"],
+               check=True)
+report = {}
+with tempfile.TemporaryDirectory() as tmp, Mosquitto(Path(tmp)) as broker:
+    sub = Subscriber(broker.port, ["t16/#"])
+    stats = Stats()
+    mc = MulticastOutput(MulticastConfig(group=sys.argv[1], port=int(sys.argv[2]), interface="x0"))
+    mq = MqttOutput(MqttConfig(enabled=True, host="127.0.0.1", port=broker.port, client_id="t", base_topic="t16",
+                               discovery=False))
+    fan = Fanout([OutputWorker(mq, stats), OutputWorker(mc, stats, queue_size=3)])
+    fan.start()
+    fan.submit(frame(0))
+    wait_until(lambda: stats.output("multicast").sent == 1 and stats.output("mqtt").sent == 1, 10)
+    with mc._lock:  # fill the output's own socket until the kernel says it is full
+        junk = 0
+        while True:
+            try:
+                mc._sock.sendto(b"x" * 1400, (sys.argv[1], int(sys.argv[2])))
+                junk += 1
+            except BlockingIOError:
+                break
+    report["junk"] = junk
+    t0 = time.monotonic()
+    for i in range(1, 11):  # the reader's hand-off, one frame a second on a meter, all at once here
+        fan.submit(frame(i))
+    report["submit_s"] = time.monotonic() - t0
+    report["send_timeout"] = SEND_TIMEOUT
+    wait_until(lambda: len(sub.on("t16/012345678901/state")) == 11, 10)
+    report["mqtt_at_s"] = time.monotonic() - t0
+    report["mqtt"] = [json.loads(p)["values"]["PAPP"] for p in sub.on("t16/012345678901/state")]
+    wait_until(lambda: stats.output("multicast").state == "failing", 10)
+    o = stats.output("multicast")
+    report["full"] = {"sent": o.sent, "failed": o.failed, "dropped": o.dropped, "error": o.last_error}
+    subprocess.run(["tc", "qdisc", "del", "dev", "x0", "root"], check=True)  # the link drains: room again
+    wait_until(lambda: stats.output("multicast").queued == 0, 10)
+    fan.submit(frame(11))
+    wait_until(lambda: stats.output("multicast").state == "up", 10)
+    o = stats.output("multicast")
+    report["back"] = {"sent": o.sent, "failed": o.failed, "dropped": o.dropped}
+    fan.stop(3)
+    sub.close()
+print(json.dumps(report))
+"""
+
+
+@pytest.mark.root
+@pytest.mark.integration
+def test_full_socket_buffer_delays_neither_the_reader_nor_mqtt(netns: str) -> None:
+    """A multicast socket whose buffer is full for real (a link throttled to 8 kbit/s in a namespace): the reader's
+    hand-off never waits for it (the direct send sees EAGAIN and queues; the worker waits, up to SEND_TIMEOUT, on
+    its own thread), MQTT gets every frame meanwhile, and multicast recovers once the link drains."""
+    group, port = unique_group()
+    run = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", FULL_BUFFER, group, str(port)],
+        capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["junk"] > 0
+    # Ten hand-offs took less than one wait for room in the socket (what a reader sending itself would block for).
+    assert report["submit_s"] < report["send_timeout"]
+    assert report["mqtt"] == list(range(11))  # every frame, in order, while multicast was stuck
+    assert report["mqtt_at_s"] < report["send_timeout"]  # MQTT did not wait for the multicast worker either
+    full = report["full"]
+    assert full["sent"] == 1 and full["failed"] >= 1 and "buffer full" in full["error"]
+    assert full["sent"] + full["failed"] + full["dropped"] <= 11  # the rest still queued (bounded at 3)
+    back = report["back"]
+    assert back["sent"] >= 2 and back["sent"] + back["failed"] + back["dropped"] == 12  # every frame accounted for
 
 
 # --- a real InfluxDB behind a multicast relay ---------------------------------------------------------------

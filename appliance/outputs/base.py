@@ -12,6 +12,10 @@ frames: self-check runs, health samples; :mod:`appliance.records`).  ``durable``
 frame that failed and retry it; best-effort ones (UDP multicast) count it as failed and move on, since a
 datagram that could not leave now is worthless later.
 
+An output whose delivery never has to wait (a non-blocking UDP datagram: :class:`DirectOutput`) is sent to by the
+submitting thread itself while it keeps up, with no hand-off to its worker: waking a thread and switching the
+interpreter to it costs more than the send.  Anything that would wait or fails still goes through the worker.
+
 Records other than frames are serialised by the output when they are submitted, kept in a small bounded lane per
 kind (never spooled: the oldest are dropped and counted beyond it) and sent before any frame, so telemetry never
 waits behind an hour of spooled frames.
@@ -40,6 +44,7 @@ __all__ = [
     "PROBE_EVERY",
     "BatchOutput",
     "CountingOutput",
+    "DirectOutput",
     "Fanout",
     "Output",
     "OutputWorker",
@@ -103,6 +108,20 @@ class RecordOutput(Output, Protocol):
 
     def deliver(self, units: Sequence[Any]) -> None:
         """Send units made by :meth:`encode`; raise on failure (:class:`Rejected`: refused, never retried)."""
+
+
+@runtime_checkable
+class DirectOutput(Output, Protocol):
+    """An output that can try a delivery without ever waiting, from the submitting thread (the reader's).
+
+    :meth:`OutputWorker.submit` calls :meth:`send_now` instead of queueing while the worker is idle and its last
+    delivery succeeded; the frame goes to the worker's queue whenever it returns False.
+    """
+
+    def send_now(self, frame: Frame) -> bool:
+        """Deliver ``frame`` at once if nothing has to wait (no lock held elsewhere, no full buffer); False with
+        nothing delivered otherwise, including on an error the worker will meet and report.  Must never block.
+        Raises only when a delivery failed half-way (the frame is then counted as failed, as the worker would)."""
 
 
 @runtime_checkable
@@ -195,6 +214,10 @@ class OutputWorker:
         self._counting = output if isinstance(output, CountingOutput) else None
         self._records = output if isinstance(output, RecordOutput) else None
         self._probe = output.probe if isinstance(output, ProbingOutput) else None
+        # send_now() from submit() while the worker is idle and its last attempt succeeded (set by the worker
+        # only, cleared by submit() when a direct send failed half-way and by request_stop()).
+        self._direct = output if isinstance(output, DirectOutput) and spool is None else None
+        self._direct_ok = False
         sizes = lane_sizes or {}
         self._lanes: dict[str, _Lane] = {
             kind: _Lane(sizes.get(kind, DEFAULT_LANE_SIZE), collections.deque())
@@ -232,12 +255,16 @@ class OutputWorker:
         if self._syncer is not None:
             self._syncer.start()
 
-    def submit(self, frame: Frame) -> None:
+    def submit(self, frame: Frame) -> bool:
         """Queue a frame; never blocks on the network, never raises.  With a spool the frame is on disk when this
         returns (one ``write()``; none if the disk is full: then it waits in memory).  A full queue drops its
-        oldest frame (counted)."""
+        oldest frame (counted).  A :class:`DirectOutput` keeping up is sent the frame from here instead.
+
+        True when the worker's thread was woken to deliver it, False when it was delivered here."""
         if self._spool is not None and self._write_ahead(frame):
-            return
+            return True
+        if self._direct_ok and not self._queue and self._send_now(frame):
+            return False
         with self._cond:
             dropped = 0
             while len(self._queue) >= self._queue_size:
@@ -250,6 +277,23 @@ class OutputWorker:
             self._stats.update_output(self.name, dropped=dropped, queued=queued)
         else:
             self._stats.update_output(self.name, queued=queued)
+        return True
+
+    def _send_now(self, frame: Frame) -> bool:
+        """Deliver ``frame`` from the caller's thread (:class:`DirectOutput`); False: queue it for the worker.
+
+        Only with an empty queue (the worker's frame in flight stays at its head until delivered), so frames
+        never overtake one another."""
+        assert self._direct is not None
+        try:
+            if not self._direct.send_now(frame):
+                return False
+        except Exception as e:  # failed half-way: counted as the worker counts it; the worker takes the next ones
+            self._direct_ok = False
+            self._stats.update_output(self.name, failed=1, last_error=f"{type(e).__name__}: {e}")
+            return True
+        self._stats.update_output(self.name, sent=1, last_sent_at=time.time())
+        return True
 
     def submit_many(self, frames: Sequence[Frame]) -> None:
         """:meth:`submit` of each frame in order, under one lock and one counters update (``teleinfo replay``
@@ -402,6 +446,7 @@ class OutputWorker:
     def request_stop(self, deadline: float) -> None:
         """Start stopping: keep delivering until ``deadline`` (monotonic), then close."""
         self._deadline = deadline
+        self._direct_ok = False  # from now on every frame goes through the worker, which drains and closes
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
@@ -681,6 +726,7 @@ class OutputWorker:
                         frames = head
                         self._send_queued(frames)
                 except Exception as e:
+                    self._direct_ok = False
                     if frames or not self._records_waiting():
                         self._stats.update_output(self.name, failed=1)
                     self._set_state("failing", e)
@@ -696,6 +742,7 @@ class OutputWorker:
                     self._pause(backoff.next())
                     continue
                 backoff.reset()
+                self._direct_ok = self._direct is not None and not self._stop.is_set()
                 self._set_state("up")
         finally:
             if self._spool is not None:
@@ -747,10 +794,13 @@ class Fanout:
         for w in self.workers:
             w.start()
 
-    def submit(self, frame: Frame) -> None:
-        """From the reader: a frame for every output (never blocks on the network)."""
+    def submit(self, frame: Frame) -> bool:
+        """From the reader: a frame for every output (never blocks on the network).  True when a worker's thread
+        was woken to deliver it (False: every output took it directly, :class:`DirectOutput`)."""
+        woken = False
         for w in self._submit_order:
-            w.submit(frame)
+            woken = w.submit(frame) or woken
+        return woken
 
     def publish(self, record: Record) -> None:
         """From any producer thread (self-checks, health sampler...): ``record`` for the outputs that take it."""

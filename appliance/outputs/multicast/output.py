@@ -28,6 +28,14 @@ and UDP headers), so it is never fragmented: one lost fragment would lose the wh
   The only datagram that could exceed 1472 bytes is a part holding a single value longer than that, which TIC
   data never has (its longest value, a day profile, decodes to about 1 kB).
 
+Sending without a thread hand-off.  A datagram leaves with one non-blocking ``sendto``, which never waits: the
+output is a :class:`~appliance.outputs.base.DirectOutput`, so while it keeps up the reader sends each frame itself
+(:meth:`MulticastOutput.send_now`) the moment the frame is decoded, instead of waking the output's worker thread
+and waiting for the interpreter to switch to it (about half of the ETX -> datagram latency on a Pi-class CPU).
+Whatever would have to wait (a full socket buffer, a send in progress on the worker's thread, no socket yet) or
+fails goes to the worker as before, which waits for room (at most :data:`SEND_TIMEOUT`), reopens and backs off,
+away from the reader and the other outputs.
+
 Errors (``ENETUNREACH`` without a multicast route, ``ENODEV`` for a vanished interface, ``EADDRNOTAVAIL`` for an
 address that is not on this machine...) are raised as :class:`OSError` with a message naming the group and the
 interface; the output worker counts them and, this output being best-effort, drops the frame: a datagram that
@@ -40,6 +48,8 @@ Receiving: :func:`open_receiver` (bind to the group, not 0.0.0.0, and join on an
 
 from __future__ import annotations
 
+import errno
+import select
 import socket
 import threading
 import time
@@ -53,7 +63,7 @@ from appliance.tic import Frame
 
 __all__ = ["SEND_TIMEOUT", "MulticastOutput"]
 
-SEND_TIMEOUT: Final = 2.0  # a full socket buffer must never hang the worker thread forever
+SEND_TIMEOUT: Final = 2.0  # the worker waits this long at most for room in a full socket buffer
 
 
 class MulticastOutput:
@@ -90,7 +100,8 @@ class MulticastOutput:
             request = interface_request(self.cfg.interface)
             if request is not None:
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, request)
-            sock.settimeout(SEND_TIMEOUT)
+            # Non-blocking: send_now() must never wait, and a socket with a timeout polls before every send.
+            sock.setblocking(False)
         except OSError as e:
             sock.close()
             raise OSError(e.errno, f"multicast {self._where()}: {e.strerror or e}") from e
@@ -110,20 +121,67 @@ class MulticastOutput:
         return pack_datagrams(lines, self.max_datagram)
 
     def send(self, frame: Frame) -> None:
-        """Send the frame's datagrams; raise :class:`OSError` if one cannot leave."""
+        """Send the frame's datagrams (the worker's thread: may wait up to :data:`SEND_TIMEOUT` for room in the
+        socket buffer); raise :class:`OSError` if one cannot leave."""
         with self._lock:
-            if self._sock is None:
-                self._open_locked()
-            sock = self._sock
-            assert sock is not None
+            sock = self._socket()
             dest = (self.cfg.group, self.cfg.port)
             for payload in self.payloads(frame):
                 try:
+                    self._send_waiting(sock, payload, dest)
+                except OSError as e:
+                    raise self._failed(e) from e
+
+    @staticmethod
+    def _send_waiting(sock: socket.socket, payload: bytes, dest: tuple[str, int]) -> None:
+        """One datagram on the non-blocking socket, waiting at most SEND_TIMEOUT for room in its buffer."""
+        deadline = time.monotonic() + SEND_TIMEOUT
+        while True:
+            try:
+                sock.sendto(payload, dest)
+                return
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([], [sock], [], left)[1]:
+                    raise TimeoutError(errno.ETIMEDOUT, f"socket buffer full for {SEND_TIMEOUT:g} s") from None
+
+    def send_now(self, frame: Frame) -> bool:
+        """Send the frame's datagrams now if that needs no wait at all (the reader's thread, :class:`DirectOutput`).
+
+        False, with nothing sent, when it would have to wait or failed at once: a send in progress on the worker's
+        thread, no socket (not opened yet, or closed by a failure), a full socket buffer, any error on the first
+        datagram; the worker then sends the frame as usual (and meets, reports and backs off from the error).
+        Raises :class:`OSError` only when a frame of several datagrams failed after some of them left.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            sock = self._sock
+            if sock is None:
+                return False
+            dest = (self.cfg.group, self.cfg.port)
+            for i, payload in enumerate(self.payloads(frame)):
+                try:
                     sock.sendto(payload, dest)
                 except OSError as e:
-                    # Reopen on the next send: the interface may come back with a new index.
-                    self._close_locked()
-                    raise OSError(e.errno, f"multicast send to {self._where()}: {e.strerror or e}") from e
+                    if i == 0:
+                        return False
+                    raise self._failed(e) from e
+            return True
+        finally:
+            self._lock.release()
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            self._open_locked()
+        assert self._sock is not None
+        return self._sock
+
+    def _failed(self, e: OSError) -> OSError:
+        """The error to raise for a failed send; the socket is closed, so the next send opens it again (the
+        interface may come back with a new index)."""
+        self._close_locked()
+        return OSError(e.errno, f"multicast send to {self._where()}: {e.strerror or e}")
 
     def close(self) -> None:
         with self._lock:
