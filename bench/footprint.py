@@ -399,15 +399,19 @@ def latencies(
     etx_ns: dict[int, int],
     measured: range,
     signature: Callable[[bytes], tuple[Any, ...] | None],
+    first_whole: int = 1,
 ) -> tuple[dict[int, float], dict[int, int]]:
     """Per frame: ms from its ETX to its message, and the receive time of its message (every frame, warm-up too).
 
     A message belongs to the first frame not yet matched whose signature it carries and whose ETX was already
-    written; messages that match nothing (discovery, availability, a partial first frame) are ignored.
+    written; messages that match nothing (discovery, availability) are ignored.  Frames before ``first_whole``
+    were not written whole (the feed starts in the middle of frame 0), so no message is theirs: two consecutive
+    frames of a quiet simulated meter can carry the same signature, and frame 1's message must not be taken for
+    frame 0's.
     """
     out: dict[int, float] = {}
     first_seen: dict[int, int] = {}
-    nxt = 0
+    nxt = first_whole
     for t_recv, data in received:
         sig = signature(data)
         if sig is None:
