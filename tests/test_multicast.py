@@ -671,16 +671,21 @@ w.stop(2)
 """
 
 
+def report_in_netns(netns: str, script: str, timeout: float) -> Any:
+    """Run ``script`` (given a fresh group and port as arguments) in the namespace; the JSON it prints."""
+    group, port = unique_group()
+    run = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", script, group, str(port)],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
 @pytest.mark.root
 @pytest.mark.integration
 def test_worker_counts_send_failures_and_recovers(netns: str) -> None:
-    group, port = unique_group()
-    run = subprocess.run(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", WORKER, group, str(port)],
-        capture_output=True, text=True, timeout=30, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    report = json.loads(run.stdout)
+    report = report_in_netns(netns, WORKER, timeout=30)
     noroute = report["noroute"]
     assert (noroute["failed"], noroute["sent"], noroute["state"], noroute["alive"]) == (3, 0, "failing", True)
     assert "Network is unreachable" in noroute["error"] and "system's multicast route" in noroute["error"]
@@ -764,13 +769,7 @@ def test_full_socket_buffer_delays_neither_the_reader_nor_mqtt(netns: str) -> No
     """A multicast socket whose buffer is full for real (a link throttled to 8 kbit/s in a namespace): the reader's
     hand-off never waits for it (the direct send sees EAGAIN and queues; the worker waits, up to SEND_TIMEOUT, on
     its own thread), MQTT gets every frame meanwhile, and multicast recovers once the link drains."""
-    group, port = unique_group()
-    run = subprocess.run(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", FULL_BUFFER, group, str(port)],
-        capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-    )  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    report = json.loads(run.stdout)
+    report = report_in_netns(netns, FULL_BUFFER, timeout=60)
     assert report["junk"] > 0
     # Ten hand-offs took less than one wait for room in the socket (what a reader sending itself would block for).
     assert report["submit_s"] < report["send_timeout"]

@@ -3,10 +3,11 @@ points; replaying again sends nothing twice; a growing segment is replayed from 
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -209,16 +210,11 @@ def test_bad_segments_and_a_dead_server_are_clear_errors(tmp_path: Path) -> None
     assert r.returncode == 2 and "hunter2" not in r.stderr, r.stderr
 
 
-def test_a_server_that_keeps_failing_ends_the_replay_through_the_outputs_worker(tmp_path: Path) -> None:
-    """The replay delivers through the live OutputWorker (its backoff and retries); a server that answers /ping
-    but keeps refusing writes with 503 ends it after ``give_up`` seconds, and the ledger records nothing."""
+@contextlib.contextmanager
+def influx_answering(status_of: Callable[[bytes], int]) -> Iterator[str]:
+    """A stand-in InfluxDB on 127.0.0.1 (its URL): ``/ping`` answers 204, each write the status ``status_of``
+    gives for its body."""
     import http.server
-
-    from appliance.commands.replay import _Delivery, _Ledger, _Totals, replay
-    from appliance.journal import read_segment
-    from appliance.outputs.influxdb.output import InfluxError, InfluxOutput
-
-    writes: list[int] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def log_message(self, *_args: object) -> None:
@@ -229,9 +225,8 @@ def test_a_server_that_keeps_failing_ends_the_replay_through_the_outputs_worker(
             self.end_headers()
 
         def do_POST(self) -> None:
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            writes.append(1)
-            self.send_response(503)
+            status = status_of(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+            self.send_response(status)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -239,6 +234,27 @@ def test_a_server_that_keeps_failing_ends_the_replay_through_the_outputs_worker(
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
     try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_that_keeps_failing_ends_the_replay_through_the_outputs_worker(tmp_path: Path) -> None:
+    """The replay delivers through the live OutputWorker (its backoff and retries); a server that answers /ping
+    but keeps refusing writes with 503 ends it after ``give_up`` seconds, and the ledger records nothing."""
+
+    from appliance.commands.replay import _Delivery, _Ledger, _Totals, replay
+    from appliance.journal import read_segment
+    from appliance.outputs.influxdb.output import InfluxError, InfluxOutput
+
+    writes: list[int] = []
+
+    def refuse(_body: bytes) -> int:
+        writes.append(1)
+        return 503
+
+    with influx_answering(refuse) as url:
         j = Journal(JournalConfig(enabled=True), tmp_path / "j", "auto")
         data, _ = simulated_day("historique", "BASE")
         for t, d in data[:20]:
@@ -246,7 +262,7 @@ def test_a_server_that_keeps_failing_ends_the_replay_through_the_outputs_worker(
         j.start()
         j.close()
         segments = [read_segment(f) for f in segment_files(tmp_path / "j")]
-        out = InfluxOutput(InfluxConfig(enabled=True, url=f"http://127.0.0.1:{server.server_address[1]}"))
+        out = InfluxOutput(InfluxConfig(enabled=True, url=url))
         out.open()
         delivery = _Delivery(out, 500, give_up=1.0)
         ledger = _Ledger(tmp_path / "ledger.json", "target")
@@ -256,16 +272,12 @@ def test_a_server_that_keeps_failing_ends_the_replay_through_the_outputs_worker(
         delivery.close()
         assert len(writes) >= 2  # retried by the worker before giving up
         assert totals.sent == 0 and not (tmp_path / "ledger.json").exists()
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_server_that_fails_mid_way_leaves_exactly_the_delivered_segments_in_the_ledger(tmp_path: Path) -> None:
     """Segments are decoded while earlier ones are still being written (the pipeline does not drain at each
     segment), yet the ledger records a segment only once all its frames are delivered: when the server starts
     failing mid-way, it holds exactly the segments the server took in full, and ``sent`` counts their frames."""
-    import http.server
     import json
 
     from appliance.commands.replay import _Delivery, _Ledger, _Totals, replay
@@ -274,27 +286,13 @@ def test_a_server_that_fails_mid_way_leaves_exactly_the_delivered_segments_in_th
 
     accepted: list[int] = []  # lines of each write the server took
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def log_message(self, *_args: object) -> None:
-            pass
+    def ten_writes(body: bytes) -> int:
+        if len(accepted) >= 10:
+            return 503
+        accepted.append(body.count(b"\n") + 1)
+        return 204
 
-        def do_GET(self) -> None:  # /ping
-            self.send_response(204)
-            self.end_headers()
-
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            ok = len(accepted) < 10
-            if ok:
-                accepted.append(body.count(b"\n") + 1)
-            self.send_response(204 if ok else 503)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    try:
+    with influx_answering(ten_writes) as url:
         j = Journal(JournalConfig(enabled=True), tmp_path / "j", "auto")
         data, _ = simulated_day("historique", "BASE")
         for t, d in data[: 2 * 60 * 6]:  # six hourly segments of 60 frames
@@ -303,7 +301,7 @@ def test_a_server_that_fails_mid_way_leaves_exactly_the_delivered_segments_in_th
         j.close()
         segments = sorted((read_segment(f) for f in segment_files(tmp_path / "j")), key=lambda s: s.seq)
         assert len(segments) == 6
-        out = InfluxOutput(InfluxConfig(enabled=True, url=f"http://127.0.0.1:{server.server_address[1]}"))
+        out = InfluxOutput(InfluxConfig(enabled=True, url=url))
         out.open()
         delivery = _Delivery(out, 20, give_up=1.0)  # 3 writes a segment, 4 writes in flight
         ledger = _Ledger(tmp_path / "ledger.json", "target")
@@ -316,9 +314,6 @@ def test_a_server_that_fails_mid_way_leaves_exactly_the_delivered_segments_in_th
         assert recorded.keys() == {f"{s.session}-{s.seq}" for s in segments[:3]}
         assert all(recorded[f"{s.session}-{s.seq}"]["chunks"] == len(s.chunks) for s in segments[:3])
         assert totals.sent == 180 and totals.segments == 3
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 class FakeClock:
