@@ -68,6 +68,21 @@ def test_a_deferred_module_keeps_placeholders_until_it_runs() -> None:
     assert got == [True, True, 1 / 3]
 
 
+def test_a_from_import_of_a_deferred_module_binds_a_forwarding_placeholder() -> None:
+    """``from m import f`` asks whether ``m`` is a package first: a plain module's stand-in says no without running
+    it, the name binds the :func:`forward` placeholder, and calling it runs the module and its real function."""
+    got = child(
+        "import json\n"
+        "from appliance.lazy import defer, forward, loaded\n"
+        "defer('colorsys', {'rgb_to_hsv': forward('colorsys', 'rgb_to_hsv')})\n"
+        "from colorsys import rgb_to_hsv\n"
+        "before = loaded('colorsys') is None\n"
+        "value = rgb_to_hsv(1.0, 0.0, 0.0)\n"
+        "print(json.dumps([before, loaded('colorsys') is not None, list(value)]))\n"
+    )
+    assert got == [True, True, [0.0, 1.0, 1.0]]
+
+
 @pytest.mark.integration
 def test_plain_mqtt_never_loads_openssl(tmp_path: Path) -> None:
     """A Pi publishing to its broker without TLS carries neither ssl, hashlib nor paho's proxy support."""
