@@ -25,13 +25,14 @@ Exit status: 0 done, 1 some segments unreadable or the server failed (the ledger
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final
@@ -289,7 +290,7 @@ class _Replayer:
     def segment(self, seg: Segment, size: int = 0) -> None:
         """Replay one segment (``size``: its file's bytes, for the progress); raises InfluxError when the server
         gives up.  The ledger records it once every frame of it is delivered, while the next segments are
-        decoded (:meth:`record_settled`; :meth:`finish` waits for the last ones)."""
+        decoded (:meth:`record_settled`; :meth:`delivering` waits for the last ones)."""
         if self.decoder is None or self.previous != (seg.session, seg.seq - 1):
             self.decoder = self._decoder_cls(self.mode or seg.mode)
         self.previous = (seg.session, seg.seq)
@@ -341,15 +342,18 @@ class _Replayer:
             if ledger is not None and entry is not None:
                 ledger.put(*entry)
 
-    def finish(self) -> None:
-        """Wait until every frame handed over is delivered, and record the last segments; raises like
-        :meth:`segment`, after recording those that were delivered."""
-        if self.out is not None:
-            try:
+    @contextlib.contextmanager
+    def delivering(self) -> Iterator[None]:
+        """Around one replay's :meth:`segment` calls: at the end, wait until every frame handed over is delivered
+        and record the last segments; when the server gives up (here or in a segment), record the segments
+        delivered in full before the error goes on, so the ledger keeps them."""
+        try:
+            yield
+            if self.out is not None:
                 self.out.flush()
-            except ApplianceError:
-                self.record_settled()
-                raise
+        except ApplianceError:
+            self.record_settled()
+            raise
         self.record_settled()
 
 
@@ -364,13 +368,9 @@ def replay(
 ) -> None:
     """Decode ``segments`` (sorted here) and send their frames; raises InfluxError when the server gives up."""
     replayer = _Replayer(out, ledger, mode=mode, batch_size=batch_size, totals=totals)
-    try:
+    with replayer.delivering():
         for seg in sorted(segments, key=lambda s: (s.chunks[0][0] if s.chunks else 0.0, s.session, s.seq)):
             replayer.segment(seg)
-    except ApplianceError:  # the server gave up: the ledger keeps the segments it has
-        replayer.record_settled()
-        raise
-    replayer.finish()
 
 
 def replay_files(
@@ -390,7 +390,7 @@ def replay_files(
 
     replayer = _Replayer(out, ledger, mode=mode, batch_size=batch_size, totals=totals, progress=progress)
     ok = True
-    try:
+    with replayer.delivering():
         for f in sorted(files, key=lambda p: p.name):
             try:
                 size = f.stat().st_size
@@ -407,10 +407,6 @@ def replay_files(
                     f"teleinfo replay: {f}: torn tail (power cut during a write?): its last flush is lost",
                 )
             replayer.segment(seg, size)
-    except ApplianceError:  # the server gave up: the ledger keeps the segments it has
-        replayer.record_settled()
-        raise
-    replayer.finish()
     if progress is not None:
         progress.finish()
     return ok
