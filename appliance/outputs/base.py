@@ -273,10 +273,7 @@ class OutputWorker:
             self._queue.append(frame)
             queued = len(self._queue)
             self._cond.notify()
-        if dropped:
-            self._stats.update_output(self.name, dropped=dropped, queued=queued)
-        else:
-            self._stats.update_output(self.name, queued=queued)
+        self._stats.update_output(self.name, dropped=dropped, queued=queued)
         return True
 
     def _send_now(self, frame: Frame) -> bool:
@@ -311,10 +308,7 @@ class OutputWorker:
                 self._queue.popleft()
             queued = len(self._queue)
             self._cond.notify()
-        if dropped:
-            self._stats.update_output(self.name, dropped=dropped, queued=queued)
-        else:
-            self._stats.update_output(self.name, queued=queued)
+        self._stats.update_output(self.name, dropped=dropped, queued=queued)
 
     def _write_ahead(self, frame: Frame) -> bool:
         """Append ``frame`` to the spool (the caller's thread); False when it must wait in memory instead: the
