@@ -82,6 +82,17 @@ def simulated_day(mode: str, contract: str) -> tuple[list[tuple[float, bytes]], 
     return out, n
 
 
+def write_journal(directory: Path, chunks: int) -> None:
+    """A journal in ``directory`` of the first ``chunks`` chunks of :func:`simulated_day` in historique mode (two
+    chunks a frame)."""
+    j = Journal(JournalConfig(enabled=True), directory, "auto")
+    data, _ = simulated_day("historique", "BASE")
+    for t, d in data[:chunks]:
+        j.append(d, t)
+    j.start()
+    j.close()
+
+
 def teleinfo(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "appliance", *args], capture_output=True, text=True, timeout=60, check=False
@@ -189,12 +200,7 @@ def test_bad_segments_and_a_dead_server_are_clear_errors(tmp_path: Path) -> None
     r = teleinfo("replay", "--dry-run", str(garbage), str(tmp_path / "missing.gz"))
     assert r.returncode == 1
     assert "skipped" in r.stderr and "no such file or directory" in r.stderr and "1 unreadable" in r.stderr
-    j = Journal(JournalConfig(enabled=True), tmp_path / "j", "auto")
-    data, _ = simulated_day("historique", "BASE")
-    for t, d in data[:20]:
-        j.append(d, t)
-    j.start()
-    j.close()
+    write_journal(tmp_path / "j", 20)
     r = teleinfo("replay", "--dry-run", str(tmp_path / "j"))
     assert r.returncode == 0 and "10 frame(s) decoded, 0 sent to nowhere (dry run)" in r.stderr
     from .util import free_port
@@ -255,12 +261,7 @@ def test_a_server_that_keeps_failing_ends_the_replay_through_the_outputs_worker(
         return 503
 
     with influx_answering(refuse) as url:
-        j = Journal(JournalConfig(enabled=True), tmp_path / "j", "auto")
-        data, _ = simulated_day("historique", "BASE")
-        for t, d in data[:20]:
-            j.append(d, t)
-        j.start()
-        j.close()
+        write_journal(tmp_path / "j", 20)
         segments = [read_segment(f) for f in segment_files(tmp_path / "j")]
         out = InfluxOutput(InfluxConfig(enabled=True, url=url))
         out.open()
@@ -293,12 +294,7 @@ def test_a_server_that_fails_mid_way_leaves_exactly_the_delivered_segments_in_th
         return 204
 
     with influx_answering(ten_writes) as url:
-        j = Journal(JournalConfig(enabled=True), tmp_path / "j", "auto")
-        data, _ = simulated_day("historique", "BASE")
-        for t, d in data[: 2 * 60 * 6]:  # six hourly segments of 60 frames
-            j.append(d, t)
-        j.start()
-        j.close()
+        write_journal(tmp_path / "j", 2 * 60 * 6)  # six hourly segments of 60 frames
         segments = sorted((read_segment(f) for f in segment_files(tmp_path / "j")), key=lambda s: s.seq)
         assert len(segments) == 6
         out = InfluxOutput(InfluxConfig(enabled=True, url=url))
@@ -363,12 +359,7 @@ def test_the_progress_is_a_bar_on_a_terminal_and_a_count_in_a_log(tty: bool) -> 
 
 
 def test_a_replay_in_a_log_ends_with_its_count(tmp_path: Path) -> None:
-    j = Journal(JournalConfig(enabled=True), tmp_path / "j", "auto")
-    data, _ = simulated_day("historique", "BASE")
-    for t, d in data[:40]:
-        j.append(d, t)
-    j.start()
-    j.close()
+    write_journal(tmp_path / "j", 40)
     r = teleinfo("replay", "--dry-run", str(tmp_path / "j"))  # stderr is a pipe here: lines, no bar
     assert r.returncode == 0 and "\r" not in r.stderr
     assert "teleinfo replay: 20 frames (100%), " in r.stderr and "frames/s" in r.stderr
