@@ -326,3 +326,75 @@ def test_needrestart_if_installed_leaves_the_service_alone() -> None:
     )
     out = subprocess.run(["perl", "-e", script, str(conf)], capture_output=True, text=True, timeout=30, check=True)
     assert out.stdout == "teleinfo.service=0\n"  # needrestart's "do not restart", for the service only
+
+
+# --- the mDNS host name guard -------------------------------------------------------------------------------------
+MDNS_NAME = REPO / "image" / "rootfs" / "usr" / "lib" / "teleinfo-image" / "mdns-name"
+# avahi's D-Bus answers, for the one case no test machine can stage: a second host that really holds the name.
+# The guard's path with the real avahi (a rename it undoes) is proven in the booted Pi 3 (tests/test_image.py).
+FAKE_BUSCTL = """#!/bin/sh
+case "$*" in
+*GetHostName) cat "$AVAHI_NAME" ;;
+*"SetHostName s "*) echo "$8" >> "$AVAHI_CALLS" ;;
+*) exit 9 ;;
+esac
+"""
+
+
+def _guard(tmp_path: Path, avahi_reply: str) -> tuple[subprocess.CompletedProcess[str], list[str]]:
+    """One run of the guard on a host named ``teleinfo``, avahi answering ``avahi_reply``; its SetHostName calls."""
+    bin_dir = tmp_path / "bin"
+    if not bin_dir.exists():
+        bin_dir.mkdir()
+        (bin_dir / "busctl").write_text(FAKE_BUSCTL)
+        (bin_dir / "uname").write_text("#!/bin/sh\necho teleinfo\n")
+        for tool in bin_dir.iterdir():
+            tool.chmod(0o755)
+        (tmp_path / "run").mkdir()
+    (tmp_path / "name").write_text(avahi_reply)
+    calls = tmp_path / "calls"
+    calls.unlink(missing_ok=True)
+    env = {
+        "PATH": f"{bin_dir}:/usr/bin:/bin",
+        "RUNTIME_DIRECTORY": str(tmp_path / "run"),
+        "AVAHI_NAME": str(tmp_path / "name"),
+        "AVAHI_CALLS": str(calls),
+    }
+    result = subprocess.run([str(MDNS_NAME)], capture_output=True, text=True, env=env, timeout=30, check=False)
+    return result, calls.read_text().split() if calls.exists() else []
+
+
+def test_mdns_guard_leaves_a_held_name_alone_and_forgets_past_restores(tmp_path: Path) -> None:
+    result, calls = _guard(tmp_path, 's "teleinfo-2"\n')
+    assert calls == ["teleinfo"] and result.stdout.endswith("asked for teleinfo.local again (1/3)\n")
+    result, calls = _guard(tmp_path, 's "teleinfo"\n')
+    assert (result.returncode, result.stdout, result.stderr, calls) == (0, "", "", [])
+    assert not (tmp_path / "run" / "restores").exists()  # the restore held: the count starts again
+
+
+def test_mdns_guard_gives_way_to_a_real_second_host_then_tries_hourly(tmp_path: Path) -> None:
+    for attempt in (1, 2, 3):  # the other host answers each probe: avahi takes teleinfo-2 again each time
+        result, calls = _guard(tmp_path, 's "teleinfo-2"\n')
+        assert result.returncode == 0 and calls == ["teleinfo"]
+        assert result.stdout == (
+            "mDNS: avahi had renamed this host teleinfo-2.local after a name conflict; "
+            f"asked for teleinfo.local again ({attempt}/3)\n"
+        )
+    result, calls = _guard(tmp_path, 's "teleinfo-2"\n')
+    assert result.returncode == 0 and calls == []
+    assert "3 restores of teleinfo.local did not hold: another host on this network answers for it" in result.stdout
+    assert "Keeping teleinfo-2.local" in result.stdout
+    result, calls = _guard(tmp_path, 's "teleinfo-2"\n')
+    assert (result.stdout, calls) == ("", [])  # said once
+    state = tmp_path / "run" / "restores"
+    an_hour_ago = state.stat().st_mtime - 3601
+    os.utime(state, (an_hour_ago, an_hour_ago))
+    result, calls = _guard(tmp_path, 's "teleinfo-2"\n')
+    assert calls == ["teleinfo"] and result.stdout.endswith("again (3/3)\n")
+
+
+@pytest.mark.parametrize("reply", ['s "tele info"\n', 's ""\n', 's "$(reboot)"\n'])
+def test_mdns_guard_refuses_a_reply_that_is_no_plain_name(tmp_path: Path, reply: str) -> None:
+    result, calls = _guard(tmp_path, reply)
+    assert result.returncode == 1 and calls == []
+    assert "avahi-daemon's host name is not a plain name, left alone" in result.stderr

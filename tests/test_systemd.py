@@ -1,5 +1,6 @@
 """systemd/: every unit verifies cleanly, the service's exposure stays at or under 2.5, the sysusers file makes the
-user the unit runs as, and the unit's settings agree with the configuration's defaults.
+user the unit runs as, and the unit's settings agree with the configuration's defaults.  The image's own timers
+(image/rootfs) verify cleanly too, within the same exposure.
 
 ``systemd-analyze verify`` checks that executables exist, so the unit is verified with its install prefix
 (``/opt/teleinfo/bin/teleinfo``) pointed at this checkout's ``teleinfo``; nothing else is changed.
@@ -125,3 +126,35 @@ def test_sysusers_creates_the_service_user_in_its_groups(tmp_path: Path) -> None
     groups = {line.split(":")[0]: line.split(":") for line in (etc / "group").read_text().splitlines()}
     assert users["teleinfo"][6] == "/usr/sbin/nologin" and int(users["teleinfo"][2]) < 1000
     assert groups["dialout"][3] == "teleinfo" and groups["gpio"][3] == "teleinfo"
+
+
+IMAGE_UNITS = ROOT / "image" / "rootfs" / "etc" / "systemd" / "system"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("name", sorted(p.name for p in IMAGE_UNITS.glob("*.timer")))
+def test_image_timer_and_its_service_verify_without_a_warning(tmp_path: Path, name: str) -> None:
+    """The image's own timers (the mDNS name guard) and their services; the executables are the image's, so they
+    are checked to be in image/rootfs, and the units are verified with ExecStart= pointed at them there."""
+    service = name.replace(".timer", ".service")
+    text = (IMAGE_UNITS / service).read_text()
+    executables = re.findall(r"^ExecStart=(\S+)", text, flags=re.M)
+    assert executables, service
+    for executable in executables:
+        in_tree = ROOT / "image" / "rootfs" / executable.lstrip("/")
+        assert in_tree.is_file() and in_tree.stat().st_mode & 0o111, executable
+        text = text.replace(executable, str(in_tree))
+    (tmp_path / service).write_text(text)
+    shutil.copy(IMAGE_UNITS / name, tmp_path)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / name)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    exposure = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", str(tmp_path / service)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout
+    match = re.search(r"Overall exposure level for \S+: ([0-9.]+)", exposure)
+    assert match and float(match.group(1)) <= EXPOSURE_TARGET, exposure[-500:]
