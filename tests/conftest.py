@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import shutil
+import signal
 
 import pytest
 
 from .netns import netns, veth_pair  # noqa: F401 - fixtures shared by the tests that need namespaces
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C for the commands the tests start.  A shell starts a background job (``pytest &``) with SIGINT
+    ignored, and every process inherits that; a command then never sees the Ctrl-C a test sends it (``teleinfo
+    listen`` waits on).  The suite must not depend on how it was started: SIGINT gets its default back."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(trylast=True)  # after -m/-k deselection
