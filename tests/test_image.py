@@ -188,9 +188,10 @@ def _booted(guest: Guest, record_property: Callable[[str, object], None], arch: 
 # --- arm64: the card in an emulated Raspberry Pi 3 B -------------------------------------------------------------
 MDNS_QUERY = r"""
 import socket, struct, sys, time
+def labels(name):
+    return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
 def query(name, qtype):
-    labels = b"".join(bytes([len(p)]) + p.encode() for p in name.split("."))
-    return struct.pack(">6H", 0x7e1e, 0, 1, 0, 0, 0) + labels + b"\0" + struct.pack(">HH", qtype, 1)
+    return struct.pack(">6H", 0x7e1e, 0, 1, 0, 0, 0) + labels(name) + struct.pack(">HH", qtype, 1)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a one-shot (legacy unicast) querier, RFC 6762 5.1
 s.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_IF, socket.inet_aton(sys.argv[1]))  # out of usb0, looped back
 s.settimeout(2)
@@ -202,9 +203,11 @@ for arg in sys.argv[3:]:  # ptr:NAME or a:NAME; avahi answers only for names it 
     while answer == "timeout" and time.monotonic() < deadline:
         s.sendto(query(name, {"ptr": 12, "a": 1}[kind]), ("224.0.0.251", 5353))
         try:
-            answer = s.recv(9000).hex()
+            data = s.recv(9000)
         except TimeoutError:
-            pass
+            continue
+        if data[12:].startswith(labels(name)):  # the answer to this question, not a late one to an earlier
+            answer = data.hex()
     out.append(kind + "=" + answer)
 print("|".join(out))
 """
