@@ -393,6 +393,14 @@ def test_mdns_guard_gives_way_to_a_real_second_host_then_tries_hourly(tmp_path: 
     assert calls == ["teleinfo"] and result.stdout.endswith("again (3/3)\n")
 
 
+def test_mdns_guard_follows_a_host_renamed_on_the_device(tmp_path: Path) -> None:
+    result, calls = _guard(tmp_path, 's "linky"\n')  # the host renamed while avahi ran
+    assert calls == ["teleinfo"]
+    assert result.stdout == (
+        "mDNS: avahi announced linky.local, not the host's name; asked for teleinfo.local again (1/3)\n"
+    )
+
+
 @pytest.mark.parametrize("reply", ['s "tele info"\n', 's ""\n', 's "$(reboot)"\n'])
 def test_mdns_guard_refuses_a_reply_that_is_no_plain_name(tmp_path: Path, reply: str) -> None:
     result, calls = _guard(tmp_path, reply)
